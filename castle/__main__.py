@@ -1,0 +1,5 @@
+"""python -m castle."""
+
+from castle.cli import main
+
+main()

@@ -1,0 +1,382 @@
+"""Pydantic models of zones.toml (format version 1): shape and per-field checks only."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Reserved peer names: they mean something else in `from` / `to`.
+RESERVED = frozenset({"internet"})
+# Keys castle owns in a compose service; passthrough may not set them.
+OWNED_COMPOSE_KEYS = frozenset(
+    {"networks", "ports", "secrets", "network_mode", "links", "external_links", "image", "expose"}
+)
+TARGETS = ("compose", "iptables", "nftables", "k8s", "mesh")
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
+TLS_REF = re.compile(r"ca|server_cert|server_key|(client_cert|client_key):([a-z0-9-]{1,63})")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def dns_label_problem(name: str) -> str | None:
+    """Why `name` is not a DNS-1123 label, or None when it is one."""
+    if DNS_LABEL.match(name):
+        return None
+    shown = name if len(name) <= 40 else name[:37] + "..."
+    return (
+        f"{shown!r} is not a DNS-1123 label (lowercase letters, digits and '-', "
+        "starting and ending with a letter or digit, at most 63 characters)"
+    )
+
+
+def _label(value: Any) -> Any:
+    if isinstance(value, str):
+        problem = dns_label_problem(value)
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, str):
+        if _CONTROL.search(value):
+            raise ValueError("control characters (newline, tab, NUL...) are not allowed here")
+        if len(value) > 500:
+            raise ValueError("at most 500 characters")
+    return value
+
+
+Label = Annotated[str, BeforeValidator(_label)]
+Text = Annotated[str, BeforeValidator(_text)]
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    """A protocol and an inclusive port range: 80/tcp is PortRange('tcp', 80, 80)."""
+
+    proto: str
+    lo: int
+    hi: int
+
+    def __str__(self) -> str:
+        ports = str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+        return f"{ports}/{self.proto}"
+
+    def covers(self, other: PortRange) -> bool:
+        """True when every port of `other` is in this range (same protocol)."""
+        return self.proto == other.proto and self.lo <= other.lo and other.hi <= self.hi
+
+
+def parse_port(value: int | str) -> PortRange:
+    """Parse 80, "53/udp" or "8000-8010/tcp" into a PortRange; ValueError says why not."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a port")
+    if isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value.strip()
+    else:
+        raise ValueError(f"{value!r} is not a port (use 80, \"53/udp\" or \"8000-8010/tcp\")")
+    m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?(?:/(tcp|udp))?", text)
+    if not m:
+        raise ValueError(f"{value!r} is not a port (use 80, \"53/udp\" or \"8000-8010/tcp\")")
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) else lo
+    if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
+        raise ValueError(f"{value!r}: ports are 1-65535")
+    if hi < lo:
+        raise ValueError(f"{value!r}: the range ends before it starts")
+    return PortRange(m.group(3) or "tcp", lo, hi)
+
+
+def _ports(value: Any) -> Any:
+    if isinstance(value, list):
+        return [parse_port(v) if isinstance(v, int | str) else v for v in value]
+    return value
+
+
+_PORT_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": 1, "maximum": 65535},
+        {"type": "string", "pattern": r"^\d{1,5}(-\d{1,5})?(/(tcp|udp))?$"},
+    ]
+}
+PortList = Annotated[
+    list[PortRange],
+    BeforeValidator(_ports),
+    WithJsonSchema({"type": "array", "items": _PORT_SCHEMA}),
+]
+
+
+@dataclass(frozen=True, order=True)
+class PublishEntry:
+    """A `publish` entry: optional host IP, host port(s), container port(s), protocol."""
+
+    host_ip: str
+    host: PortRange
+    container: PortRange
+
+    def __str__(self) -> str:
+        ip = f"{self.host_ip}:" if self.host_ip else ""
+        h, c = self.host, self.container
+        hp = str(h.lo) if h.lo == h.hi else f"{h.lo}-{h.hi}"
+        cp = str(c.lo) if c.lo == c.hi else f"{c.lo}-{c.hi}"
+        return f"{ip}{hp}:{cp}/{c.proto}"
+
+
+def parse_publish(value: Any) -> PublishEntry:
+    """Parse "80:80", "8443:443/tcp" or "127.0.0.1:8080:80" as compose writes them."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a publish entry (use \"HOST:CONTAINER\")")
+    m = re.fullmatch(r"(?:(\d{1,3}(?:\.\d{1,3}){3}):)?([\d-]+):([\d-]+)(/(?:tcp|udp))?", value.strip())
+    if not m:
+        raise ValueError(
+            f"{value!r} is not a publish entry (use \"HOST:CONTAINER\", \"HOST:CONTAINER/udp\" "
+            "or \"IP:HOST:CONTAINER\")"
+        )
+    ip = m.group(1) or ""
+    if ip:
+        ipaddress.IPv4Address(ip)
+    proto = m.group(4) or "/tcp"
+    host = parse_port(m.group(2) + proto)
+    container = parse_port(m.group(3) + proto)
+    if host.hi - host.lo != container.hi - container.lo:
+        raise ValueError(f"{value!r}: host and container ranges differ in length")
+    return PublishEntry(ip, host, container)
+
+
+def _publish(value: Any) -> Any:
+    if isinstance(value, list):
+        return [parse_publish(v) for v in value]
+    return value
+
+
+PublishList = Annotated[
+    list[PublishEntry],
+    BeforeValidator(_publish),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {"type": "string", "description": "HOST:CONTAINER[/udp] or IP:HOST:CONTAINER"},
+        }
+    ),
+]
+
+
+def _endpoints(value: Any) -> Any:
+    if isinstance(value, str):
+        return [value]
+    return value
+
+
+_ENDPOINT_SCHEMA = {
+    "type": "string",
+    "description": "a service, tier:NAME, internet, or cidr:A.B.C.D/N",
+}
+Endpoints = Annotated[
+    list[str],
+    BeforeValidator(_endpoints),
+    WithJsonSchema(
+        {"anyOf": [_ENDPOINT_SCHEMA, {"type": "array", "items": _ENDPOINT_SCHEMA, "minItems": 1}]}
+    ),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Stack(_Model):
+    """The `[stack]` table: project name and address pool."""
+
+    name: Label
+    subnet_pool: ipaddress.IPv4Network = ipaddress.IPv4Network("10.89.0.0/16")
+    description: Text = ""
+    targets: list[Literal["compose", "iptables", "nftables", "k8s", "mesh"]] | None = None
+
+
+class Tier(_Model):
+    """One wall; order in the file is depth (outermost first)."""
+
+    name: Label
+    description: Text = ""
+
+
+class Service(_Model):
+    """A container of the stack and what castle needs to wall it."""
+
+    tier: Label
+    image: str
+    listen: PortList = Field(default_factory=list)
+    publish: PublishList = Field(default_factory=list)
+    description: Text = ""
+    labels: dict[str, str] | None = None
+    service_account: Label | None = None
+    tls_env: dict[str, str] = Field(default_factory=dict)
+    container_firewall: bool = False
+    compose: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not _IMAGE.match(v):
+            raise ValueError(
+                f"{v[:60]!r} is not an image reference (letters, digits and ._/:@+- only)"
+            )
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for key, val in (v or {}).items():
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"{key[:60]!r} is not a Kubernetes label key")
+            if not _LABEL_VALUE.match(val):
+                raise ValueError(f"{val[:60]!r} is not a Kubernetes label value")
+        if v is not None and not v:
+            raise ValueError("labels may not be empty: pods could not be selected")
+        return v
+
+    @field_validator("tls_env")
+    @classmethod
+    def _tls_env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, val in v.items():
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"{key[:60]!r} is not an environment variable name")
+            _text(val)
+            if not (val.startswith("=") or TLS_REF.fullmatch(val)):
+                raise ValueError(
+                    f"{key}: {val[:60]!r} is not a TLS file reference (ca, server_cert, "
+                    "server_key, client_cert:DEST, client_key:DEST) or an \"=literal\" value"
+                )
+        return v
+
+    @field_validator("compose")
+    @classmethod
+    def _compose(cls, v: dict[str, Any]) -> dict[str, Any]:
+        owned = sorted(OWNED_COMPOSE_KEYS & set(v))
+        if owned:
+            raise ValueError(
+                f"castle owns {', '.join(owned)}: set them through tier, listen, publish, "
+                "flows and tls instead of [services.NAME.compose]"
+            )
+        return v
+
+
+class Flow(_Model):
+    """An allowed, directed connection: `from` opens connections to `to`."""
+
+    from_: Endpoints = Field(alias="from")
+    to: Endpoints
+    ports: PortList | None = None
+    tls: bool = False
+    description: Text = ""
+    waiver: Text = ""
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one endpoint")
+        return v
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_nonempty(cls, v: list[PortRange] | None) -> list[PortRange] | None:
+        if v is not None and not v:
+            raise ValueError("an empty port list allows nothing; leave `ports` out for all")
+        return v
+
+
+class Firewall(_Model):
+    """The `[firewall]` table: host firewall settings."""
+
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    ssh_sources: list[ipaddress.IPv4Network] = Field(
+        default_factory=lambda: [ipaddress.IPv4Network("0.0.0.0/0")]
+    )
+    manage_input: bool = True
+
+
+class Kubernetes(_Model):
+    """The `[kubernetes]` table: namespace and how internet traffic enters and leaves."""
+
+    namespace: Label | None = None
+    ingress_namespace: Label | None = None
+    ingress_pod_labels: dict[str, str] = Field(default_factory=dict)
+    egress_except: list[ipaddress.IPv4Network] = Field(
+        default_factory=lambda: [ipaddress.IPv4Network(r) for r in PRIVATE_RANGES]
+    )
+    tier_namespaces: bool = False
+    dns_namespace: Label = "kube-system"
+    dns_pod_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
+
+
+class Mesh(_Model):
+    """The `[mesh]` table: service-mesh mTLS and authorization (opt-in)."""
+
+    kind: Literal["none", "istio", "linkerd"] = "none"
+    trust_domain: str = "cluster.local"
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", v):
+            raise ValueError(f"{v[:60]!r} is not a DNS name")
+        return v
+
+
+class Tls(_Model):
+    """The `[tls]` table: where certificates live and how long they last."""
+
+    dir: str = "certs"
+    days: int = Field(default=365, ge=1, le=3650)
+    ca_days: int = Field(default=3650, ge=1, le=36500)
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", v) or ".." in v.split("/"):
+            raise ValueError(f"{v[:60]!r}: a relative folder inside the output folder")
+        return v
+
+
+class Spec(_Model):
+    """A whole zones.toml."""
+
+    version: Literal[1]
+    stack: Stack
+    tiers: list[Tier]
+    services: dict[str, Service] = Field(default_factory=dict)
+    flows: list[Flow] = Field(default_factory=list)
+    firewall: Firewall = Field(default_factory=Firewall)
+    kubernetes: Kubernetes = Field(default_factory=Kubernetes)
+    mesh: Mesh = Field(default_factory=Mesh)
+    tls: Tls = Field(default_factory=Tls)
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, v: list[Tier]) -> list[Tier]:
+        if not v:
+            raise ValueError("needs at least one [[tiers]] entry (outermost first)")
+        return v
+
+    @property
+    def namespace(self) -> str:
+        """The Kubernetes namespace: configured, or the stack name."""
+        return self.kubernetes.namespace or self.stack.name

@@ -1,0 +1,385 @@
+"""Spec -> Plan: the target-neutral decisions (connections, networks, addresses), computed once.
+
+Pure: no Jinja, no I/O. Everything is sorted so that output is byte-identical across runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from castle.errors import SpecError
+from castle.load import Loaded, to_diagnostic
+from castle.model import TARGETS, PortRange, Service, Spec
+from castle.rules import INTERNET, Edge, Finding, host_range, is_outside
+
+
+@dataclass(frozen=True, order=True)
+class Conn:
+    """An allowed connection: src opens dst on proto lo-hi (peers: services, internet, cidr:X)."""
+
+    src: str
+    dst: str
+    proto: str
+    lo: int
+    hi: int
+    tls: bool = False
+    flows: tuple[int, ...] = ()
+
+    @property
+    def ports(self) -> PortRange:
+        """The port range as a PortRange."""
+        return PortRange(self.proto, self.lo, self.hi)
+
+    @property
+    def port_text(self) -> str:
+        """80 or 8000-8010."""
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+
+
+@dataclass(frozen=True)
+class Network:
+    """A compose network: a clique of services that may talk, with its subnet."""
+
+    name: str
+    subnet: IPv4Network
+    gateway: IPv4Address
+    internal: bool
+    members: tuple[str, ...]
+    addresses: tuple[tuple[str, IPv4Address], ...]
+
+
+@dataclass(frozen=True)
+class Published:
+    """A host port forwarded to a service because a flow from outside reaches it."""
+
+    service: str
+    host_ip: str
+    host: PortRange
+    container: PortRange
+    sources: tuple[str, ...]  # "internet" and/or "cidr:A.B.C.D/N"
+
+
+@dataclass(frozen=True)
+class PlanService:
+    """A service with everything the targets need about it."""
+
+    name: str
+    tier: str
+    depth: int
+    spec: Service
+    networks: tuple[tuple[str, IPv4Address], ...]  # (network, address), sorted by network
+    labels: tuple[tuple[str, str], ...]
+    service_account: str
+
+    @property
+    def image(self) -> str:
+        """The container image."""
+        return self.spec.image
+
+    @property
+    def addresses(self) -> tuple[IPv4Address, ...]:
+        """Every static address of the service."""
+        return tuple(ip for _, ip in self.networks)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything every target renders from, computed once from a valid spec."""
+
+    spec: Spec
+    source_name: str
+    sha256: str
+    tiers: tuple[str, ...]
+    services: tuple[PlanService, ...]
+    networks: tuple[Network, ...]
+    conns: tuple[Conn, ...]
+    published: tuple[Published, ...]
+    targets: tuple[str, ...]
+    flow_lines: tuple[int, ...] = ()
+    _by_name: dict[str, PlanService] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def stack(self) -> str:
+        """The stack (compose project) name."""
+        return self.spec.stack.name
+
+    @property
+    def namespace(self) -> str:
+        """The Kubernetes namespace."""
+        return self.spec.namespace
+
+    def service(self, name: str) -> PlanService:
+        """Look a service up by name."""
+        if not self._by_name:
+            self._by_name.update({s.name: s for s in self.services})
+        return self._by_name[name]
+
+    @property
+    def internal_conns(self) -> tuple[Conn, ...]:
+        """Service -> service connections."""
+        return tuple(c for c in self.conns if not is_outside(c.src) and not is_outside(c.dst))
+
+    @property
+    def ingress(self) -> tuple[Conn, ...]:
+        """Connections from internet or a CIDR into the stack."""
+        return tuple(c for c in self.conns if is_outside(c.src))
+
+    @property
+    def egress(self) -> tuple[Conn, ...]:
+        """Connections from the stack out to internet or a CIDR."""
+        return tuple(c for c in self.conns if is_outside(c.dst))
+
+    @property
+    def tls_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(client, server) pairs joined by a tls flow."""
+        return tuple(sorted({(c.src, c.dst) for c in self.internal_conns if c.tls}))
+
+    @property
+    def subnets(self) -> tuple[IPv4Network, ...]:
+        """Every compose subnet of the stack."""
+        return tuple(n.subnet for n in self.networks)
+
+
+def merge_conns(edges: Iterable[Edge], tls_flows: set[int]) -> tuple[Conn, ...]:
+    """Merge expanded flow edges into sorted connections with overlapping ranges joined."""
+    grouped: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
+    for e in edges:
+        for p in e.ports:
+            grouped.setdefault((e.src, e.dst, p.proto), []).append((p.lo, p.hi, e.flow))
+    tls_pairs = {(e.src, e.dst) for e in edges if e.flow in tls_flows}
+    out: list[Conn] = []
+    for (src, dst, proto), ranges in grouped.items():
+        ranges.sort()
+        lo, hi, flows = ranges[0][0], ranges[0][1], {ranges[0][2]}
+        for rlo, rhi, flow in ranges[1:]:
+            if rlo <= hi + 1:
+                hi = max(hi, rhi)
+                flows.add(flow)
+            else:
+                out.append(Conn(src, dst, proto, lo, hi, (src, dst) in tls_pairs,
+                                tuple(sorted(flows))))
+                lo, hi, flows = rlo, rhi, {flow}
+        out.append(Conn(src, dst, proto, lo, hi, (src, dst) in tls_pairs, tuple(sorted(flows))))
+    return tuple(sorted(out))
+
+
+def clique_cover(nodes: list[str], adj: dict[str, set[str]]) -> list[tuple[str, ...]]:
+    """Greedy edge clique cover: every edge in some clique, each clique adds uncovered edges.
+
+    Nodes are visited in the given order; a clique grows by the common neighbour that
+    covers the most still-uncovered edges (never by one that covers none, which would
+    only add an interface to a container).
+    """
+    order = {n: i for i, n in enumerate(nodes)}
+    uncovered = {n: set(adj[n]) for n in nodes}
+    cliques: list[tuple[str, ...]] = []
+    for u in nodes:
+        while uncovered[u]:
+            v = min(uncovered[u], key=order.__getitem__)
+            clique = [u, v]
+            cand = (adj[u] & adj[v]) - {u, v}
+            while cand:
+                best, gain = None, 0
+                for w in sorted(cand, key=order.__getitem__):
+                    g = sum(1 for m in clique if m in uncovered[w])
+                    if g > gain:
+                        best, gain = w, g
+                if best is None:
+                    break
+                clique.append(best)
+                cand &= adj[best]
+                cand.discard(best)
+            for a in clique:
+                for b in clique:
+                    if a != b:
+                        uncovered[a].discard(b)
+            cliques.append(tuple(sorted(clique, key=order.__getitem__)))
+    return cliques
+
+
+def cover_lower_bound(adj: dict[str, set[str]]) -> int:
+    """A lower bound on any edge clique cover: edges no two of which fit in one clique.
+
+    Two edges share a clique only if all their endpoints are pairwise adjacent, so a set of
+    edges in which no pair does needs one clique each (greedy maximal set, deterministic).
+    """
+    chosen: list[tuple[str, str]] = []
+    by_node: dict[str, list[tuple[str, str]]] = {}
+    for a in sorted(adj):
+        for b in sorted(adj[a]):
+            if b <= a:
+                continue
+            clash = False
+            for x, y in by_node.get(a, []) + by_node.get(b, []):
+                if all(p == q or q in adj[p] for p in (a, b, x, y) for q in (a, b, x, y)):
+                    clash = True
+                    break
+            if not clash:
+                chosen.append((a, b))
+                for n in (a, b):
+                    by_node.setdefault(n, []).append((a, b))
+    return len(chosen)
+
+
+def _name_networks(groups: list[tuple[tuple[str, ...], bool]],
+                   tier_of: dict[str, str]) -> list[str]:
+    names: list[str] = []
+    used: set[str] = set()
+    counters: dict[str, int] = {}
+    for members, edge in groups:
+        if edge:
+            base = f"{members[0]}-edge"
+        elif len(members) <= 3 and len("-".join(members)) <= 40:
+            base = "-".join(members)
+        else:
+            tiers = list(dict.fromkeys(tier_of[m] for m in members))
+            base = f"{tiers[0]}-{tiers[-1]}" if len(tiers) > 1 else tiers[0]
+            counters[base] = counters.get(base, 0) + 1
+            base = f"{base}-{counters[base]}"
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def allocate(pool: IPv4Network, sizes: list[int]) -> list[IPv4Network]:
+    """One equal-sized subnet per network from `pool`: /24 when they fit, smaller when not.
+
+    `sizes` are member counts; each subnet also needs the network, gateway and broadcast
+    addresses. Raises ValueError when the pool is too small.
+    """
+    if not sizes:
+        return []
+    need = max(sizes) + 3
+    smallest = 32 - (need - 1).bit_length()  # longest prefix that still holds the largest
+    for prefix in range(min(24, smallest), smallest + 1):
+        if prefix < pool.prefixlen:
+            continue
+        if 2 ** (prefix - pool.prefixlen) >= len(sizes):
+            return list(_take(pool, prefix, len(sizes)))
+    raise ValueError(
+        f"cannot fit {len(sizes)} networks of up to {max(sizes)} services in {pool}"
+    )
+
+
+def _take(pool: IPv4Network, prefix: int, count: int) -> Iterable[IPv4Network]:
+    base = int(pool.network_address)
+    step = 2 ** (32 - prefix)
+    for i in range(count):
+        yield IPv4Network((base + i * step, prefix))
+
+
+def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None) -> Plan:
+    """Build the Plan of a loaded spec; raise SpecError if the address pool is too small."""
+    spec = loaded.spec
+    depth = {t.name: i for i, t in reversed(list(enumerate(spec.tiers)))}
+    order = sorted(spec.services, key=lambda n: (depth[spec.services[n].tier], n))
+    tls_flows = {i for i, f in enumerate(spec.flows) if f.tls}
+    conns = merge_conns(loaded.edges, tls_flows)
+
+    adj: dict[str, set[str]] = {n: set() for n in order}
+    needs_out: set[str] = set()
+    for c in conns:
+        if is_outside(c.src):
+            needs_out.add(c.dst)
+        elif is_outside(c.dst):
+            needs_out.add(c.src)
+        else:
+            adj[c.src].add(c.dst)
+            adj[c.dst].add(c.src)
+
+    groups: list[tuple[tuple[str, ...], bool]] = [
+        (members, False) for members in clique_cover(order, adj)
+    ]
+    open_groups = [g for g, _ in groups if all(m in needs_out for m in g)]
+    reached = {m for g in open_groups for m in g}
+    for svc in order:
+        if svc in needs_out and svc not in reached:
+            groups.append(((svc,), True))
+    rank = {n: i for i, n in enumerate(order)}
+    groups.sort(key=lambda g: (min(rank[m] for m in g[0]), g[1], [rank[m] for m in g[0]]))
+    tier_of = {n: spec.services[n].tier for n in order}
+    names = _name_networks(groups, tier_of)
+
+    try:
+        subnets = allocate(spec.stack.subnet_pool, [len(m) for m, _ in groups])
+    except ValueError as exc:
+        finding = Finding("error", ("stack", "subnet_pool"), str(exc),
+                          "use a larger subnet_pool (for example a /16)")
+        raise SpecError([to_diagnostic(str(loaded.path), loaded.source, finding)]) from None
+
+    networks: list[Network] = []
+    per_service: dict[str, list[tuple[str, IPv4Address]]] = {n: [] for n in order}
+    for (members, _edge), name, subnet in zip(groups, names, subnets, strict=True):
+        internal = not all(m in needs_out for m in members)
+        addrs = tuple((m, subnet.network_address + 2 + i) for i, m in enumerate(members))
+        for m, ip in addrs:
+            per_service[m].append((name, ip))
+        networks.append(Network(name, subnet, subnet.network_address + 1, internal, members,
+                                addrs))
+    networks.sort(key=lambda n: n.name)
+
+    services = tuple(
+        PlanService(
+            name=n,
+            tier=tier_of[n],
+            depth=depth[tier_of[n]],
+            spec=spec.services[n],
+            networks=tuple(sorted(per_service[n])),
+            labels=tuple(sorted((spec.services[n].labels or
+                                 {"app.kubernetes.io/name": n}).items())),
+            service_account=spec.services[n].service_account or n,
+        )
+        for n in order
+    )
+    return Plan(
+        spec=spec,
+        source_name=loaded.name,
+        sha256=loaded.sha256,
+        tiers=tuple(t.name for t in spec.tiers),
+        services=services,
+        networks=tuple(networks),
+        conns=conns,
+        published=_published(spec, conns),
+        targets=select_targets(spec, targets),
+        flow_lines=tuple(loaded.line_of(("flows", i)) for i in range(len(spec.flows))),
+    )
+
+
+def _published(spec: Spec, conns: tuple[Conn, ...]) -> tuple[Published, ...]:
+    found: dict[tuple[str, str, PortRange, PortRange], set[str]] = {}
+    for c in conns:
+        if not is_outside(c.src):
+            continue
+        ip, host = host_range(spec.services[c.dst].publish, c.ports)
+        found.setdefault((c.dst, ip, host, c.ports), set()).add(c.src)
+    return tuple(
+        Published(svc, ip, host, container, tuple(sorted(srcs, key=lambda s: (s != INTERNET, s))))
+        for (svc, ip, host, container), srcs in sorted(found.items())
+    )
+
+
+def select_targets(spec: Spec, wanted: Iterable[str] | None) -> tuple[str, ...]:
+    """The targets to emit: --target, else the spec's [stack].targets, else all that apply."""
+    chosen = list(wanted) if wanted else list(spec.stack.targets or TARGETS)
+    if spec.mesh.kind == "none" and "mesh" in chosen and not wanted and not spec.stack.targets:
+        chosen.remove("mesh")
+    return tuple(t for t in TARGETS if t in chosen)
+
+
+def plan_summary(plan: Plan) -> dict[str, Any]:
+    """Counts for a one-line summary."""
+    return {
+        "services": len(plan.services),
+        "tiers": len(plan.tiers),
+        "flows": len(plan.spec.flows),
+        "connections": len(plan.conns),
+        "networks": len(plan.networks),
+    }

@@ -1,0 +1,75 @@
+"""compose.yaml: services on the networks their flows need, published ports, TLS secrets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from castle import tlsplan
+from castle.plan import Plan, PlanService
+from castle.render import render
+from castle.write import Output, header
+
+PATH = "compose.yaml"
+
+
+def _environment(plan: Plan, svc: PlanService) -> Any:
+    """Passthrough environment with the TLS wiring added, in the form the user wrote."""
+    tls_env = tlsplan.environment(plan, svc.name)
+    env = svc.spec.compose.get("environment")
+    if not tls_env:
+        return env
+    if isinstance(env, list):
+        return [*env, *(f"{k}={v}" for k, v in tls_env.items())]
+    return {**(env or {}), **tls_env}
+
+
+def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
+    """What the template needs about one service."""
+    passthrough = {k: v for k, v in svc.spec.compose.items() if k != "environment"}
+    env = _environment(plan, svc)
+    if env is not None:
+        passthrough["environment"] = env
+    if svc.spec.container_firewall:
+        caps = list(passthrough.get("cap_add") or [])
+        passthrough["cap_add"] = sorted(set(caps) | {"NET_ADMIN"})
+    tls_dir = plan.spec.tls.dir
+    return {
+        "name": svc.name,
+        "image": svc.image,
+        "description": svc.spec.description,
+        "tier": svc.tier,
+        "passthrough": dict(sorted(passthrough.items())),
+        "networks": [(net, str(ip)) for net, ip in svc.networks],
+        "ports": [
+            f"{p.host_ip + ':' if p.host_ip else ''}{_r(p.host.lo, p.host.hi)}:"
+            f"{_r(p.container.lo, p.container.hi)}/{p.container.proto}"
+            for p in plan.published if p.service == svc.name
+        ],
+        "secrets": [
+            {"source": m.source, "target": m.target} for m in tlsplan.mounts(plan, svc.name)
+        ],
+        "tls_dir": tls_dir,
+    }
+
+
+def _r(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def context(plan: Plan) -> dict[str, Any]:
+    """The template context of compose.yaml."""
+    return {
+        "header": header(plan.source_name, plan.sha256),
+        "stack": plan.stack,
+        "services": [service_context(plan, s) for s in plan.services],
+        "networks": plan.networks,
+        "secrets": [
+            (name, f"./{plan.spec.tls.dir}/{file}")
+            for name, file in tlsplan.secret_files(plan).items()
+        ],
+    }
+
+
+def outputs(plan: Plan) -> list[Output]:
+    """The compose target's files."""
+    return [Output(PATH, render("compose.yaml.j2", **context(plan)))]

@@ -65,12 +65,26 @@ def compare_compose(plan: Plan, out: Path) -> tuple[dict[tuple[str, str], str], 
     return marks, notes
 
 
+# Each compare_* returns (marks, notes): marks["src", "dst"] is LOOSER(target) or
+# STRICTER(target) where the artifact allows more or less than the spec on that cell; notes
+# are lines for the report (missing files, what a target cannot express).
+
+
 def compare_artifacts(plan: Plan, out: Path, fmt: str) -> tuple[str, bool]:
     """A matrix report of the artifacts in `out` against the spec; True when they differ."""
     if not out.is_dir():
         raise UsageError(f"{out}: no such folder")
+    from castle.firewall_read import compare_firewall
+    from castle.k8s_read import compare_k8s
+
     m: Matrix = spec_matrix(plan)
-    marks, notes = compare_compose(plan, out)
+    marks: dict[tuple[str, str], str] = {}
+    notes: list[str] = []
+    for compare in (compare_compose, compare_firewall, compare_k8s):
+        more_marks, more_notes = compare(plan, out)
+        for cell, mark in more_marks.items():
+            marks[cell] = f"{marks[cell]} {mark}" if cell in marks else mark
+        notes.extend(more_notes)
     differs = bool(marks)
     if fmt == "table":
         text = render_table(m, marks)

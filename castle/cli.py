@@ -163,6 +163,169 @@ def matrix(
         raise typer.Exit(1)
 
 
+class Firewall(str, Enum):
+    """Which generated firewall `castle prove` applies."""
+
+    iptables = "iptables"
+    nftables = "nftables"
+    both = "both"
+
+
+class AuditFormat(str, Enum):
+    """Output formats of `castle audit`."""
+
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+
+
+class DrawFormat(str, Enum):
+    """Output formats of `castle draw`."""
+
+    svg = "svg"
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+class DiffFormat(str, Enum):
+    """Output formats of `castle diff`."""
+
+    text = "text"
+    markdown = "markdown"
+
+
+def _emit(text: str, out: Path | None) -> None:
+    """Write command output to a file (atomically) or stdout."""
+    if out is None:
+        sys.stdout.write(text)
+        return
+    tmp = out.with_name(f".{out.name}.castle-tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    err(f"wrote {out}")
+
+
+@app.command()
+@handled
+def prove(
+    spec: SpecArg,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="folder with the generated "
+                   "files (default: generate into a temporary folder)")] = None,
+    firewall: Annotated[Firewall, typer.Option("--firewall", help="which firewall to "
+                        "apply")] = Firewall.both,
+) -> None:
+    """Build the stack in throwaway network namespaces, probe every pair and port, compare."""
+    from castle.prove import prove as run
+
+    def progress(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} probes")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    firewalls = ["iptables", "nftables"] if firewall is Firewall.both else [firewall.value]
+    result = run(spec, out, firewalls, progress=progress if sys.stderr.isatty() else None)
+    sys.stdout.write(result.report)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def certs(
+    spec: SpecArg,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="output folder, as for "
+                   "generate; files go to its [tls].dir (default certs/)")] = None,
+    days: Annotated[int | None, typer.Option("--days", help="with --check: fail when a "
+                    "certificate expires within N days (default 30); else: leaf validity "
+                    "in days (default [tls].days)")] = None,
+    check: Annotated[bool, typer.Option("--check", help="write nothing; exit 1 when a "
+                     "certificate is missing, wrong for the spec or expiring")] = False,
+) -> None:
+    """Make the private CA and the certificates tls flows need (never overwrites a key)."""
+    from castle.certs import certs as run
+
+    result = run(spec, out, days=days, check=check)
+    sys.stdout.write(result.report)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def audit(
+    compose: Annotated[Path, typer.Argument(help="an existing compose file")],
+    spec: Annotated[Path | None, typer.Option("--spec", help="compare with this "
+                    "zones.toml")] = None,
+    fmt: Annotated[AuditFormat, typer.Option("--format", "-f")] = AuditFormat.text,
+) -> None:
+    """Who can reach whom in an existing compose file, and what should not."""
+    from castle.audit import audit as run
+
+    result = run(compose, spec, fmt.value)
+    sys.stdout.write(result.report)
+    if result.findings:
+        raise typer.Exit(1)
+
+
+@app.command("import")
+@handled
+def import_(
+    compose: Annotated[Path, typer.Argument(help="an existing compose file")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="write the draft here "
+                   "(default: stdout)")] = None,
+) -> None:
+    """Draft a zones.toml that reproduces a compose file's current reachability."""
+    from castle.importer import import_compose
+
+    _emit(import_compose(compose), out)
+
+
+@app.command()
+@handled
+def explain(
+    spec: SpecArg,
+    src: Annotated[str, typer.Argument(metavar="FROM", help="a service, internet or cidr:X")],
+    dst: Annotated[str, typer.Argument(metavar="TO", help="a service, internet or cidr:X")],
+) -> None:
+    """Why FROM can or cannot reach TO: the flow, network, rule and policy that carry it."""
+    from castle.explain import explain as run
+
+    sys.stdout.write(run(spec, src, dst))
+
+
+@app.command()
+@handled
+def diff(
+    old: Annotated[Path, typer.Argument(help="the spec before the change")],
+    new: Annotated[Path, typer.Argument(help="the spec after the change")],
+    fmt: Annotated[DiffFormat, typer.Option("--format", "-f")] = DiffFormat.text,
+) -> None:
+    """The connections a spec change opens and closes; exit 1 when anything opens."""
+    from castle.specdiff import diff_specs
+
+    result = diff_specs(old, new, fmt.value)
+    sys.stdout.write(result.report)
+    if result.opened:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def draw(
+    spec: SpecArg,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="write here (default: "
+                   "stdout)")] = None,
+    fmt: Annotated[DrawFormat, typer.Option("--format", "-f")] = DrawFormat.svg,
+) -> None:
+    """The castle as concentric rings, with flows as arrows."""
+    from castle.draw import draw as run
+
+    _emit(run(spec, fmt.value), out)
+
+
 @app.command()
 @handled
 def schema() -> None:

@@ -5,19 +5,27 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from types import FrameType, TracebackType
 from typing import Any
 
-from castle.netns_probe import NETNS_DIR, Connect, Listen, path_exists_in, run_probes, write_sysctls
+from castle.netns_probe import (
+    NETNS_DIR,
+    SEQ,
+    Connect,
+    Listen,
+    cleanup_leftovers,
+    netns_available,
+    path_exists_in,
+    run_cmd,
+    run_probes,
+    write_sysctls,
+)
 
 HOST_EXT = IPv4Address("203.0.113.1")  # the host's address towards the internet
 OUTSIDE = IPv4Address("203.0.113.2")  # the internet's address, in the outside namespace
@@ -25,9 +33,7 @@ EXT_NET = IPv4Network("203.0.113.0/24")
 EXT_IF = "eth0"  # the host's uplink, as on a typical Docker host
 _BRIDGE_OPT = "com.docker.network.bridge.name"
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_OURS = re.compile(r"^cst(\d+)-\d+-")
 _RESERVED = frozenset({"outside", "published", "host"})
-_SEQ = itertools.count()
 _Handler = Callable[[int, FrameType | None], Any] | int | None
 
 

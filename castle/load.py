@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from castle.errors import Diagnostic, SpecError, UsageError
-from castle.model import Spec
+from castle.model import Flow, Service, Spec
 from castle.rules import Edge, Finding, Loc, check, closest, where
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
@@ -96,6 +96,8 @@ def _fields(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
     """The field names allowed at `loc` (for "did you mean" on unknown fields)."""
     current: Any = model
     for part in loc:
+        if isinstance(part, int):
+            continue  # a list index: the item has the list's model
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return []
         info = current.model_fields.get(str(part))
@@ -113,10 +115,10 @@ def _fields(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
     return []
 
 
-def _pydantic_findings(exc: ValidationError) -> list[Finding]:
+def _pydantic_findings(exc: ValidationError, prefix: Loc = ()) -> list[Finding]:
     findings = []
     for err in exc.errors():
-        loc = tuple(err["loc"])
+        loc = (*prefix, *err["loc"])
         msg = str(err["msg"]).removeprefix("Value error, ")
         hint = ""
         kind = err["type"]
@@ -151,12 +153,47 @@ def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Fi
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        findings = _pydantic_findings(exc)
+        findings = _piecewise(data) or _pydantic_findings(exc)
         raise SpecError([to_diagnostic(file, source, f) for f in findings]) from None
     findings, edges = check(spec)
     if any(f.severity == "error" for f in findings):
         raise SpecError([to_diagnostic(file, source, f) for f in findings])
     return spec, source, findings, edges
+
+
+_PLACEHOLDER = Flow.model_validate({"from": "internet", "to": "internet"})
+
+
+def _piecewise(data: dict[str, Any]) -> list[Finding]:
+    """Validate services and flows one by one, then run the wall rules on the valid rest,
+    so that a typo in one table does not hide the problems of the others."""
+    raw_services = data.get("services", {})
+    raw_flows = data.get("flows", [])
+    if not isinstance(raw_services, dict) or not isinstance(raw_flows, list):
+        return []
+    findings: list[Finding] = []
+    services: dict[str, Service] = {}
+    for name, raw in raw_services.items():
+        try:
+            services[name] = Service.model_validate(raw)
+        except ValidationError as exc:
+            findings += _pydantic_findings(exc, ("services", name))
+    flows: list[Flow] = []
+    skip: set[int] = set()
+    for i, raw in enumerate(raw_flows):
+        try:
+            flows.append(Flow.model_validate(raw))
+        except ValidationError as exc:
+            findings += _pydantic_findings(exc, ("flows", i))
+            flows.append(_PLACEHOLDER)
+            skip.add(i)
+    try:
+        rest = Spec.model_validate({**data, "services": {}, "flows": []})
+    except ValidationError as exc:
+        return findings + _pydantic_findings(exc)
+    spec = rest.model_copy(update={"services": services, "flows": flows})
+    more, _ = check(spec, frozenset(skip), frozenset(raw_services) - set(services))
+    return findings + [f for f in more if f.severity == "error"]
 
 
 def load(path: str | Path) -> Loaded:

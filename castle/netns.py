@@ -1,44 +1,47 @@
-"""An emulated Docker host in throwaway network namespaces, built from a compose file, and probes."""
+"""An emulated Docker host in throwaway network namespaces, built from a compose file."""
 
 from __future__ import annotations
 
 import itertools
 import os
-import re
 import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from types import FrameType, TracebackType
 from typing import Any
 
 from castle.netns_probe import (
-    NETNS_DIR,
+    EXT_IF,
+    EXT_NET,
+    HOST_EXT,
+    OUTSIDE,
     SEQ,
     Connect,
+    LabError,
     Listen,
+    bridge_names,
     cleanup_leftovers,
+    delete_namespaces,
+    docker_iptables,
+    gateway_net,
+    in_netns,
+    ip_batches,
+    mac,
     netns_available,
-    path_exists_in,
+    nsexec,
+    published_targets,
     run_cmd,
     run_probes,
     write_sysctls,
 )
 
-HOST_EXT = IPv4Address("203.0.113.1")  # the host's address towards the internet
-OUTSIDE = IPv4Address("203.0.113.2")  # the internet's address, in the outside namespace
-EXT_NET = IPv4Network("203.0.113.0/24")
-EXT_IF = "eth0"  # the host's uplink, as on a typical Docker host
 _BRIDGE_OPT = "com.docker.network.bridge.name"
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_RESERVED = frozenset({"outside", "published", "host"})
+_RESERVED = frozenset({"outside", "published"})  # probe syntax
 _Handler = Callable[[int, FrameType | None], Any] | int | None
-
-
-class LabError(Exception):
-    """The lab cannot be built, used or torn down as asked."""
 
 
 @dataclass(frozen=True)
@@ -238,95 +241,16 @@ def _validate(topo: Topology) -> None:
         if c.name in _RESERVED:
             raise LabError(f"service name {c.name!r} is reserved by the lab's probe syntax")
         for net, addr in c.addrs.items():
-            n = byname.get(net)
-            if n is None:
+            on = byname.get(net)
+            if on is None:
                 raise LabError(f"container {c.name}: unknown network {net!r}")
-            if addr not in n.subnet or addr in (n.gw, n.subnet[0], n.subnet[-1]) or addr in seen:
+            bad = (on.gw, on.subnet.network_address, on.subnet.broadcast_address)
+            if addr not in on.subnet or addr in bad or addr in seen:
                 raise LabError(f"container {c.name}: address {addr} unusable on {net}")
             seen.add(addr)
     for p in topo.published:
         if p.container not in cnames or p.proto not in ("tcp", "udp"):
             raise LabError(f"bad published port {p}")
-
-
-def _mac(addr: IPv4Address) -> str:
-    """Docker's classic scheme: 02:42 then the IPv4 address."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in addr.packed)
-
-
-def bridge_names(nets: Sequence[LabNet]) -> dict[str, str]:
-    """Network name -> bridge interface name in the host namespace."""
-    taken = {n.bridge for n in nets if n.bridge}
-    out, counter = {}, itertools.count()
-    for n in nets:
-        if n.bridge:
-            if not _IFNAME.match(n.bridge) or n.bridge in {EXT_IF, "lo"} or n.bridge[:4] == "veth":
-                raise LabError(f"network {n.name}: bridge name {n.bridge!r} unusable")
-            out[n.name] = n.bridge
-        else:
-            out[n.name] = next(b for i in counter if (b := f"b{i}") not in taken)
-    if len(set(out.values())) != len(out):
-        raise LabError("two networks share a bridge name")
-    return out
-
-
-def gateway_net(topo: Topology, container: str) -> str | None:
-    """The network that carries a container's default route and published ports, if any."""
-    nets = {n.name: n for n in topo.nets}
-    c = next(c for c in topo.containers if c.name == container)
-    return next((net for net in c.addrs if not nets[net].internal), None)
-
-
-def published_targets(topo: Topology) -> list[tuple[Published, str, IPv4Address]]:
-    """Each published port dockerd would map: (port, its network, container address)."""
-    byname = {c.name: c for c in topo.containers}
-    out = []
-    for p in topo.published:
-        net = gateway_net(topo, p.container)
-        if net is not None:  # Docker publishes nothing for a container on internal networks only
-            out.append((p, net, byname[p.container].addrs[net]))
-    return out
-
-
-def docker_iptables(topo: Topology, bridges: Mapping[str, str], *, conntrack: bool = True) -> str:
-    """dockerd's own rules (Engine 28 layout) for this topology, as iptables-restore input."""
-    f = ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-FORWARD",
-         "-A DOCKER-FORWARD -j DOCKER-CT", "-A DOCKER-FORWARD -j DOCKER-INTERNAL",
-         "-A DOCKER-FORWARD -j DOCKER-BRIDGE"]
-    accept, drop, raw = [], [], []
-    nat = ["-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
-           "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER"]
-    for n in topo.nets:
-        b = bridges[n.name]
-        if n.internal:
-            f += [f"-A DOCKER-INTERNAL ! -s {n.subnet} -o {b} -j DROP",
-                  f"-A DOCKER-INTERNAL ! -d {n.subnet} -i {b} -j DROP",
-                  f"-A DOCKER-FORWARD -i {b} -o {b} -j ACCEPT"]
-            continue
-        if conntrack:
-            f.append(f"-A DOCKER-CT -o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
-        f += [f"-A DOCKER-BRIDGE -o {b} -j DOCKER", f"-A DOCKER-FORWARD -i {b} -j ACCEPT"]
-        drop.append(f"-A DOCKER ! -i {b} -o {b} -j DROP")
-        nat += [f"-A POSTROUTING -s {n.subnet} ! -o {b} -j MASQUERADE",
-                f"-A DOCKER -i {b} -j RETURN"]
-    for p, net, addr in published_targets(topo):
-        b, pr = bridges[net], p.proto
-        rule = f"-A DOCKER -d {addr}/32 ! -i {b} -o {b} -p {pr} -m {pr} --dport {p.container_port}"
-        if rule + " -j ACCEPT" not in accept:
-            accept.append(rule + " -j ACCEPT")
-        if f"-A PREROUTING -d {addr}/32 ! -i {b} -j DROP" not in raw:
-            raw.append(f"-A PREROUTING -d {addr}/32 ! -i {b} -j DROP")
-        dst = f"-d {p.host_ip}/32 " if p.host_ip is not None else ""
-        nat.append(f"-A DOCKER {dst}! -i {b} -p {pr} -m {pr} --dport {p.host_port}"
-                   f" -j DNAT --to-destination {addr}:{p.container_port}")
-    chains = ["DOCKER", "DOCKER-BRIDGE", "DOCKER-CT", "DOCKER-FORWARD", "DOCKER-INTERNAL",
-              "DOCKER-USER"]
-    return "\n".join([
-        "*raw", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", *raw, "COMMIT",
-        "*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-        ":POSTROUTING ACCEPT [0:0]", ":DOCKER - [0:0]", *nat, "COMMIT",
-        "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
-        *[f":{c} - [0:0]" for c in chains], *f, *accept, *drop, "COMMIT", ""])
 
 
 @dataclass(frozen=True)
@@ -339,3 +263,248 @@ class Probe:
     port: int
 
 
+class Lab:
+    """A running emulated Docker host: built on enter, removed on exit (also on SIGTERM/SIGINT)."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        *,
+        bridge_nf_call: bool = True,
+        conntrack_docker: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.topo = topo
+        self.bridge_nf_call = bridge_nf_call
+        self.progress = progress
+        self.prefix = f"cst{os.getpid()}-{next(SEQ)}-"
+        self.host_ns, self.outside_ns = self.prefix + "host", self.prefix + "out"
+        self.container_ns = {c.name: f"{self.prefix}c{i}" for i, c in enumerate(topo.containers)}
+        self.bridges = bridge_names(topo.nets)
+        self.docker_rules = docker_iptables(topo, self.bridges, conntrack=conntrack_docker)
+        self._nets = {n.name: n for n in topo.nets}
+        self._containers = {c.name: c for c in topo.containers}
+        self._made: list[str] = []
+        self._sources: set[IPv4Address] = {OUTSIDE}
+        self._stop = threading.Event()
+        self._handlers: dict[int, _Handler] = {}
+        self._running = False
+
+    @property
+    def namespaces(self) -> list[str]:
+        """Every namespace of this lab: host, outside, then one per container."""
+        return [self.host_ns, self.outside_ns, *self.container_ns.values()]
+
+    def __enter__(self) -> Lab:
+        if self._made:
+            raise LabError("a Lab can be entered only once")
+        reason = netns_available()
+        if reason is not None:
+            raise LabError(reason)
+        cleanup_leftovers()
+        self._install_handlers()
+        try:
+            self._build()
+        except BaseException:
+            self._teardown()
+            raise
+        self._running = True
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        left = self._teardown()
+        if left and kind is None:
+            raise LabError(f"namespaces left behind: {' '.join(left)}")
+
+    def host_exec(
+        self, argv: list[str], input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the host namespace (iptables-restore, nft -f, iptables-save...)."""
+        return self.exec_in("host", argv, input)
+
+    def exec_in(
+        self, node: str, argv: list[str], input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in the namespace of 'host', 'outside' or a container (no raise on exit)."""
+        if not self._running:
+            raise LabError("the lab is not running")
+        ns = {"host": self.host_ns, "outside": self.outside_ns, **self.container_ns}.get(node)
+        if ns is None:
+            raise LabError(f"no such lab node: {node!r}")
+        return nsexec(ns, argv, input)
+
+    def probe(self, probes: Sequence[Probe], timeout: float = 1.0) -> dict[Probe, bool]:
+        """Try every probe in parallel: True where a connection and one echoed byte got through."""
+        if not self._running:
+            raise LabError("the lab is not running")
+        unique = list(dict.fromkeys(probes))
+        listens: set[Listen] = set()
+        planned = [(p, self._plan(p, listens)) for p in unique]
+        connects = [(p, c) for p, c in planned if c is not None]
+        self._add_sources({IPv4Address(c.src) for _, c in connects if c.src is not None})
+        try:
+            done = run_probes(listens, [c for _, c in connects], timeout,
+                              progress=self.progress, stop=self._stop)
+        except OSError as exc:
+            raise LabError(f"probing failed: {exc}") from exc
+        results = dict.fromkeys(unique, False)
+        results.update(zip((p for p, _ in connects), done, strict=True))
+        return results
+
+    def _plan(self, p: Probe, listens: set[Listen]) -> Connect | None:
+        if p.proto not in ("tcp", "udp") or not 0 < p.port < 65536:
+            raise LabError(f"bad probe {p}: proto must be tcp or udp, port 1-65535")
+        src = self._containers.get(p.src)
+        bind = None
+        if src is not None:
+            ns = self.container_ns[p.src]
+        elif p.src == "outside" or p.src.startswith("outside:"):
+            ns = self.outside_ns
+            bind = str(self._check_source(p.src[8:])) if p.src != "outside" else None
+        else:
+            raise LabError(f"unknown probe source {p.src!r}")
+        dst = self._containers.get(p.dst)
+        if dst is not None:
+            if not dst.addrs:
+                return None  # network_mode none: nothing can reach it
+            shared = [n for n in (src.addrs if src else {}) if n in dst.addrs]
+            addr = dst.addrs[shared[0]] if shared else next(iter(dst.addrs.values()))
+            listens.add(Listen(self.container_ns[p.dst], p.proto, "0.0.0.0", p.port))
+        elif p.dst == "published":
+            if src is not None:
+                raise LabError(f"bad probe {p}: published ports are probed from outside")
+            addr = HOST_EXT
+            for pub, _, _ in published_targets(self.topo):
+                if pub.host_port == p.port and pub.proto == p.proto:
+                    ns_c = self.container_ns[pub.container]
+                    listens.add(Listen(ns_c, p.proto, "0.0.0.0", pub.container_port))
+        elif p.dst == "outside":
+            addr = OUTSIDE
+            listens.add(Listen(self.outside_ns, p.proto, str(OUTSIDE), p.port))
+        elif p.dst.startswith("host:") and p.dst[5:] in self._nets:
+            addr = self._nets[p.dst[5:]].gw
+            listens.add(Listen(self.host_ns, p.proto, str(addr), p.port))
+        else:
+            raise LabError(f"unknown probe destination {p.dst!r}")
+        return Connect(ns, p.proto, str(addr), p.port, bind)
+
+    def _check_source(self, text: str) -> IPv4Address:
+        try:
+            addr = IPv4Address(text)
+        except ValueError as exc:
+            raise LabError(f"bad outside source address {text!r}") from exc
+        if addr == OUTSIDE:
+            return addr
+        if (addr == HOST_EXT or addr.is_loopback or addr.is_multicast or addr.is_unspecified
+                or addr.is_reserved or any(addr in n.subnet for n in self.topo.nets)):
+            raise LabError(f"outside source {addr} would clash with the lab's own addresses")
+        return addr
+
+    def _add_sources(self, wanted: set[IPv4Address]) -> None:
+        new = sorted(wanted - self._sources)
+        if new:
+            route = f"via {OUTSIDE} dev {EXT_IF}"
+            ip_batches([(self.outside_ns, [f"addr add {a}/32 dev {EXT_IF}" for a in new]),
+                        (self.host_ns, [f"route add {a}/32 {route}" for a in new])])
+            self._sources.update(new)
+
+    def _build(self) -> None:
+        self._made = self.namespaces
+        ip_batches([(None, [f"netns add {n}" for n in self._made])])
+        base = {"net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/default/rp_filter": "0"}
+        if os.path.isdir("/proc/sys/net/ipv6"):  # no IPv6 chatter in the shared neighbour table
+            base |= {f"net/ipv6/conf/{c}/disable_ipv6": "1" for c in ("all", "default")}
+        host = base | {"net/ipv4/ip_forward": "1"}
+        nf = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        if not in_netns(self.host_ns, lambda: os.path.exists(nf)):
+            run_cmd(["modprobe", "br_netfilter"])
+        if in_netns(self.host_ns, lambda: os.path.exists(nf)):
+            host["net/bridge/bridge-nf-call-iptables"] = "1" if self.bridge_nf_call else "0"
+        elif self.bridge_nf_call:
+            raise LabError("br_netfilter is not available: bridged traffic would bypass iptables")
+        for ns in self._made:  # before any interface exists, so that every one inherits them
+            in_netns(ns, partial(write_sysctls, host if ns == self.host_ns else base))
+        ip_batches([(self.host_ns, self._host_lines())])
+        jobs = [(self.outside_ns, [
+            "link set lo up", f"link set {EXT_IF} up", f"addr add {OUTSIDE}/24 dev {EXT_IF}",
+            f"neigh replace {HOST_EXT} lladdr {mac(HOST_EXT)} dev {EXT_IF} nud permanent",
+            f"route add default via {HOST_EXT}"])]
+        jobs += [(self.container_ns[c.name], self._container_lines(c))
+                 for c in self.topo.containers]
+        ip_batches(jobs)
+        rules = nsexec(self.host_ns, ["iptables-restore"], self.docker_rules)
+        if rules.returncode:
+            raise LabError(f"loading dockerd's rules failed: {rules.stderr.strip()}")
+
+    def _host_lines(self) -> list[str]:
+        lines = ["link set lo up"]
+        for n in self.topo.nets:
+            b = self.bridges[n.name]
+            lines += [f"link add {b} address {mac(n.gw)} type bridge", f"link set {b} up",
+                      f"addr add {n.gw}/{n.subnet.prefixlen} dev {b}"]
+        lines += [f"link add {EXT_IF} address {mac(HOST_EXT)} type veth peer name {EXT_IF}"
+                  f" address {mac(OUTSIDE)} netns {self.outside_ns}",
+                  f"link set {EXT_IF} up", f"addr add {HOST_EXT}/24 dev {EXT_IF}",
+                  f"neigh replace {OUTSIDE} lladdr {mac(OUTSIDE)} dev {EXT_IF} nud permanent"]
+        for i, c in enumerate(self.topo.containers):
+            for k, (net, addr) in enumerate(c.addrs.items()):
+                b, veth = self.bridges[net], f"veth{i}_{k}"
+                lines += [f"link add {veth} type veth peer name eth{k} address {mac(addr)}"
+                          f" netns {self.container_ns[c.name]}",
+                          f"link set {veth} master {b} up",
+                          f"neigh replace {addr} lladdr {mac(addr)} dev {b} nud permanent"]
+        return lines
+
+    def _container_lines(self, c: LabContainer) -> list[str]:
+        lines = ["link set lo up"]
+        for k, (net, addr) in enumerate(c.addrs.items()):
+            n, dev = self._nets[net], f"eth{k}"
+            lines += [f"link set {dev} up", f"addr add {addr}/{n.subnet.prefixlen} dev {dev}",
+                      f"neigh replace {n.gw} lladdr {mac(n.gw)} dev {dev} nud permanent"]
+            lines += [f"neigh replace {a} lladdr {mac(a)} dev {dev} nud permanent"
+                      for o in self.topo.containers if o is not c and (a := o.addrs.get(net))]
+        gw = gateway_net(self.topo, c.name)
+        if gw is not None:  # like Docker: no default route on internal networks only
+            lines.append(f"route add default via {self._nets[gw].gw}")
+        return lines
+
+    def _teardown(self) -> list[str]:
+        self._running = False
+        self._stop.set()
+        self._restore_handlers()
+        return delete_namespaces(self._made)
+
+    def _install_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers; exits still clean up
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            prev = signal.getsignal(sig)
+            if prev != signal.SIG_IGN:
+                self._handlers[sig] = prev
+                signal.signal(sig, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, prev in self._handlers.items():
+            if signal.getsignal(sig) == self._on_signal:
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self._handlers.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        prev = self._handlers.get(signum)
+        self._teardown()
+        if callable(prev):
+            prev(signum, frame)  # e.g. KeyboardInterrupt for SIGINT, or an outer lab's handler
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+
+__all__ = [
+    "EXT_IF", "HOST_EXT", "OUTSIDE", "Lab", "LabContainer", "LabError", "LabNet", "Probe",
+    "Published", "Topology", "bridge_names", "cleanup_leftovers", "docker_iptables",
+    "gateway_net", "netns_available", "published_targets",
+]

@@ -1,4 +1,4 @@
-"""Network-namespace plumbing: setns(2), sysctls, housekeeping, and a paced TCP/UDP prober."""
+"""The lab's machinery: namespace plumbing, dockerd's rules, and a paced TCP/UDP prober."""
 
 from __future__ import annotations
 
@@ -19,8 +19,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import TypeVar
+from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING, TypeVar
 
+if TYPE_CHECKING:
+    from castle.netns import LabNet, Published, Topology
+
+HOST_EXT = IPv4Address("203.0.113.1")  # the host's address towards the internet
+OUTSIDE = IPv4Address("203.0.113.2")  # the internet's address, in the outside namespace
+EXT_NET = IPv4Network("203.0.113.0/24")
+EXT_IF = "eth0"  # the host's uplink, as on a typical Docker host
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 PAYLOAD = b"!"
@@ -31,9 +40,43 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _T = TypeVar("_T")
 
 
+class LabError(Exception):
+    """The lab cannot be built, used or torn down as asked."""
+
+
 def run_cmd(argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing its text output, never raising on failure."""
     return subprocess.run(argv, input=input, capture_output=True, text=True, check=False)
+
+
+def nsexec(netns: str, argv: list[str], input: str | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    """Run a command inside a named network namespace (nsenter: the mounts stay the machine's)."""
+    return run_cmd(["nsenter", f"--net={NETNS_DIR}/{netns}", "--", *argv], input)
+
+
+def ip_batches(jobs: Sequence[tuple[str | None, list[str]]]) -> None:
+    """Feed each list of `ip` commands to one `ip [-n NETNS] -b -`, a few processes at a time."""
+    errors = []
+    for start in range(0, len(jobs), 16):
+        chunk = jobs[start:start + 16]
+        procs = [subprocess.Popen(["ip", *(["-n", ns] if ns else []), "-b", "-"], text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for ns, _ in chunk]
+        for (ns, lines), proc in zip(chunk, procs, strict=True):
+            _, err = proc.communicate("\n".join(lines) + "\n")
+            if proc.returncode:
+                errors.append(f"ip -b in {ns or 'the root namespace'}: {err.strip()}")
+    if errors:
+        raise LabError("; ".join(errors))
+
+
+def delete_namespaces(names: Iterable[str]) -> list[str]:
+    """Delete named namespaces (missing ones are fine); return those still present after."""
+    names = [n for n in names if os.path.exists(os.path.join(NETNS_DIR, n))]
+    if names:
+        run_cmd(["ip", "-force", "-b", "-"], "".join(f"netns del {n}\n" for n in names))
+    return [n for n in names if os.path.exists(os.path.join(NETNS_DIR, n))]
 
 
 def _alive(pid: int) -> bool:
@@ -42,7 +85,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
@@ -53,8 +96,7 @@ def cleanup_leftovers() -> list[str]:
     except OSError:
         return []
     dead = [n for n in names if (m := OURS.match(n)) and not _alive(int(m.group(1)))]
-    if dead:
-        run_cmd(["ip", "-force", "-b", "-"], "".join(f"netns del {n}\n" for n in dead))
+    delete_namespaces(dead)
     return dead
 
 
@@ -72,7 +114,7 @@ def netns_available() -> str | None:
     made = run_cmd(["ip", "netns", "add", name])
     if made.returncode:
         return f"'ip netns add' failed: {made.stderr.strip()}"
-    run_cmd(["ip", "netns", "del", name])
+    delete_namespaces([name])
     return None
 
 
@@ -91,14 +133,12 @@ class _Switcher:
         self._here: str | None = None
 
     def enter(self, name: str) -> None:
-        if name == self._here:
-            return
-        fd = self._fds.get(name)
-        if fd is None:
-            fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
-            self._fds[name] = fd
-        _setns(fd)
-        self._here = name
+        if name != self._here:
+            if name not in self._fds:
+                path = os.path.join(NETNS_DIR, name)
+                self._fds[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            _setns(self._fds[name])
+            self._here = name
 
     def close(self) -> None:
         try:
@@ -111,15 +151,20 @@ class _Switcher:
             self._fds.clear()
 
 
-def run_in_thread(fn: Callable[[], _T]) -> _T:
-    """Run fn in a fresh thread (whose namespace moves never touch the caller) and return its result."""
+def in_netns(netns: str | None, fn: Callable[[], _T]) -> _T:
+    """Run fn in a fresh thread inside netns (None: no move); the caller's thread never moves."""
     box: dict[str, object] = {}
 
     def target() -> None:
+        sw = _Switcher()
         try:
+            if netns is not None:
+                sw.enter(netns)
             box["value"] = fn()
         except BaseException as exc:  # noqa: B036 - handed to the caller unchanged
             box["error"] = exc
+        finally:
+            sw.close()
 
     thread = threading.Thread(target=target, name="castle-netns", daemon=True)
     thread.start()
@@ -129,35 +174,91 @@ def run_in_thread(fn: Callable[[], _T]) -> _T:
     return box["value"]  # type: ignore[return-value]
 
 
-def write_sysctls(settings: Mapping[str, Mapping[str, str]]) -> None:
-    """Write /proc/sys values (keys like 'net/ipv4/ip_forward') inside each named namespace."""
-
-    def work() -> None:
-        sw = _Switcher()
-        try:
-            for netns, values in settings.items():
-                sw.enter(netns)
-                for key, value in values.items():
-                    with open(f"/proc/sys/{key}", "w", encoding="ascii") as fh:
-                        fh.write(value)
-        finally:
-            sw.close()
-
-    run_in_thread(work)
+def write_sysctls(values: Mapping[str, str]) -> None:
+    """Write /proc/sys/KEY (e.g. 'net/ipv4/ip_forward') for the calling thread's namespace."""
+    for key, value in values.items():
+        with open(f"/proc/sys/{key}", "w", encoding="ascii") as fh:
+            fh.write(value)
 
 
-def path_exists_in(netns: str, path: str) -> bool:
-    """Whether a path (e.g. under /proc/sys/net) exists as seen from inside a namespace."""
+def mac(addr: IPv4Address) -> str:
+    """Docker's classic scheme: 02:42 then the IPv4 address."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in addr.packed)
 
-    def work() -> bool:
-        sw = _Switcher()
-        try:
-            sw.enter(netns)
-            return os.path.exists(path)
-        finally:
-            sw.close()
 
-    return run_in_thread(work)
+def bridge_names(nets: Sequence[LabNet]) -> dict[str, str]:
+    """Network name -> bridge interface name in the host namespace."""
+    taken = {n.bridge for n in nets if n.bridge}
+    out, counter = {}, itertools.count()
+    for n in nets:
+        if n.bridge:
+            if not _IFNAME.match(n.bridge) or n.bridge in {EXT_IF, "lo"} or n.bridge[:4] == "veth":
+                raise LabError(f"network {n.name}: bridge name {n.bridge!r} unusable")
+            out[n.name] = n.bridge
+        else:
+            out[n.name] = next(b for i in counter if (b := f"b{i}") not in taken)
+    if len(set(out.values())) != len(out):
+        raise LabError("two networks share a bridge name")
+    return out
+
+
+def gateway_net(topo: Topology, container: str) -> str | None:
+    """The network that carries a container's default route and published ports, if any."""
+    nets = {n.name: n for n in topo.nets}
+    c = next(c for c in topo.containers if c.name == container)
+    return next((net for net in c.addrs if not nets[net].internal), None)
+
+
+def published_targets(topo: Topology) -> list[tuple[Published, str, IPv4Address]]:
+    """Each published port dockerd would map: (port, its network, container address)."""
+    byname = {c.name: c for c in topo.containers}
+    out = []
+    for p in topo.published:
+        net = gateway_net(topo, p.container)
+        if net is not None:  # Docker publishes nothing for a container on internal networks only
+            out.append((p, net, byname[p.container].addrs[net]))
+    return out
+
+
+def docker_iptables(topo: Topology, bridges: Mapping[str, str], *, conntrack: bool = True) -> str:
+    """dockerd's own rules (Engine 28 layout) for this topology, as iptables-restore input."""
+    f = ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-FORWARD",
+         "-A DOCKER-FORWARD -j DOCKER-CT", "-A DOCKER-FORWARD -j DOCKER-INTERNAL",
+         "-A DOCKER-FORWARD -j DOCKER-BRIDGE"]
+    accept, drop, raw = [], [], []
+    nat = ["-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+           "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER"]
+    for n in topo.nets:
+        b = bridges[n.name]
+        if n.internal:
+            f += [f"-A DOCKER-INTERNAL ! -s {n.subnet} -o {b} -j DROP",
+                  f"-A DOCKER-INTERNAL ! -d {n.subnet} -i {b} -j DROP",
+                  f"-A DOCKER-FORWARD -i {b} -o {b} -j ACCEPT"]
+            continue
+        if conntrack:
+            f.append(f"-A DOCKER-CT -o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+        f += [f"-A DOCKER-BRIDGE -o {b} -j DOCKER", f"-A DOCKER-FORWARD -i {b} -j ACCEPT"]
+        drop.append(f"-A DOCKER ! -i {b} -o {b} -j DROP")
+        nat += [f"-A POSTROUTING -s {n.subnet} ! -o {b} -j MASQUERADE",
+                f"-A DOCKER -i {b} -j RETURN"]
+    for p, net, addr in published_targets(topo):
+        b, pr = bridges[net], p.proto
+        rule = f"-A DOCKER -d {addr}/32 ! -i {b} -o {b} -p {pr} -m {pr} --dport {p.container_port}"
+        if rule + " -j ACCEPT" not in accept:
+            accept.append(rule + " -j ACCEPT")
+        if f"-A PREROUTING -d {addr}/32 ! -i {b} -j DROP" not in raw:
+            raw.append(f"-A PREROUTING -d {addr}/32 ! -i {b} -j DROP")
+        dst = f"-d {p.host_ip}/32 " if p.host_ip is not None else ""
+        nat.append(f"-A DOCKER {dst}! -i {b} -p {pr} -m {pr} --dport {p.host_port}"
+                   f" -j DNAT --to-destination {addr}:{p.container_port}")
+    chains = ["DOCKER", "DOCKER-BRIDGE", "DOCKER-CT", "DOCKER-FORWARD", "DOCKER-INTERNAL",
+              "DOCKER-USER"]
+    return "\n".join([
+        "*raw", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", *raw, "COMMIT",
+        "*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+        ":POSTROUTING ACCEPT [0:0]", ":DOCKER - [0:0]", *nat, "COMMIT",
+        "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
+        *[f":{c} - [0:0]" for c in chains], *f, *accept, *drop, "COMMIT", ""])
 
 
 @dataclass(frozen=True)
@@ -260,11 +361,12 @@ class _Engine:
             try:
                 sock.bind((spec.addr, spec.port))
             except OSError as exc:
-                raise OSError(exc.errno, f"cannot listen on {spec}: {exc.strerror}") from exc
+                raise LabError(f"cannot listen on {spec}: {exc.strerror}") from exc
             if spec.proto == "tcp":
                 sock.listen(4096)
             sock.setblocking(False)
-            self.sel.register(sock, selectors.EVENT_READ, "listen" if spec.proto == "tcp" else "udp")
+            role = "listen" if spec.proto == "tcp" else "udp"
+            self.sel.register(sock, selectors.EVENT_READ, role)
 
     def _loop(self) -> None:
         order = deque(sorted(range(len(self.connects)), key=lambda i: self.connects[i].netns))
@@ -422,4 +524,4 @@ def run_probes(
 ) -> list[bool]:
     """Start the echo servers, run every connect in parallel (paced), and say which completed."""
     engine = _Engine(list(listens), connects, timeout, burst, progress, stop)
-    return run_in_thread(engine.run)
+    return in_netns(None, engine.run)

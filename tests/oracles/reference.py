@@ -70,7 +70,9 @@ def _publish_map(service: Mapping[str, Any]) -> dict[tuple[str, int], set[int]]:
     for entry in service.get("publish", []):
         text, _, proto = str(entry).partition("/")
         host, container = text.split(":")[-2:]
-        pairs = zip(parse_ports(f"{host}/{proto}"), parse_ports(f"{container}/{proto}"), strict=True)
+        pairs = zip(
+            parse_ports(f"{host}/{proto}"), parse_ports(f"{container}/{proto}"), strict=True
+        )
         for (_, h), (p, c) in pairs:
             mapping.setdefault((p, c), set()).add(h)
     return mapping

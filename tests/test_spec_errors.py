@@ -1,0 +1,209 @@
+"""Every wall rule rejects a broken spec: exit 2, file:line, a clear message, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from castle.cli import app
+
+BASE = """\
+version = 1
+[stack]
+name = "shop"
+[[tiers]]
+name = "public"
+[[tiers]]
+name = "backend"
+[[tiers]]
+name = "data"
+[services.web]
+tier = "public"
+image = "nginx:1.27"
+listen = [80, 443]
+[services.app]
+tier = "backend"
+image = "myapp:1.0"
+listen = [8000, "9000-9010/udp"]
+[services.db]
+tier = "data"
+image = "postgres:16"
+listen = [5432]
+[[flows]]
+from = "internet"
+to = "web"
+ports = [80, 443]
+[[flows]]
+from = "web"
+to = "app"
+ports = [8000]
+[[flows]]
+from = "app"
+to = "db"
+"""
+# line numbers in BASE: [services.web] 10, [services.app] 14, [services.db] 18,
+# flows[0] 22, flows[1] 26, flows[2] 30; BASE ends on line 32
+
+FLOW = '[[flows]]\nfrom = "{src}"\nto = "{dst}"\n'
+
+
+def flow(src: str, dst: str, extra: str = "") -> str:
+    """One more [[flows]] table at the end of BASE (header line 33, from 34, to 35)."""
+    return BASE + FLOW.format(src=src, dst=dst) + extra
+
+
+CASES: list[tuple[str, str, int, str]] = [
+    # (id, spec text, line, expected message fragment)
+    ("toml-syntax", BASE.replace('name = "public"', 'name = "public'), 5, "invalid TOML"),
+    ("toml-duplicate-key", BASE.replace('image = "nginx:1.27"', 'image = "a"\nimage = "b"'),
+     13, "invalid TOML"),
+    ("unknown-field", BASE.replace("listen = [80, 443]", "listne = [80, 443]"), 13,
+     "unknown field 'listne'; did you mean 'listen'?"),
+    ("unknown-top-field", BASE + "[firewal]\nssh_port = 22\n", 33,
+     "unknown field 'firewal'; did you mean 'firewall'?"),
+    ("unknown-flow-field", flow("web", "app", "tlz = true\n"), 36,
+     "unknown field 'tlz'; did you mean 'tls'?"),
+    ("missing-image", BASE.replace('image = "myapp:1.0"\n', ""), 14,
+     "missing required field 'image'"),
+    ("bad-version", BASE.replace("version = 1", "version = 2"), 1,
+     "unsupported format version 2"),
+    ("unknown-service", flow("web", "apq"), 35, "unknown service 'apq'; did you mean 'app'?"),
+    ("unknown-tier-selector", flow("web", "tier:backnd"), 35,
+     "unknown tier 'backnd'; did you mean 'tier:backend'?"),
+    ("unknown-service-tier", BASE.replace('tier = "data"', 'tier = "dta"'), 19,
+     "unknown tier 'dta'; did you mean 'data'?"),
+    ("duplicate-tier", BASE.replace('name = "data"', 'name = "backend"'), 9,
+     "tier 'backend' is declared twice"),
+    ("bad-service-name", BASE.replace("[services.db]", '[services."db$(reboot)"]')
+     .replace('to = "db"', 'to = "db$(reboot)"'), 18, "is not a DNS-1123 label"),
+    ("uppercase-stack", BASE.replace('name = "shop"', 'name = "Shop"'), 3,
+     "is not a DNS-1123 label"),
+    ("reserved-name", BASE.replace("[services.db]", "[services.internet]")
+     .replace('to = "db"', 'to = "app"\nports = [8000]'), 18, "reserved"),
+    ("skips-wall", flow("web", "db"), 33, "'web' -> 'db' skips the wall 'backend'"),
+    ("outward", flow("db", "app", "ports = [8000]\n"), 33,
+     "'db' -> 'app' goes outward (from tier 'data' to 'backend')"),
+    ("internet-inner", flow("internet", "app", "ports = [8000]\n"), 33,
+     "'internet' -> 'app' enters at tier 'backend', behind the outermost wall 'public'"),
+    ("cidr-inner", flow("cidr:10.8.0.0/24", "db"), 33, "enters at tier 'data'"),
+    ("port-not-listened", flow("web", "app", "ports = [8001]\n"), 36,
+     "'app' does not listen on 8001/tcp"),
+    ("udp-port-as-tcp", flow("web", "app", "ports = [9005]\n"), 36,
+     "'app' does not listen on 9005/tcp"),
+    ("range-too-wide", flow("web", "app", 'ports = ["9000-9011/udp"]\n'), 36,
+     "does not listen on 9000-9011/udp"),
+    ("bad-port", flow("web", "app", "ports = [70000]\n"), 36, "ports are 1-65535"),
+    ("bad-port-text", flow("web", "app", 'ports = ["http"]\n'), 36, "is not a port"),
+    ("malformed-cidr", flow("cidr:10.8.0.0/33", "web"), 34, "malformed CIDR"),
+    ("cidr-host-bits", flow("cidr:10.8.0.1/24", "web"), 34, "did you mean 'cidr:10.8.0.0/24'?"),
+    ("egress-no-ports", flow("app", "internet"), 33, "must list its ports"),
+    ("publish-without-flow",
+     BASE.replace('image = "myapp:1.0"', 'image = "myapp:1.0"\npublish = ["8000:8000"]'), 17,
+     "publishes 8000/tcp but no flow from internet or a CIDR reaches 'app'"),
+    ("publish-bad", BASE.replace("listen = [80, 443]", 'listen = [80, 443]\npublish = ["x:80"]'),
+     14, "is not a publish entry"),
+    ("host-port-clash", BASE.replace("listen = [8000,", "publish = [\"80:8000\"]\nlisten = [8000,")
+     + FLOW.format(src="internet", dst="app") + "ports = [8000]\nwaiver = \"test\"\n", 17,
+     "host port 80/tcp is published by both"),
+    ("owned-compose-key", BASE + "[services.web.compose]\nnetworks = [\"default\"]\n", 33,
+     "castle owns networks"),
+    ("pool-too-small", BASE.replace('name = "shop"', 'name = "shop"\nsubnet_pool = "10.0.0.0/30"'),
+     4, "cannot fit"),
+    ("bad-pool", BASE.replace('name = "shop"', 'name = "shop"\nsubnet_pool = "10.0.0.0/77"'), 4,
+     "subnet_pool"),
+    ("outside-to-outside", flow("internet", "cidr:10.0.0.0/8", "ports = [80]\n"), 33,
+     "never touches the stack"),
+    ("tls-env-bad-ref", BASE.replace('image = "myapp:1.0"',
+                                     'image = "myapp:1.0"\ntls_env = { X = "client_cert:web" }'),
+     17, "has no tls flow to 'web'"),
+    ("empty-tiers", 'version = 1\ntiers = []\n[stack]\nname = "x"\n', 2, "at least one"),
+    ("newline-in-description", flow("web", "app", 'description = "a\\nb"\n'), 36,
+     "control characters"),
+    ("bad-image", BASE.replace('image = "nginx:1.27"', 'image = "nginx; rm -rf /"'), 12,
+     "is not an image reference"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "line", "message"), CASES, ids=[c[0] for c in CASES])
+def test_broken_spec_is_rejected(tmp_path: Path, case: str, text: str, line: int,
+                                 message: str) -> None:
+    """Exit 2, the message with the spec's path and line, no traceback, and nothing written."""
+    spec = tmp_path / "zones.toml"
+    spec.write_text(text)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["generate", str(spec), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"{spec}:{line}:" in result.output, result.output
+    assert message in result.output, result.output
+    assert "error:" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+    validate = CliRunner().invoke(app, ["validate", str(spec)])
+    assert validate.exit_code == 2
+    assert message in validate.output
+
+
+def test_base_spec_is_valid(tmp_path: Path) -> None:
+    """Negative control for the table: the unbroken spec passes."""
+    spec = tmp_path / "zones.toml"
+    spec.write_text(BASE)
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert "valid: 3 services in 3 tiers" in result.output
+
+
+def test_all_errors_reported_at_once(tmp_path: Path) -> None:
+    """A typo in one table does not hide the rule broken in another."""
+    text = (BASE.replace("listen = [80, 443]", "listne = [80, 443]")
+            + FLOW.format(src="db", dst="app") + "ports = [8000]\n"
+            + FLOW.format(src="web", dst="dbb"))
+    spec = tmp_path / "zones.toml"
+    spec.write_text(text)
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2
+    assert "unknown field 'listne'" in result.output
+    assert "unknown service 'dbb'; did you mean 'db'?" in result.output
+    assert "'db' -> 'app' goes outward" in result.output
+    assert "3 errors" in result.output
+
+
+def test_waiver_allows_a_wall_crossing(tmp_path: Path) -> None:
+    """waiver = "why" turns a wall error into an accepted, documented exception."""
+    spec = tmp_path / "zones.toml"
+    spec.write_text(flow("web", "db", 'waiver = "legacy report job, ticket 42"\n'))
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("extra", "warning"), [
+    ('[services.lonely]\ntier = "data"\nimage = "x"\n', "reaches nothing and nothing reaches it"),
+    ('[[tiers]]\nname = "vault"\n', "tier 'vault' has no services"),
+    (FLOW.format(src="web", dst="app") + "ports = [8000]\n", "allows nothing that flows[1]"),
+    (FLOW.format(src="db", dst="internet") + "ports = [443]\n", "innermost tier"),
+])
+def test_warnings_do_not_block(tmp_path: Path, extra: str, warning: str) -> None:
+    """Warnings are printed with their line, and the spec still validates (exit 0)."""
+    spec = tmp_path / "zones.toml"
+    spec.write_text(BASE + extra)
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and warning in result.output
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    """A spec path that is not a file is a usage error, not a crash."""
+    for path in (tmp_path / "nope.toml", tmp_path):
+        result = CliRunner().invoke(app, ["validate", str(path)])
+        assert result.exit_code == 2
+        assert "castle:" in result.output and "Traceback" not in result.output
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    """Binary input is reported as such, with a line."""
+    spec = tmp_path / "zones.toml"
+    spec.write_bytes(b'version = 1\n\xff\xfe\n')
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2
+    assert f"{spec}:2:" in result.output and "not UTF-8" in result.output

@@ -207,21 +207,18 @@ def cover_lower_bound(adj: dict[str, set[str]]) -> int:
     Two edges share a clique only if all their endpoints are pairwise adjacent, so a set of
     edges in which no pair does needs one clique each (greedy maximal set, deterministic).
     """
-    chosen: list[tuple[str, str]] = []
-    by_node: dict[str, list[tuple[str, str]]] = {}
+    chosen: set[frozenset[str]] = set()
+    by_node: dict[str, set[str]] = {}  # node -> other ends of its chosen edges
     for a in sorted(adj):
         for b in sorted(adj[a]):
             if b <= a:
                 continue
-            clash = False
-            for x, y in by_node.get(a, []) + by_node.get(b, []):
-                if all(p == q or q in adj[p] for p in (a, b, x, y) for q in (a, b, x, y)):
-                    clash = True
-                    break
+            common = ({a} | adj[a]) & ({b} | adj[b])
+            clash = any(y in common for x in common for y in by_node.get(x, ()))
             if not clash:
-                chosen.append((a, b))
-                for n in (a, b):
-                    by_node.setdefault(n, []).append((a, b))
+                chosen.add(frozenset((a, b)))
+                by_node.setdefault(a, set()).add(b)
+                by_node.setdefault(b, set()).add(a)
     return len(chosen)
 
 

@@ -154,7 +154,7 @@ class Checker:
             for src in srcs:
                 for dst in dsts:
                     if src == dst:
-                        if not is_outside(src) and len(flow.from_) == 1 and flow.from_ == flow.to:
+                        if flow.from_ == flow.to == [src]:
                             self.warn(("flows", i), f"{src!r} -> {src!r} is a flow to itself",
                                       "a container always reaches itself; remove the flow")
                         continue

@@ -78,8 +78,9 @@ def best_of(argv: list[str], n: int) -> float:
 
 def castle_argv(*args: str) -> list[str]:
     """Run castle from this checkout in a fresh interpreter."""
-    return [sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
-            "from castle.cli import main; sys.argv[0] = 'castle'; main()" % str(ROOT), *args]
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "from castle.cli import main; sys.argv[0] = 'castle'; main()")
+    return [sys.executable, "-c", code, *args]
 
 
 def startup(tmp: Path, runs: int) -> None:

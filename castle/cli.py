@@ -6,7 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -68,7 +68,7 @@ def _warn(loaded: Any) -> None:
 SpecArg = Annotated[Path, typer.Argument(help="the zones.toml to read", show_default=False)]
 
 
-class MatrixFormat(str, Enum):
+class MatrixFormat(StrEnum):
     """Output formats of `castle matrix`."""
 
     table = "table"
@@ -80,7 +80,8 @@ class MatrixFormat(str, Enum):
 @handled
 def init(
     folder: Annotated[Path, typer.Argument(help="where to write zones.toml")] = Path("."),
-    force: Annotated[bool, typer.Option("--force", help="overwrite an existing zones.toml")] = False,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing "
+                                        "zones.toml")] = False,
 ) -> None:
     """Write a commented zones.toml to start from."""
     from castle.starter import write_starter
@@ -100,9 +101,10 @@ def validate(spec: SpecArg) -> None:
     plan = compile_plan(loaded)
     _warn(loaded)
     n = len(loaded.warnings)
+    warned = f" ({n} warning{'s' if n != 1 else ''})" if n else ""
     print(f"{spec}: valid: {len(plan.services)} services in {len(plan.tiers)} tiers, "
           f"{len(plan.spec.flows)} flows -> {len(plan.conns)} connections, "
-          f"{len(plan.networks)} networks" + (f" ({n} warning{'s' if n != 1 else ''})" if n else ""))
+          f"{len(plan.networks)} networks{warned}")
 
 
 @app.command()
@@ -163,7 +165,7 @@ def matrix(
         raise typer.Exit(1)
 
 
-class Firewall(str, Enum):
+class Firewall(StrEnum):
     """Which generated firewall `castle prove` applies."""
 
     iptables = "iptables"
@@ -171,7 +173,7 @@ class Firewall(str, Enum):
     both = "both"
 
 
-class AuditFormat(str, Enum):
+class AuditFormat(StrEnum):
     """Output formats of `castle audit`."""
 
     text = "text"
@@ -179,7 +181,7 @@ class AuditFormat(str, Enum):
     sarif = "sarif"
 
 
-class DrawFormat(str, Enum):
+class DrawFormat(StrEnum):
     """Output formats of `castle draw`."""
 
     svg = "svg"
@@ -187,7 +189,7 @@ class DrawFormat(str, Enum):
     dot = "dot"
 
 
-class DiffFormat(str, Enum):
+class DiffFormat(StrEnum):
     """Output formats of `castle diff`."""
 
     text = "text"
@@ -199,6 +201,12 @@ def _emit(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
         return
+    from castle.errors import UsageError
+
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent}: no such folder")
+    if out.is_dir():
+        raise UsageError(f"{out}: is a folder; give a file name")
     tmp = out.with_name(f".{out.name}.castle-tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)

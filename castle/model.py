@@ -27,7 +27,9 @@ TARGETS = ("compose", "iptables", "nftables", "k8s", "mesh")
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_LABEL_KEY = re.compile(r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
+)
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
 TLS_REF = re.compile(r"ca|server_cert|server_key|(client_cert|client_key):([a-z0-9-]{1,63})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
@@ -143,7 +145,8 @@ def parse_publish(value: Any) -> PublishEntry:
     """Parse "80:80", "8443:443/tcp" or "127.0.0.1:8080:80" as compose writes them."""
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a publish entry (use \"HOST:CONTAINER\")")
-    m = re.fullmatch(r"(?:(\d{1,3}(?:\.\d{1,3}){3}):)?([\d-]+):([\d-]+)(/(?:tcp|udp))?", value.strip())
+    m = re.fullmatch(r"(?:(\d{1,3}(?:\.\d{1,3}){3}):)?([\d-]+):([\d-]+)(/(?:tcp|udp))?",
+                     value.strip())
     if not m:
         raise ValueError(
             f"{value!r} is not a publish entry (use \"HOST:CONTAINER\", \"HOST:CONTAINER/udp\" "
@@ -326,6 +329,16 @@ class Kubernetes(_Model):
     dns_namespace: Label = "kube-system"
     dns_pod_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
 
+    @field_validator("ingress_pod_labels", "dns_pod_labels")
+    @classmethod
+    def _pod_labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, val in v.items():
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"{key[:60]!r} is not a Kubernetes label key")
+            if not _LABEL_VALUE.match(val):
+                raise ValueError(f"{val[:60]!r} is not a Kubernetes label value")
+        return v
+
 
 class Mesh(_Model):
     """The `[mesh]` table: service-mesh mTLS and authorization (opt-in)."""
@@ -344,7 +357,9 @@ class Mesh(_Model):
 class Tls(_Model):
     """The `[tls]` table: where certificates live and how long they last."""
 
-    dir: str = "certs"
+    # Inside k8s/ so that kustomize's default load restrictor lets the secretGenerator read
+    # the files; compose.yaml points at the same folder, so there is one copy of each key.
+    dir: str = "k8s/certs"
     days: int = Field(default=365, ge=1, le=3650)
     ca_days: int = Field(default=3650, ge=1, le=36500)
 

@@ -61,6 +61,12 @@ def nft_string(value: Any) -> str:
     return '"' + data.decode("utf-8", "ignore") + '"'
 
 
+def xml_text(value: Any) -> str:
+    """Text safe inside an XML element or a double-quoted attribute."""
+    return (comment(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;"))
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     """The shared, cached Jinja environment."""
@@ -74,7 +80,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters.update(
         yq=yaml_scalar, yblock=yaml_block, sh=shell_quote, comment=comment, nftstr=nft_string,
-        tojson=lambda v: json.dumps(v, sort_keys=True),
+        xml=xml_text, tojson=lambda v: json.dumps(v, sort_keys=True),
     )
     return env
 

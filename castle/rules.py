@@ -100,7 +100,8 @@ class Checker:
                 pass
             if svc.tier not in seen:
                 self.error(("services", name, "tier"), f"unknown tier {svc.tier!r}",
-                           closest(svc.tier, tiers) or f"declare it in [[tiers]] ({', '.join(tiers)})")
+                           closest(svc.tier, tiers)
+                           or f"declare it in [[tiers]] ({', '.join(tiers)})")
 
     # -- flows -------------------------------------------------------------------------
 
@@ -136,7 +137,8 @@ class Checker:
             return []
         candidates = sorted(services) + [f"tier:{t}" for t in self.depth()] + [INTERNET]
         self.error(loc, f"unknown service {text!r}",
-                   closest(text, candidates) or "use a service, tier:NAME, internet or cidr:A.B.C.D/N")
+                   closest(text, candidates)
+                   or "use a service, tier:NAME, internet or cidr:A.B.C.D/N")
         return []
 
     def check_flows(self) -> None:
@@ -191,7 +193,9 @@ class Checker:
                     peers.append(peer)
         return peers
 
-    def _ports(self, i: int, src: str, dst: str, reported: set[str]) -> tuple[PortRange, ...] | None:
+    def _ports(
+        self, i: int, src: str, dst: str, reported: set[str]
+    ) -> tuple[PortRange, ...] | None:
         flow = self.spec.flows[i]
         if is_outside(dst):
             if flow.ports is None:
@@ -297,7 +301,8 @@ class Checker:
                     self.error(("services", name, "publish"),
                                f"host port {port}/{host.proto} is published by both {other!r} "
                                f"and {name!r}",
-                               f"map one to another host port: publish = [\"{port + 8000}:{port}\"]")
+                               "map one to another host port: "
+                               f"publish = [\"{port + 8000}:{port}\"]")
                     break
 
     def host_ports(self) -> Iterator[tuple[str, PortRange]]:
@@ -307,8 +312,9 @@ class Checker:
             if not is_outside(edge.src):
                 continue
             for port in edge.ports:
-                host = host_range(self.spec.services[edge.dst].publish, port)[1]
-                if (edge.dst, host) not in seen:
+                for _ip, host, _ in publish_ranges(self.spec.services[edge.dst].publish, port):
+                    if (edge.dst, host) in seen:
+                        continue
                     seen.add((edge.dst, host))
                     yield edge.dst, host
 
@@ -356,6 +362,17 @@ class Checker:
                                    closest(dest, sorted(servers)) or "add tls = true to that flow")
                 elif ref == "ca" and not is_server and not servers:
                     self.error(loc, f"{name!r} is in no tls flow", "add tls = true to a flow")
+            if svc.tls_env:
+                # tls_env replaces the default wiring entirely: say which files nothing points at.
+                refs = set(svc.tls_env.values())
+                wanted = ({"server_cert", "server_key"} if is_server else set()) | {
+                    f"client_{kind}:{dest}" for dest in servers for kind in ("cert", "key")}
+                missing = sorted(wanted - refs)
+                if missing:
+                    self.warn(("services", name, "tls_env"),
+                              f"no variable points at {', '.join(missing)}",
+                              "the secret is mounted, but the program is not told where; add "
+                              "an entry (or drop tls_env to get the default wiring)")
             env = svc.compose.get("environment")
             names: set[str] = set()
             if isinstance(env, dict):
@@ -375,6 +392,31 @@ def host_range(publish: list[PublishEntry], port: PortRange) -> tuple[str, PortR
             off = entry.host.lo - entry.container.lo
             return entry.host_ip, PortRange(port.proto, port.lo + off, port.hi + off)
     return "", port
+
+
+def publish_ranges(
+    publish: list[PublishEntry], port: PortRange
+) -> list[tuple[str, PortRange, PortRange]]:
+    """(host IP, host range, container range) pieces that publish a container port range:
+    each port keeps its number unless a `publish` entry renames it (a range may be split)."""
+    pieces: list[tuple[str, PortRange, PortRange]] = []
+    lo = port.lo
+    while lo <= port.hi:
+        entry = next((e for e in publish if e.container.proto == port.proto
+                      and e.container.lo <= lo <= e.container.hi), None)
+        if entry is None:
+            starts = [e.container.lo for e in publish
+                      if e.container.proto == port.proto and lo < e.container.lo <= port.hi]
+            hi = min(starts, default=port.hi + 1) - 1
+            same = PortRange(port.proto, lo, hi)
+            pieces.append(("", same, same))
+        else:
+            hi = min(entry.container.hi, port.hi)
+            off = entry.host.lo - entry.container.lo
+            pieces.append((entry.host_ip, PortRange(port.proto, lo + off, hi + off),
+                           PortRange(port.proto, lo, hi)))
+        lo = hi + 1
+    return pieces
 
 
 def check(spec: Spec, skip_flows: frozenset[int] = frozenset(),

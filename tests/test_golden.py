@@ -1,0 +1,43 @@
+"""Golden files: every generated file of the example, reviewed like code when it changes.
+
+Regenerate after an intended change with:
+    CASTLE_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py
+and review `git diff tests/golden/` before committing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from castle.generate import build
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+CASES = {
+    "example": ROOT / "zones.example.toml",
+    "chain": ROOT / "tests" / "data" / "specs" / "chain.toml",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden(name: str) -> None:
+    """Generated files equal the committed golden copies, byte for byte."""
+    _, _, outputs = build(CASES[name])
+    folder = GOLDEN / name
+    if os.environ.get("CASTLE_UPDATE_GOLDEN"):
+        shutil.rmtree(folder, ignore_errors=True)
+        for out in outputs:
+            path = folder / out.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(out.content)
+    wanted = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert wanted == sorted(o.path for o in outputs), (
+        "the set of generated files changed; rerun with CASTLE_UPDATE_GOLDEN=1 and review")
+    for out in outputs:
+        assert (folder / out.path).read_text() == out.content, (
+            f"{name}/{out.path} differs from its golden copy; rerun with "
+            "CASTLE_UPDATE_GOLDEN=1 and review the diff")

@@ -258,9 +258,14 @@ class Probe:
     """One connection attempt: src (container, 'outside', 'outside:IP') to dst on proto/port."""
 
     src: str
-    dst: str  # a container, "published", "outside" or "host:<network>"
+    dst: str  # a container, "published", "outside", "host" or "host:<network>"
     proto: str
     port: int
+
+
+def _shifted(report: Callable[[int, int], None], offset: int, total: int, done: int, _: int
+             ) -> None:
+    report(offset + done, total)
 
 
 class Lab:
@@ -330,7 +335,7 @@ class Lab:
         """Run a command in the namespace of 'host', 'outside' or a container (no raise on exit)."""
         if not self._running:
             raise LabError("the lab is not running")
-        ns = {"host": self.host_ns, "outside": self.outside_ns, **self.container_ns}.get(node)
+        ns = {**self.container_ns, "host": self.host_ns, "outside": self.outside_ns}.get(node)
         if ns is None:
             raise LabError(f"no such lab node: {node!r}")
         return nsexec(ns, argv, input)
@@ -340,17 +345,27 @@ class Lab:
         if not self._running:
             raise LabError("the lab is not running")
         unique = list(dict.fromkeys(probes))
-        listens: set[Listen] = set()
-        planned = [(p, self._plan(p, listens)) for p in unique]
-        connects = [(p, c) for p, c in planned if c is not None]
-        self._add_sources({IPv4Address(c.src) for _, c in connects if c.src is not None})
-        try:
-            done = run_probes(listens, [c for _, c in connects], timeout,
-                              progress=self.progress, stop=self._stop)
-        except OSError as exc:
-            raise LabError(f"probing failed: {exc}") from exc
+        # "host" and "published" both dial 203.0.113.1: never let a host listener answer
+        # for a port that was meant to be published, so such host probes go in a second round.
+        published = {(p.proto, p.port) for p in unique if p.dst == "published"}
+        later = [p for p in unique if p.dst == "host" and (p.proto, p.port) in published]
         results = dict.fromkeys(unique, False)
-        results.update(zip((p for p, _ in connects), done, strict=True))
+        offset, report = 0, self.progress
+        for batch in ([p for p in unique if p not in set(later)], later):
+            listens: set[Listen] = set()
+            planned = [(p, self._plan(p, listens)) for p in batch]
+            connects = [(p, c) for p, c in planned if c is not None]
+            self._add_sources({IPv4Address(c.src) for _, c in connects if c.src is not None})
+            shifted = report and partial(_shifted, report, offset, len(unique))
+            try:
+                done = run_probes(listens, [c for _, c in connects], timeout, stop=self._stop,
+                                  progress=shifted)
+            except OSError as exc:
+                raise LabError(f"probing failed: {exc}") from exc
+            results.update(zip((p for p, _ in connects), done, strict=True))
+            offset += len(batch)
+            if report is not None:
+                report(offset, len(unique))
         return results
 
     def _plan(self, p: Probe, listens: set[Listen]) -> Connect | None:
@@ -380,9 +395,10 @@ class Lab:
                 if pub.host_port == p.port and pub.proto == p.proto:
                     ns_c = self.container_ns[pub.container]
                     listens.add(Listen(ns_c, p.proto, "0.0.0.0", pub.container_port))
-        elif p.dst == "outside":
-            addr = OUTSIDE
-            listens.add(Listen(self.outside_ns, p.proto, str(OUTSIDE), p.port))
+        elif p.dst in ("outside", "host"):
+            out = p.dst == "outside"
+            addr, node = (OUTSIDE, self.outside_ns) if out else (HOST_EXT, self.host_ns)
+            listens.add(Listen(node, p.proto, str(addr), p.port))
         elif p.dst.startswith("host:") and p.dst[5:] in self._nets:
             addr = self._nets[p.dst[5:]].gw
             listens.add(Listen(self.host_ns, p.proto, str(addr), p.port))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import itertools
 import os
 import re
-import resource
 import selectors
 import shutil
 import socket
@@ -36,7 +36,6 @@ PAYLOAD = b"!"
 OURS = re.compile(r"^cst(\d+)-\d+-")  # lab namespaces: cst<pid>-<lab number>-<role>
 SEQ = itertools.count()  # lab numbers within this process
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _T = TypeVar("_T")
 
 
@@ -118,8 +117,13 @@ def netns_available() -> str | None:
     return None
 
 
+@cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)  # loaded on first use: importable anywhere
+
+
 def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 
@@ -282,31 +286,30 @@ class Connect:
     src: str | None = None
 
 
+@dataclass(slots=True, eq=False)
 class _Client:
-    __slots__ = ("index", "sock", "proto", "deadline", "resend", "connected")
-
-    def __init__(self, index: int, sock: socket.socket, proto: str, deadline: float) -> None:
-        self.index = index
-        self.sock = sock
-        self.proto = proto
-        self.deadline = deadline
-        self.resend = 0.0
-        self.connected = False
+    index: int
+    sock: socket.socket
+    proto: str
+    deadline: float
+    resend: float  # when a UDP client sends its datagram once more
+    connected: bool = False  # TCP: the handshake completed
+    graced: bool = False
 
 
 def _fd_budget(servers: int) -> int:
     """How many clients may be in flight: each can hold one client and one accepted socket."""
+    import resource  # POSIX only, like everything else here
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            soft = want
+    cap = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < cap:
+        try:  # dropped probes all wait out the timeout together: let there be room for them
+            resource.setrlimit(resource.RLIMIT_NOFILE, (cap, hard))
+            soft = cap
         except (ValueError, OSError):
             pass
-    if soft == resource.RLIM_INFINITY:
-        soft = 65536
-    return max(16, (soft - 128 - servers) // 2)
+    return max(16, (min(soft, cap) - 128 - servers) // 2)
 
 
 class _Engine:
@@ -370,7 +373,7 @@ class _Engine:
 
     def _loop(self) -> None:
         order = deque(sorted(range(len(self.connects)), key=lambda i: self.connects[i].netns))
-        expiry: deque[_Client] = deque()
+        expiry: deque[_Client] = deque()  # by deadline: clients start (and are graced) in order
         resends: deque[_Client] = deque()
         limit = _fd_budget(len(self.servers))
         while order or self.live:
@@ -383,29 +386,30 @@ class _Engine:
                 started += 1
                 if client is not None:
                     expiry.append(client)
-                    if client.proto == "udp":
-                        resends.append(client)
-            now = time.monotonic()
-            while expiry and (expiry[0].index not in self.live or expiry[0].deadline <= now):
+                    resends.extend([client] if client.proto == "udp" else [])
+            if order and len(self.live) < limit:
+                wait = 0.002
+            else:
+                wait = min(0.05, max(0.0, expiry[0].deadline - time.monotonic())) if expiry else 0
+            ready = self.sel.select(wait)
+            # Whatever had arrived by now is handled before anyone is declared timed out.
+            cutoff = time.monotonic()
+            for key, mask in ready:
+                self._event(key, mask)
+            while expiry and (expiry[0].index not in self.live or expiry[0].deadline <= cutoff):
                 client = expiry.popleft()
-                if client.index in self.live:
+                if client.index in self.live and client.connected and not client.graced:
+                    # The handshake made it in time; the echo only waits on this loop.
+                    client.graced, client.deadline = True, cutoff + self.timeout
+                    expiry.append(client)
+                elif client.index in self.live:
                     self._finish(client, False)
-            while resends and (resends[0].index not in self.live or resends[0].resend <= now):
+            while resends and (resends[0].index not in self.live or resends[0].resend <= cutoff):
                 client = resends.popleft()
                 if client.index in self.live:
                     # A lone datagram may be lost; one more try at half-time costs nothing.
-                    try:
+                    with contextlib.suppress(OSError):
                         client.sock.send(PAYLOAD)
-                    except OSError:
-                        pass
-            if order and len(self.live) < limit:
-                wait = 0.002
-            elif expiry:
-                wait = min(0.05, max(0.0, expiry[0].deadline - now))
-            else:
-                wait = 0.0
-            for key, mask in self.sel.select(wait):
-                self._event(key, mask)
             self._report()
 
     def _start(self, index: int) -> _Client | None:
@@ -432,8 +436,7 @@ class _Engine:
             self._record(index, False)
             return None
         now = time.monotonic()
-        client = _Client(index, sock, spec.proto, now + self.timeout)
-        client.resend = now + self.timeout / 2
+        client = _Client(index, sock, spec.proto, now + self.timeout, now + self.timeout / 2)
         self.sel.register(sock, events, client)
         self.live[index] = client
         return client

@@ -28,7 +28,7 @@ quiet_pip() {
 # -- system packages ------------------------------------------------------------------------
 missing=()
 for pair in iptables:iptables nft:nftables ip:iproute2 shellcheck:shellcheck \
-            openssl:openssl modprobe:kmod rsvg-convert:librsvg2-bin; do
+            openssl:openssl modprobe:kmod rsvg-convert:librsvg2-bin dot:graphviz; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
@@ -68,15 +68,22 @@ ensure_venv .venv "$(sha256sum pyproject.toml | cut -d' ' -f1) $py_version" -e '
 ensure_venv .venv-nca "nca==$NCA_VERSION $py_version" "network-config-analyzer==$NCA_VERSION"
 export CASTLE_NCA="$PWD/.venv-nca/bin/nca"
 
-# -- checks -------------------------------------------------------------------------------
+# -- checks: run all three, fail if any failed -------------------------------------------
+failed=()
 say "ruff"
-.venv/bin/ruff check castle tests
+.venv/bin/ruff check castle tests benchmarks || failed+=(ruff)
 say "mypy"
-.venv/bin/mypy
+.venv/bin/mypy || failed+=(mypy)
 say "pytest"
 rc=0
 .venv/bin/python -m pytest "$@" || rc=$?
-if [ "$rc" -eq 5 ]; then
-  say "pytest collected no tests: that is a failure here"
+case "$rc" in
+  0) ;;
+  5) say "pytest collected no tests: that is a failure here"; failed+=(pytest) ;;
+  *) failed+=(pytest) ;;
+esac
+if [ "${#failed[@]}" -gt 0 ]; then
+  say "FAILED: ${failed[*]}"
+  exit 1
 fi
-exit "$rc"
+say "all checks passed"

@@ -80,6 +80,22 @@ def test_network_modes() -> None:
     assert r.egress == {"h", "web", "side"}
     assert r.host_network == {"h"}
     assert any("network_mode host" in f for f in r.findings)
+    assert r.net_admin == set()
+
+
+def test_net_admin_is_reported_apart_from_findings() -> None:
+    """cap_add NET_ADMIN (or ALL, or privileged) lands in net_admin, not in findings."""
+    doc = {
+        "services": {
+            "a": {"image": "x", "cap_add": ["NET_ADMIN"]},
+            "b": {"image": "x", "cap_add": ["CAP_NET_ADMIN", "SYS_TIME"]},
+            "c": {"image": "x", "privileged": True},
+            "d": {"image": "x", "cap_add": ["SYS_TIME"]},
+        }
+    }
+    r = compose_reach.reach(doc)
+    assert r.net_admin == {"a", "b", "c"}
+    assert r.findings == []
 
 
 def test_port_syntaxes() -> None:
@@ -527,6 +543,19 @@ def test_nca_rejects_invalid_policies(tmp_path: Path) -> None:
         kube.nca_connectivity([bad], pods, namespaces)
 
 
+def test_nca_many_matches_single_runs(tmp_path: Path) -> None:
+    """One nca process for several queries gives what separate runs give."""
+    need(kube.nca_skip_reason())
+    pods, namespaces = kube.stack_cluster("shop", SERVICES)
+    a = write(tmp_path, ALLOW_APP_TO_DB, "a.yaml")
+    b = write(tmp_path, LEAK, "b.yaml")
+    many = kube.nca_connectivity_many([([a], pods, namespaces), ([a, b], pods, namespaces)])
+    assert many[0] == kube.nca_connectivity([a], pods, namespaces)
+    assert many[1] == kube.nca_connectivity([a, b], pods, namespaces)
+    assert ("web", "db", "tcp") in kube.normalize(many[1], "shop").pods
+    assert ("web", "db", "tcp") not in kube.normalize(many[0], "shop").pods
+
+
 NCA_SAMPLE = """\
 0.0.0.0-9.255.255.255 => shop/web[Pod] : {protocols:TCP,dst_ports:80,443}
 11.0.0.0-255.255.255.255 => shop/web[Pod] : {protocols:TCP,dst_ports:80,443}
@@ -578,6 +607,14 @@ def test_ip_ranges_and_adjacent_atoms_merge() -> None:
         [("internet", "web", "tcp", 80), ("cidr:10.8.0.0/24", "web", "tcp", 22)], ["web"], dns=()
     )
     assert got == want
+    v6 = "shop/app[Pod] => ::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff : "
+    v6 += "{protocols:TCP,dst_ports:443}"
+    everywhere = kube.ip_ranges(["0.0.0.0/0", "::/0"])
+    assert kube.normalize(kube.parse_nca(text + v6), "shop") != want
+    assert kube.normalize(kube.parse_nca(v6), "shop") == kube.expected_connectivity(
+        [("app", "internet", "tcp", 443)], ["app"], internet=kube.ip_ranges(["::/0"]), dns=()
+    )
+    assert len(everywhere) == 2  # IPv4 and IPv6 never merge into one range
     assert kube.ip_ranges(["0.0.0.0/0"], PRIVATE) == kube.ip_ranges(
         ["0.0.0.0/5", "8.0.0.0/7", "11.0.0.0/8", "12.0.0.0/6", "16.0.0.0/4", "32.0.0.0/3",
          "64.0.0.0/2", "128.0.0.0/3", "160.0.0.0/5", "168.0.0.0/6", "172.0.0.0/12",

@@ -9,6 +9,8 @@ Docker's model, as this oracle applies it:
   and is reported as a finding; `none` reaches nothing; `bridge` is Docker's default
   bridge, shared by every service in that mode;
 - a service has egress when at least one of its networks is not `internal: true`;
+- `findings` are reachability surprises (host or foreign network namespaces, undefined
+  networks); services that may rewrite their own firewall are listed in `net_admin`;
 - a published port is reachable from outside whatever its host IP (this oracle records
   host ports, not bind addresses); a container-only port gets an ephemeral host port,
   recorded as None; a host range mapped to one container port yields every host port.
@@ -38,6 +40,7 @@ class ComposeReach:
     published: set[Published] = field(default_factory=set)
     egress: set[str] = field(default_factory=set)
     host_network: set[str] = field(default_factory=set)
+    net_admin: set[str] = field(default_factory=set)  # cap_add NET_ADMIN/ALL or privileged
     addresses: dict[tuple[str, str], str] = field(default_factory=dict)
     subnets: dict[str, str] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
@@ -133,11 +136,9 @@ def reach(doc: Mapping[str, Any]) -> ComposeReach:
         mode = str(svc.get("network_mode") or "")
         for port in svc.get("ports") or []:
             out.published |= parse_port(name, port)
-        caps = [str(c).upper() for c in svc.get("cap_add") or []]
-        if "NET_ADMIN" in caps or "CAP_NET_ADMIN" in caps or "ALL" in caps:
-            out.findings.append(f"service {name!r}: cap_add NET_ADMIN")
-        if svc.get("privileged") is True:
-            out.findings.append(f"service {name!r}: privileged")
+        caps = {str(c).upper().removeprefix("CAP_") for c in svc.get("cap_add") or []}
+        if caps & {"NET_ADMIN", "ALL"} or svc.get("privileged") is True:
+            out.net_admin.add(name)  # can rewrite its own firewall, not its networks
         if mode == "host":
             own[name] = {HOST}
             out.findings.append(f"service {name!r}: network_mode host")

@@ -35,6 +35,22 @@ TLS_REF = re.compile(r"ca|server_cert|server_key|(client_cert|client_key):([a-z0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
 
+MAX_COMPOSE_DEPTH = 32
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when lists and tables nest more than `limit` levels (iterative: no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            if level >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return False
+
+
 def dns_label_problem(name: str) -> str | None:
     """Why `name` is not a DNS-1123 label, or None when it is one."""
     if DNS_LABEL.match(name):
@@ -278,6 +294,9 @@ class Service(_Model):
                 f"castle owns {', '.join(owned)}: set them through tier, listen, publish, "
                 "flows and tls instead of [services.NAME.compose]"
             )
+        if any(_too_deep(x, MAX_COMPOSE_DEPTH) for x in v.values()):
+            # the YAML writer recurses per level; no real compose key nests this deep
+            raise ValueError(f"nested more than {MAX_COMPOSE_DEPTH} levels deep")
         return v
 
 
@@ -371,6 +390,27 @@ class Tls(_Model):
         return v
 
 
+_TOP_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+
+class ComposeTop(_Model):
+    """The `[compose]` table: top-level compose objects services refer to (named volumes,
+    configs), passed through as written; castle owns networks and secrets."""
+
+    volumes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("volumes", "configs")
+    @classmethod
+    def _names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, body in v.items():
+            if not _TOP_NAME.match(name):
+                raise ValueError(f"{name[:60]!r} is not a compose object name")
+            if _too_deep(body, MAX_COMPOSE_DEPTH):
+                raise ValueError(f"{name}: nested more than {MAX_COMPOSE_DEPTH} levels deep")
+        return v
+
+
 class Spec(_Model):
     """A whole zones.toml."""
 
@@ -383,6 +423,7 @@ class Spec(_Model):
     kubernetes: Kubernetes = Field(default_factory=Kubernetes)
     mesh: Mesh = Field(default_factory=Mesh)
     tls: Tls = Field(default_factory=Tls)
+    compose: ComposeTop = Field(default_factory=ComposeTop)
 
     @field_validator("tiers")
     @classmethod

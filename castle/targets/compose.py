@@ -40,6 +40,9 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         "tier": svc.tier,
         "passthrough": dict(sorted(passthrough.items())),
         "networks": [(net, str(ip)) for net, ip in svc.networks],
+        # informational for readers and `castle import`; reachability comes from networks
+        "expose": [_r(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "")
+                   for p in svc.spec.listen],
         "ports": [
             f"{p.host_ip + ':' if p.host_ip else ''}{_r(p.host.lo, p.host.hi)}:"
             f"{_r(p.container.lo, p.container.hi)}/{p.container.proto}"
@@ -67,6 +70,8 @@ def context(plan: Plan) -> dict[str, Any]:
             (name, f"./{plan.spec.tls.dir}/{file}")
             for name, file in tlsplan.secret_files(plan).items()
         ],
+        "volumes": dict(sorted(plan.spec.compose.volumes.items())),
+        "configs": dict(sorted(plan.spec.compose.configs.items())),
     }
 
 

@@ -39,9 +39,12 @@ def synthetic_spec(services: int, flows_per_service: int = 5, seed: int = 7) -> 
     lines = ["version = 1", "[stack]", 'name = "bench"', 'subnet_pool = "10.64.0.0/10"']
     for t in tiers:
         lines += ["[[tiers]]", f'name = "{t}"']
+    published = by_tier["edge"][:10]
     for n in names:
         lines += [f"[services.{n}]", f'tier = "{tier_of[n]}"', 'image = "busybox:1.36"',
                   "listen = [8080, 9090]"]
+        if n in published:  # each on its own host port
+            lines.append(f'publish = ["{20000 + published.index(n)}:8080"]')
     seen: set[tuple[str, str]] = set()
     for n in names:
         depth = tiers.index(tier_of[n])
@@ -53,7 +56,7 @@ def synthetic_spec(services: int, flows_per_service: int = 5, seed: int = 7) -> 
             seen.add((n, dst))
             lines += ["[[flows]]", f'from = "{n}"', f'to = "{dst}"',
                       f"ports = [{rng.choice([8080, 9090])}]"]
-    for n in by_tier["edge"][:10]:
+    for n in published:
         lines += ["[[flows]]", 'from = "internet"', f'to = "{n}"', "ports = [8080]"]
     return "\n".join(lines) + "\n"
 

@@ -245,7 +245,7 @@ def prove(
 def certs(
     spec: SpecArg,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="output folder, as for "
-                   "generate; files go to its [tls].dir (default certs/)")] = None,
+                   "generate; files go to its [tls].dir (default k8s/certs/)")] = None,
     days: Annotated[int | None, typer.Option("--days", help="with --check: fail when a "
                     "certificate expires within N days (default 30); else: leaf validity "
                     "in days (default [tls].days)")] = None,

@@ -18,6 +18,7 @@ from castle.rules import Edge, Finding, Loc, check, closest, where
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
 _KEY = re.compile(rf"^\s*({_PART}(?:\s*\.\s*{_PART})*)\s*=")
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
 _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
@@ -34,22 +35,33 @@ class SourceMap:
         counts: dict[tuple[str, ...], int] = {}
         table: tuple[str | int, ...] = ()
         for n, line in enumerate(text.splitlines(), start=1):
-            m = _HEADER.match(line)
-            if m and not _KEY.match(line):
-                keys = tuple(_split_key(m.group(2)))
-                if m.group(1) == "[[":
-                    idx = counts.get(keys, 0)
-                    counts[keys] = idx + 1
-                    table = (*keys, idx)
-                else:
-                    table = keys
-                self.lines.setdefault(table, n)
+            stripped = line.lstrip()
+            if stripped[:1] == "[":
+                m = _HEADER.match(line)
+                if m:
+                    keys = tuple(_split_key(m.group(2)))
+                    if m.group(1) == "[[":
+                        idx = counts.get(keys, 0)
+                        counts[keys] = idx + 1
+                        table = (*keys, idx)
+                    else:
+                        table = keys
+                    self.lines.setdefault(table, n)
                 continue
-            k = _KEY.match(line)
-            if k:
-                path = (*table, *_split_key(k.group(1)))
-                for cut in range(len(table) + 1, len(path) + 1):
-                    self.lines.setdefault(path[:cut], n)
+            head, eq, _ = stripped.partition("=")
+            if not eq:
+                continue
+            head = head.rstrip()
+            if _BARE.fullmatch(head):  # the common case, without the full key grammar
+                parts: list[str] = [head]
+            else:
+                k = _KEY.match(line)
+                if not k:
+                    continue
+                parts = _split_key(k.group(1))
+            path = (*table, *parts)
+            for cut in range(len(table) + 1, len(path) + 1):
+                self.lines.setdefault(path[:cut], n)
 
     def line(self, loc: Loc) -> int:
         """The line of the longest known prefix of `loc` (1 when nothing matches)."""
@@ -151,6 +163,11 @@ def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Fi
         message = _TOML_POS.sub("", str(exc)).strip()
         raise SpecError([Diagnostic(file, line, col, "error", "", f"invalid TOML: {message}",
                                     "fix the syntax at that position")]) from None
+    except RecursionError:
+        # tomllib recurses per nesting level: thousands of [[[...]]] exhaust the stack
+        raise SpecError([Diagnostic(file, 1, None, "error", "", "invalid TOML: arrays or "
+                                    "inline tables nested too deeply",
+                                    "a zones.toml needs a few levels at most")]) from None
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:

@@ -5,7 +5,7 @@ Pure: no Jinja, no I/O. Everything is sorted so that output is byte-identical ac
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -14,7 +14,7 @@ from typing import Any
 from castle.errors import SpecError
 from castle.load import Loaded, to_diagnostic
 from castle.model import TARGETS, PortRange, Service, Spec
-from castle.rules import INTERNET, Edge, Finding, host_range, is_outside
+from castle.rules import INTERNET, Edge, Finding, is_outside, publish_ranges
 
 
 @dataclass(frozen=True, order=True)
@@ -118,27 +118,27 @@ class Plan:
             self._by_name.update({s.name: s for s in self.services})
         return self._by_name[name]
 
-    @property
+    @functools.cached_property
     def internal_conns(self) -> tuple[Conn, ...]:
         """Service -> service connections."""
         return tuple(c for c in self.conns if not is_outside(c.src) and not is_outside(c.dst))
 
-    @property
+    @functools.cached_property
     def ingress(self) -> tuple[Conn, ...]:
         """Connections from internet or a CIDR into the stack."""
         return tuple(c for c in self.conns if is_outside(c.src))
 
-    @property
+    @functools.cached_property
     def egress(self) -> tuple[Conn, ...]:
         """Connections from the stack out to internet or a CIDR."""
         return tuple(c for c in self.conns if is_outside(c.dst))
 
-    @property
+    @functools.cached_property
     def tls_pairs(self) -> tuple[tuple[str, str], ...]:
         """(client, server) pairs joined by a tls flow."""
         return tuple(sorted({(c.src, c.dst) for c in self.internal_conns if c.tls}))
 
-    @property
+    @functools.cached_property
     def subnets(self) -> tuple[IPv4Network, ...]:
         """Every compose subnet of the stack."""
         return tuple(n.subnet for n in self.networks)
@@ -355,8 +355,8 @@ def _published(spec: Spec, conns: tuple[Conn, ...]) -> tuple[Published, ...]:
     for c in conns:
         if not is_outside(c.src):
             continue
-        ip, host = host_range(spec.services[c.dst].publish, c.ports)
-        found.setdefault((c.dst, ip, host, c.ports), set()).add(c.src)
+        for ip, host, container in publish_ranges(spec.services[c.dst].publish, c.ports):
+            found.setdefault((c.dst, ip, host, container), set()).add(c.src)
     return tuple(
         Published(svc, ip, host, container, tuple(sorted(srcs, key=lambda s: (s != INTERNET, s))))
         for (svc, ip, host, container), srcs in sorted(found.items())

@@ -1,13 +1,21 @@
-"""Which TLS files each service mounts and which environment variables point at them."""
+"""Which TLS files each service mounts, which names its certificates carry, who may connect."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from castle.model import TLS_REF
 from castle.plan import Plan
 
 CA_SECRET = "castle-ca"
+CA_CERT_FILE = "ca.crt"
+CA_KEY_FILE = "ca.key"
+# Kubernetes' default cluster DNS domain; the SANs carry it so a pod can dial the full name.
+CLUSTER_DOMAIN = "cluster.local"
+
+Role = Literal["server", "client"]
 
 
 @dataclass(frozen=True, order=True)
@@ -18,15 +26,69 @@ class Mount:
     target: str
 
 
+@dataclass(frozen=True, order=True)
+class Leaf:
+    """One certificate castle issues: a service's server or client identity."""
+
+    service: str
+    role: Role
+    names: tuple[str, ...]  # DNS SANs; the first is the compose service name
+
+    @property
+    def cert_file(self) -> str:
+        """File name of the certificate inside the TLS folder."""
+        return f"{self.service}-{self.role}.crt"
+
+    @property
+    def key_file(self) -> str:
+        """File name of the private key inside the TLS folder."""
+        return f"{self.service}-{self.role}.key"
+
+
+def namespace_of(plan: Plan, service: str) -> str:
+    """The Kubernetes namespace a service runs in, as the Kubernetes target lays them out."""
+    from castle.targets import k8s  # late: k8s imports this module; it owns the layout
+
+    return k8s.namespace_of(plan, service)
+
+
+def dns_names(plan: Plan, service: str) -> tuple[str, ...]:
+    """The SANs of a service's certificates: compose name, then the Kubernetes DNS names."""
+    ns = namespace_of(plan, service)
+    return (service, f"{service}.{ns}.svc", f"{service}.{ns}.svc.{CLUSTER_DOMAIN}")
+
+
+def leaves(plan: Plan) -> list[Leaf]:
+    """The certificates tls flows need: a server one per destination, a client one per source."""
+    wanted: set[tuple[str, Role]] = set()
+    for client, server in plan.tls_pairs:
+        wanted.add((server, "server"))
+        wanted.add((client, "client"))
+    return [Leaf(svc, role, dns_names(plan, svc)) for svc, role in sorted(wanted)]
+
+
+def allowed_clients(plan: Plan, server: str) -> tuple[str, ...]:
+    """The services whose client certificate `server` must accept: the sources of its tls flows.
+
+    castle's one CA signs every service, so a valid chain only proves "a service of this
+    stack"; the server (or the mesh) must also check that the peer's name is in this list.
+    """
+    return tuple(sorted({c for c, s in plan.tls_pairs if s == server}))
+
+
+def peer_allowed(plan: Plan, server: str, peer_names: Sequence[str]) -> bool:
+    """True when a verified peer certificate's DNS names identify an allowed client of `server`."""
+    allowed = set(allowed_clients(plan, server))
+    return any(name in allowed for name in peer_names)
+
+
 def secret_files(plan: Plan) -> dict[str, str]:
     """Top-level compose secret name -> file name inside the TLS folder."""
     files: dict[str, str] = {}
-    for client, server in plan.tls_pairs:
-        files[CA_SECRET] = "ca.crt"
-        files[f"{server}-server-cert"] = f"{server}-server.crt"
-        files[f"{server}-server-key"] = f"{server}-server.key"
-        files[f"{client}-client-cert"] = f"{client}-client.crt"
-        files[f"{client}-client-key"] = f"{client}-client.key"
+    for leaf in leaves(plan):
+        files[CA_SECRET] = CA_CERT_FILE
+        files[f"{leaf.service}-{leaf.role}-cert"] = leaf.cert_file
+        files[f"{leaf.service}-{leaf.role}-key"] = leaf.key_file
     return dict(sorted(files.items()))
 
 
@@ -50,7 +112,12 @@ def _env_name(service: str) -> str:
 
 
 def default_env(plan: Plan, service: str) -> dict[str, str]:
-    """The documented wiring when a service declares no tls_env."""
+    """The documented wiring when a service declares no tls_env.
+
+    A server gets TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE; a client gets
+    <DEST>_TLS_CERT_FILE, <DEST>_TLS_KEY_FILE and <DEST>_TLS_CA_FILE per tls destination
+    (DEST upper-cased, '-' -> '_').
+    """
     env: dict[str, str] = {}
     for client, server in plan.tls_pairs:
         if server == service:

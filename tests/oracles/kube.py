@@ -301,11 +301,12 @@ def _endpoint(text: str) -> str:
     if text.endswith("]"):
         return text[: text.rindex("[")]  # "shop/app[Pod]" -> "shop/app"
     lo, _, hi = text.partition("-")
+    hi = hi or lo  # nca prints a single address (a /32 peer) without a range
     try:
         ipaddress.ip_address(lo), ipaddress.ip_address(hi)
     except ValueError as exc:
         raise NcaError(f"nca: cannot read endpoint {text!r}") from exc
-    return text
+    return f"{lo}-{hi}"
 
 
 _LINE = re.compile(r"^(?P<src>\S+) => (?P<dst>\S+) : (?P<conn>.+)$")

@@ -1,0 +1,365 @@
+"""firewall/iptables.sh: DOCKER-USER and INPUT rules, plus opt-in per-container firewalls.
+
+The host script hands the stack's forwarded traffic to castle's own chains: replies first,
+then a binary dispatch on the destination address into one chain per service (so a packet
+walks about 2*log2(addresses) dispatch rules plus the flows of its one destination), where
+exactly the spec's (source, destination, proto, port) return to Docker's chains and the rest
+is dropped. castle only ever narrows what Docker (or the host's own INPUT rules) allow: an
+allowed packet RETURNs, it is never ACCEPTed past Docker's isolation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, collapse_addresses
+
+from castle.errors import CastleError
+from castle.plan import Conn, Plan, PlanService, Published
+from castle.render import comment, render
+from castle.rules import INTERNET, is_outside
+from castle.write import Output, header
+
+PATH = "firewall/iptables.sh"
+MAX_CHAIN = 28  # iptables' limit on chain names (29 bytes with the NUL)
+MAX_COMMENT = 255  # the comment match keeps at most 256 bytes with the NUL
+LEAF = 8  # dispatch chains end in at most this many per-address jumps
+ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One `-A CHAIN ...` line; src/dst name the peers an allowing rule lets through."""
+
+    chain: str
+    spec: str
+    src: str = ""
+    dst: str = ""
+
+    @property
+    def line(self) -> str:
+        """The iptables-restore line."""
+        return f"-A {self.chain} {self.spec}"
+
+
+@dataclass
+class Ruleset:
+    """castle's chains (in order, the first is the one hooked) and their rules."""
+
+    tag: str
+    hooks: list[tuple[str, str, bool]] = field(default_factory=list)  # builtin, chain, wanted
+    chains: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)  # chain -> what it is for
+    rules: list[Rule] = field(default_factory=list)
+
+    def chain(self, suffix: str, note: str) -> str:
+        """Declare a chain named after the tag and return its name."""
+        name = sub_chain(self.tag, suffix)
+        if name in self.notes:
+            raise CastleError(f"iptables: two chains are both named {name}")
+        self.chains.append(name)
+        self.notes[name] = note
+        return name
+
+    def add(self, chain: str, spec: str, text: str = "", src: str = "", dst: str = "") -> None:
+        """Append a rule, with a comment when `text` is given."""
+        if text:  # the comment goes just before the verdict, where iptables-save puts it
+            note = f"-m comment --comment {ipt_comment(text)}"
+            at = max(spec.rfind(" -j "), spec.rfind(" -g "))
+            spec = f"{spec[:at]} {note}{spec[at:]}" if at >= 0 else f"{note} {spec}"
+        self.rules.append(Rule(chain, spec, src, dst))
+
+    def lines(self) -> list[str]:
+        """Rules grouped by chain, each group after a `#` line saying what the chain is for."""
+        by_chain: dict[str, list[str]] = {name: [] for name in self.chains}
+        for r in self.rules:
+            by_chain[r.chain].append(r.line)
+        out: list[str] = []
+        for name in self.chains:
+            out.append(f"# {name}: {comment(self.notes[name])}")
+            out += by_chain[name]
+        return out
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:4]
+
+
+def main_chain(stack: str) -> str:
+    """CASTLE-<stack>, shortened with a hash so that every sub-chain still fits 28 chars."""
+    name = f"CASTLE-{stack}"
+    return name if len(name) <= 20 else f"CASTLE-{stack[:8]}~{_hash(stack)}"
+
+
+def sub_chain(tag: str, suffix: str) -> str:
+    """<tag>_<suffix>; stack names hold no '_', so no stack's chains match another's prefix."""
+    if not suffix:
+        return tag
+    name = f"{tag}_{suffix}"
+    if len(name) <= MAX_CHAIN:
+        return name
+    room = MAX_CHAIN - len(tag) - 6
+    return f"{tag}_{suffix[:room]}~{_hash(suffix)}"
+
+
+def ipt_comment(text: str) -> str:
+    """A double-quoted iptables-restore word: one line, no quotes or backslashes, <=255 bytes."""
+    safe = comment(text).replace("\\", "/").replace('"', "'")
+    data = safe.encode("utf-8")[:MAX_COMMENT]
+    return '"' + data.decode("utf-8", "ignore") + '"'
+
+
+def cover(addrs: Iterable[IPv4Address]) -> IPv4Network:
+    """The smallest prefix holding every address."""
+    ints = [int(a) for a in addrs]
+    lo, hi = min(ints), max(ints)
+    plen = 32 - (lo ^ hi).bit_length()
+    return IPv4Network(((lo >> (32 - plen)) << (32 - plen), plen))
+
+
+def blocks(plan: Plan) -> list[IPv4Network]:
+    """The stack's compose subnets, merged into as few prefixes as possible."""
+    return list(collapse_addresses(plan.subnets))
+
+
+def cidr(peer: str) -> IPv4Network | None:
+    """The network of a `cidr:` peer; None for `internet`."""
+    return IPv4Network(peer[5:]) if peer.startswith("cidr:") else None
+
+
+def shared(plan: Plan, a: str, b: str) -> list[tuple[IPv4Address, IPv4Address]]:
+    """(address of a, address of b) on every network the two share."""
+    mine = dict(plan.service(a).networks)
+    pairs = [(mine[net], ip) for net, ip in plan.service(b).networks if net in mine]
+    if not pairs:
+        raise CastleError(f"iptables: {a} and {b} share no network, yet a flow joins them")
+    return pairs
+
+
+def ports(proto: str, lo: int, hi: int) -> str:
+    """-p tcp -m tcp --dport 80 (or 8000:8010)."""
+    rng = str(lo) if lo == hi else f"{lo}:{hi}"
+    return f"-p {proto} -m {proto} --dport {rng}"
+
+
+def describe(plan: Plan, conn: Conn) -> str:
+    """The comment of an allowing rule: the connection, then its flows with their lines."""
+    parts = [f"castle: {conn.src} -> {conn.dst} {conn.port_text}/{conn.proto}"]
+    for i in conn.flows:
+        flow = plan.spec.flows[i]
+        line = plan.flow_lines[i] if i < len(plan.flow_lines) else 0
+        text = f"flows[{i}] line {line}"
+        if flow.description:
+            text += f" {flow.description}"
+        if flow.waiver:
+            text += f" (waiver: {flow.waiver})"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def dispatch(rs: Ruleset, kind: str, opt: str, leaves: list[tuple[IPv4Address, str]]) -> str:
+    """A binary tree of chains that goes to leaves[addr] on `opt` (-d or -s); misses DROP.
+
+    Every hop is a goto, so a RETURN in a leaf goes straight back to the hooked chain's
+    caller; each level halves the addresses left, so a packet walks O(log n) rules.
+    """
+    counter = itertools.count()
+
+    def build(items: list[tuple[int, IPv4Address, str]]) -> str:
+        name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (binary tree)")
+        if len(items) <= LEAF:
+            for _, addr, leaf in items:
+                rs.add(name, f"{opt} {addr}/32 -g {leaf}")
+        else:
+            # items are sorted: split the covering prefix in two halves at its next bit
+            plen = 32 - (items[0][0] ^ items[-1][0]).bit_length()
+            bit = 1 << (31 - plen)
+            cut = next(i for i, item in enumerate(items) if item[0] & bit)
+            for sub in (items[:cut], items[cut:]):
+                rs.add(name, f"{opt} {cover(a for _, a, _ in (sub[0], sub[-1]))} "
+                             f"-g {build(sub)}")
+        rs.add(name, "-j DROP")
+        return name
+
+    return build(sorted((int(a), a, leaf) for a, leaf in leaves))
+
+
+def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) -> None:
+    """The DOCKER-USER side: replies, then per-destination and per-source (egress) chains."""
+    rs.add(main, f"{ESTABLISHED} -j RETURN", "castle: replies of allowed connections")
+    if not own:
+        return
+    svc_chain = {s.name: rs.chain(s.name, f"what may reach {s.name}") for s in plan.services}
+    egress_svcs = sorted({c.src for c in plan.egress})
+    out_chain = {s: rs.chain(f"O-{s}", f"where {s} may connect outside the stack")
+                 for s in egress_svcs}
+    leaves = [(ip, svc_chain[s.name]) for s in plan.services for ip in s.addresses]
+    if leaves:
+        to_tree = dispatch(rs, "T", "-d", leaves)
+        for b in own:
+            rs.add(main, f"-d {b} -g {to_tree}")
+    out_leaves = [(ip, out_chain[s]) for s in egress_svcs for ip in plan.service(s).addresses]
+    if out_leaves:
+        from_tree = dispatch(rs, "S", "-s", out_leaves)
+        for b in own:
+            rs.add(main, f"-s {b} -g {from_tree}")
+    else:
+        for b in own:
+            rs.add(main, f"-s {b} -j DROP", "castle: no service of the stack may connect out")
+    # Plan's conn views are recomputed on each access: index them once (linear, not n^2).
+    into: dict[str, list[Conn]] = {}
+    for c in plan.internal_conns + plan.ingress:
+        into.setdefault(c.dst, []).append(c)
+    pubs: dict[str, list[Published]] = {}
+    for p in plan.published:
+        pubs.setdefault(p.service, []).append(p)
+    for svc in plan.services:
+        _destination(plan, rs, svc, svc_chain[svc.name], own, into.get(svc.name, []),
+                     pubs.get(svc.name, []))
+    outgoing: dict[str, list[Conn]] = {}
+    for c in plan.egress:
+        outgoing.setdefault(c.src, []).append(c)
+    for s in egress_svcs:
+        chain = out_chain[s]
+        for c in outgoing[s]:
+            if c.src == s:
+                net = cidr(c.dst)
+                dst = f"-d {net} " if net else ""
+                rs.add(chain, f"{dst}{ports(c.proto, c.lo, c.hi)} -j RETURN", describe(plan, c),
+                       c.src, c.dst)
+        rs.add(chain, "-j DROP", f"castle: nothing else leaves {s}")
+
+
+def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
+                 own: list[IPv4Network], conns: list[Conn], pubs: list[Published]) -> None:
+    for c in conns:
+        if is_outside(c.src):
+            continue
+        for sa, da in shared(plan, c.src, c.dst):
+            rs.add(chain, f"-s {sa}/32 -d {da}/32 {ports(c.proto, c.lo, c.hi)} -j RETURN",
+                   describe(plan, c), c.src, c.dst)
+    if pubs:
+        for b in own:
+            rs.add(chain, f"-s {b} -j DROP",
+                   "castle: the stack's own containers never come in through published ports")
+    for p in pubs:
+        h, cp = p.host, p.container
+        orig = str(h.lo) if h.lo == h.hi else f"{h.lo}:{h.hi}"
+        ct = "-m conntrack --ctstate DNAT"
+        if p.host_ip and p.host_ip != "0.0.0.0":
+            ct += f" --ctorigdst {p.host_ip}"
+        ct += f" --ctorigdstport {orig}"
+        for src in p.sources:
+            conn = next((c for c in conns if c.src == src and c.proto == cp.proto
+                         and c.lo <= cp.lo and cp.hi <= c.hi), None)
+            net = cidr(src)
+            what = describe(plan, conn) if conn else f"castle: {src} -> {svc.name} {cp}"
+            rs.add(chain, f"{'-s ' + str(net) + ' ' if net else ''}"
+                   f"{ports(cp.proto, cp.lo, cp.hi)} {ct} -j RETURN", what, src, svc.name)
+    rs.add(chain, "-j DROP", f"castle: nothing else reaches {svc.name}")
+
+
+def input_rules(plan: Plan, rs: Ruleset, chain: str, own: list[IPv4Network]) -> None:
+    """Host protection: loopback and replies untouched, containers kept off, SSH narrowed."""
+    fw = plan.spec.firewall
+    rs.add(chain, "-i lo -j RETURN", "castle: loopback is never touched")
+    rs.add(chain, f"{ESTABLISHED} -j RETURN", "castle: replies and the operator's sessions")
+    for b in own:
+        rs.add(chain, f"-s {b} -j DROP",
+               f"castle: containers of {plan.stack} never reach the host itself")
+    sources = sorted({str(n) for n in fw.ssh_sources})
+    if sources and "0.0.0.0/0" not in sources:
+        for src in sources:
+            rs.add(chain, f"-s {src} -p tcp -m tcp --dport {fw.ssh_port} -j RETURN",
+                   f"castle: SSH from {src} ([firewall] ssh_sources)")
+        rs.add(chain, f"-p tcp -m tcp --dport {fw.ssh_port} -j DROP",
+               "castle: SSH from anywhere else")
+
+
+def host_ruleset(plan: Plan) -> Ruleset:
+    """Every chain and rule of the host script."""
+    tag = main_chain(plan.stack)
+    rs = Ruleset(tag)
+    main = rs.chain("", f"castle's entry for stack {plan.stack}, jumped to from DOCKER-USER")
+    manage = plan.spec.firewall.manage_input
+    in_name = sub_chain(tag, "IN")
+    if manage:
+        rs.chain("IN", "host protection, jumped to from INPUT")
+    rs.hooks = [("DOCKER-USER", main, True), ("INPUT", in_name, manage)]
+    own = blocks(plan)
+    forward_rules(plan, rs, main, own)
+    if manage:
+        input_rules(plan, rs, in_name, own)
+    return rs
+
+
+def container_ruleset(plan: Plan, svc: PlanService) -> Ruleset:
+    """INPUT/OUTPUT allow-lists applied inside one container's own network namespace."""
+    rs = Ruleset("CASTLE")
+    cin = rs.chain("IN", f"what may reach {svc.name}")
+    cout = rs.chain("OUT", f"where {svc.name} may connect")
+    rs.hooks = [("INPUT", cin, True), ("OUTPUT", cout, True)]
+    own = blocks(plan)
+    for chain, lo in ((cin, "-i lo"), (cout, "-o lo")):
+        rs.add(chain, f"{lo} -j RETURN", "castle: loopback (Docker's DNS at 127.0.0.11 too)")
+        rs.add(chain, f"{ESTABLISHED} -j RETURN", "castle: replies of allowed connections")
+    for c in plan.internal_conns:
+        if svc.name not in (c.src, c.dst):
+            continue
+        for sa, da in shared(plan, c.src, c.dst):
+            chain = cin if c.dst == svc.name else cout
+            rs.add(chain, f"-s {sa}/32 -d {da}/32 {ports(c.proto, c.lo, c.hi)} -j RETURN",
+                   describe(plan, c), c.src, c.dst)
+    for chain, opt in ((cin, "-s"), (cout, "-d")):
+        for b in own:
+            rs.add(chain, f"{opt} {b} -j DROP", "castle: no other traffic within the stack")
+    for c in plan.ingress:
+        if c.dst == svc.name:
+            net = cidr(c.src)
+            rs.add(cin, f"{'-s ' + str(net) + ' ' if net else ''}"
+                   f"{ports(c.proto, c.lo, c.hi)} -j RETURN", describe(plan, c), c.src, c.dst)
+    for c in plan.egress:
+        if c.src == svc.name:
+            net = cidr(c.dst)
+            rs.add(cout, f"{'-d ' + str(net) + ' ' if net else ''}"
+                   f"{ports(c.proto, c.lo, c.hi)} -j RETURN", describe(plan, c), c.src, c.dst)
+    rs.add(cin, "-j DROP", f"castle: nothing else reaches {svc.name}")
+    rs.add(cout, "-j DROP", f"castle: {svc.name} connects nowhere else")
+    return rs
+
+
+def script(plan: Plan, rs: Ruleset, *, container: str = "") -> str:
+    """Render the POSIX sh script that applies, prints or removes a ruleset."""
+    fw = plan.spec.firewall
+    return render(
+        "iptables.sh.j2",
+        header=header(plan.source_name, plan.sha256),
+        stack=plan.stack,
+        container=container,
+        tag=rs.tag,
+        chains=rs.chains,
+        hooks=rs.hooks,
+        lines=rs.lines(),
+        bridge=not container,
+        ssh=f"{fw.ssh_port}/tcp from {', '.join(str(n) for n in fw.ssh_sources)}",
+        manage_input=fw.manage_input,
+        internet=INTERNET,
+    )
+
+
+def outputs(plan: Plan) -> list[Output]:
+    """The host script and, for services that opt in, their container scripts."""
+    files = [Output(PATH, script(plan, host_ruleset(plan)), 0o755)]
+    for svc in plan.services:
+        if svc.spec.container_firewall and svc.networks:
+            files.append(Output(f"firewall/container-{svc.name}.sh",
+                                script(plan, container_ruleset(plan, svc), container=svc.name),
+                                0o755))
+    return files
+
+
+__all__ = ["PATH", "Rule", "Ruleset", "blocks", "cidr", "container_ruleset", "cover",
+           "host_ruleset", "ipt_comment", "is_outside", "main_chain", "outputs", "shared",
+           "sub_chain"]

@@ -1,0 +1,287 @@
+"""Kubernetes: NetworkPolicies that allow exactly the plan's connections, and a kustomization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from castle import tlsplan
+from castle.errors import UsageError
+from castle.plan import Conn, Plan, PlanService
+from castle.render import render
+from castle.rules import INTERNET, is_outside
+from castle.write import Output, header
+
+POLICIES = "k8s/networkpolicies.yaml"
+KUSTOMIZATION = "k8s/kustomization.yaml"
+MESH = "k8s/mesh.yaml"
+NS_LABEL = "kubernetes.io/metadata.name"
+MANAGED = ("app.kubernetes.io/managed-by", "castle")
+DENY = "castle-default-deny"
+DNS = "castle-allow-dns"
+EVERYWHERE = "0.0.0.0/0"
+
+Labels = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One `from` / `to` entry: pods (namespace AND pod selector in ONE entry) or an ipBlock."""
+
+    ns_labels: Labels | None = None
+    pod_labels: Labels | None = None
+    cidr: str = ""
+    excepts: tuple[str, ...] = ()
+
+
+@dataclass
+class Rule:
+    """One ingress or egress rule: a peer and the ports it may use."""
+
+    comment: str
+    peers: list[Peer]
+    ports: list[tuple[str, int, int]]  # (TCP|UDP, port, endPort or 0)
+
+
+@dataclass
+class Policy:
+    """One NetworkPolicy, ready for the template."""
+
+    name: str
+    namespace: str
+    comment: str
+    pod_labels: Labels
+    types: list[str]
+    annotations: list[tuple[str, str]] = field(default_factory=list)
+    ingress: list[Rule] = field(default_factory=list)
+    egress: list[Rule] = field(default_factory=list)
+
+
+def namespaces_by_tier(plan: Plan) -> dict[str, str]:
+    """tier -> namespace: one per tier (`<namespace>-<tier>`) with tier_namespaces, else one."""
+    cached = _NS_CACHE.get("last")
+    if cached is not None and cached[0] is plan:
+        return cached[1]
+    out = _namespaces(plan)
+    _NS_CACHE["last"] = (plan, out)  # one plan at a time: namespace_of is called per peer
+    return out
+
+
+_NS_CACHE: dict[str, tuple[Plan, dict[str, str]]] = {}
+
+
+def _namespaces(plan: Plan) -> dict[str, str]:
+    k = plan.spec.kubernetes
+    out = {t: f"{plan.namespace}-{t}" if k.tier_namespaces else plan.namespace
+           for t in plan.tiers}
+    for t, ns in out.items():
+        if len(ns) > 63:
+            raise UsageError(
+                f"Kubernetes namespace {ns!r} for tier {t!r} is longer than 63 characters; "
+                "set a shorter [kubernetes].namespace"
+            )
+    return out
+
+
+def namespace_of(plan: Plan, service: str) -> str:
+    """The namespace a service's pods run in."""
+    return namespaces_by_tier(plan)[plan.service(service).tier]
+
+
+def used_namespaces(plan: Plan) -> list[str]:
+    """The namespaces that hold at least one service, sorted."""
+    tiers = namespaces_by_tier(plan)
+    return sorted({tiers[s.tier] for s in plan.services})
+
+
+def _pods_peer(plan: Plan, svc: PlanService, home: str) -> Peer:
+    ns = namespace_of(plan, svc.name)
+    if ns == home and not plan.spec.kubernetes.tier_namespaces:
+        return Peer(pod_labels=list(svc.labels))
+    return Peer(ns_labels=[(NS_LABEL, ns)], pod_labels=list(svc.labels))
+
+
+def outside_peer(plan: Plan, peer: str, ingress: bool) -> Peer:
+    """The peer entry for internet or a CIDR, as the spec's [kubernetes] table asks."""
+    k = plan.spec.kubernetes
+    if peer == INTERNET and ingress and k.ingress_namespace:
+        return Peer(ns_labels=[(NS_LABEL, k.ingress_namespace)],
+                    pod_labels=sorted(k.ingress_pod_labels.items()) or None)
+    if peer == INTERNET:
+        excepts = () if ingress else tuple(str(n) for n in k.egress_except)
+        return Peer(cidr=EVERYWHERE, excepts=excepts)
+    return Peer(cidr=peer.removeprefix("cidr:"))
+
+
+def _ports(conns: list[Conn]) -> list[tuple[str, int, int]]:
+    return [(c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0)
+            for c in sorted(conns, key=lambda c: (c.proto, c.lo, c.hi))]
+
+
+def _flows_text(plan: Plan, conns: list[Conn]) -> str:
+    flows = sorted({i for c in conns for i in c.flows})
+    parts = []
+    for i in flows:
+        desc = plan.spec.flows[i].description
+        parts.append(f"flows[{i}]" + (f" ({desc})" if desc else ""))
+    return ", ".join(parts)
+
+
+def _annotations(plan: Plan, conns: list[Conn]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for i in sorted({i for c in conns for i in c.flows}):
+        flow = plan.spec.flows[i]
+        if flow.description:
+            out.append((f"castle/flow-{i}", flow.description))
+        if flow.waiver:
+            out.append((f"castle/waiver-{i}", flow.waiver))
+    return out
+
+
+def _group(order: dict[str, int], conns: list[Conn], key: str) -> list[tuple[str, list[Conn]]]:
+    """Connections grouped by peer (key 'src' or 'dst'), internet and CIDRs after services."""
+    groups: dict[str, list[Conn]] = {}
+    for c in conns:
+        groups.setdefault(getattr(c, key), []).append(c)
+    return sorted(groups.items(), key=lambda kv: (kv[0] not in order, order.get(kv[0], 0),
+                                                  kv[0] != INTERNET, kv[0]))
+
+
+def _service_order(plan: Plan) -> dict[str, int]:
+    cached = _ORDER_CACHE.get("last")
+    if cached is None or cached[0] is not plan:
+        cached = (plan, {s.name: i for i, s in enumerate(plan.services)})
+        _ORDER_CACHE["last"] = cached
+    return cached[1]
+
+
+_ORDER_CACHE: dict[str, tuple[Plan, dict[str, int]]] = {}
+
+
+def service_policies(plan: Plan, svc: PlanService, inbound: list[Conn],
+                     outbound: list[Conn]) -> list[Policy]:
+    """The ingress and egress policies of one service (none when it has no flows that way)."""
+    ns = namespace_of(plan, svc.name)
+    order = _service_order(plan)
+    out: list[Policy] = []
+    if inbound:
+        rules = []
+        for src, conns in _group(order, inbound, "src"):
+            peer = (outside_peer(plan, src, ingress=True) if is_outside(src)
+                    else _pods_peer(plan, plan.service(src), ns))
+            rules.append(Rule(f"from {src}: {_flows_text(plan, conns)}", [peer], _ports(conns)))
+        out.append(Policy(f"{svc.name}-ingress", ns, f"who may open connections to {svc.name}",
+                          list(svc.labels), ["Ingress"], _annotations(plan, inbound),
+                          ingress=rules))
+    if outbound:
+        rules = []
+        for dst, conns in _group(order, outbound, "dst"):
+            peer = (outside_peer(plan, dst, ingress=False) if is_outside(dst)
+                    else _pods_peer(plan, plan.service(dst), ns))
+            rules.append(Rule(f"to {dst}: {_flows_text(plan, conns)}", [peer], _ports(conns)))
+        out.append(Policy(f"{svc.name}-egress", ns, f"where {svc.name} may open connections",
+                          list(svc.labels), ["Egress"], _annotations(plan, outbound),
+                          egress=rules))
+    return out
+
+
+def policies(plan: Plan) -> list[Policy]:
+    """Every NetworkPolicy: per namespace default deny and DNS, then per service."""
+    k = plan.spec.kubernetes
+    out: list[Policy] = []
+    for ns in used_namespaces(plan):
+        out.append(Policy(DENY, ns, "deny every connection in and out unless allowed below",
+                          [], ["Ingress", "Egress"]))
+        dns = Peer(ns_labels=[(NS_LABEL, k.dns_namespace)],
+                   pod_labels=sorted(k.dns_pod_labels.items()) or None)
+        out.append(Policy(DNS, ns, "every pod may resolve names through the cluster DNS",
+                          [], ["Egress"],
+                          egress=[Rule("cluster DNS", [dns], [("UDP", 53, 0), ("TCP", 53, 0)])]))
+    inbound: dict[str, list[Conn]] = {}
+    outbound: dict[str, list[Conn]] = {}
+    for c in plan.conns:
+        inbound.setdefault(c.dst, []).append(c)
+        outbound.setdefault(c.src, []).append(c)
+    for svc in plan.services:
+        out.extend(service_policies(plan, svc, inbound.get(svc.name, []),
+                                    outbound.get(svc.name, [])))
+    return out
+
+
+def policy_names(plan: Plan, src: str, dst: str) -> list[str]:
+    """The policies (as namespace/name) that carry src -> dst; [] when nothing allows it."""
+    if not any(c.src == src and c.dst == dst for c in plan.conns):
+        return []
+    names = []
+    if not is_outside(src):
+        names.append(f"{namespace_of(plan, src)}/{src}-egress")
+    if not is_outside(dst):
+        names.append(f"{namespace_of(plan, dst)}/{dst}-ingress")
+    return names
+
+
+def tls_path_prefix(plan: Plan) -> tuple[str, bool]:
+    """The TLS folder as seen from k8s/, and whether kustomize's default restrictor allows it."""
+    folder = plan.spec.tls.dir.strip("/")
+    if folder == "k8s":
+        return "", True
+    if folder.startswith("k8s/"):
+        return folder.removeprefix("k8s/") + "/", True
+    return f"../{folder}/", False
+
+
+def secret_generators(plan: Plan) -> list[dict[str, Any]]:
+    """secretGenerator entries: a kubernetes.io/tls Secret per cert pair, the CA per namespace."""
+    files = tlsplan.secret_files(plan)
+    prefix, _ = tls_path_prefix(plan)
+    single = not plan.spec.kubernetes.tier_namespaces
+    gens: list[dict[str, Any]] = []
+    ca_namespaces: set[str] = set()
+    for name in files:
+        if not name.endswith("-cert"):
+            continue
+        base = name.removesuffix("-cert")  # "db-server", "app-client"
+        service = base.rsplit("-", 1)[0]
+        ns = namespace_of(plan, service)
+        ca_namespaces.add(ns)
+        gens.append({
+            "name": f"{base}-tls",
+            "namespace": None if single else ns,
+            "type": "kubernetes.io/tls",
+            "files": [f"tls.crt={prefix}{files[name]}", f"tls.key={prefix}{files[base + '-key']}"],
+        })
+    if tlsplan.CA_SECRET in files:
+        for ns in sorted(ca_namespaces):
+            gens.append({
+                "name": tlsplan.CA_SECRET,
+                "namespace": None if single else ns,
+                "type": "Opaque",
+                "files": [f"ca.crt={prefix}{files[tlsplan.CA_SECRET]}"],
+            })
+    return sorted(gens, key=lambda g: (g["name"], g["namespace"] or ""))
+
+
+def kustomization_context(plan: Plan) -> dict[str, Any]:
+    """What kustomization.yaml.j2 needs."""
+    resources = ["networkpolicies.yaml"]
+    if "mesh" in plan.targets and plan.spec.mesh.kind != "none":
+        resources.append("mesh.yaml")
+    prefix, contained = tls_path_prefix(plan)
+    return {
+        "header": header(plan.source_name, plan.sha256),
+        "namespace": None if plan.spec.kubernetes.tier_namespaces else plan.namespace,
+        "resources": resources,
+        "secrets": secret_generators(plan),
+        "tls_dir": plan.spec.tls.dir,
+        "tls_outside": not contained,
+        "managed": MANAGED,
+    }
+
+
+def outputs(plan: Plan) -> list[Output]:
+    """The k8s target's files."""
+    pols = render("networkpolicies.yaml.j2", header=header(plan.source_name, plan.sha256),
+                  policies=policies(plan), managed=MANAGED,
+                  namespaces=used_namespaces(plan))
+    kust = render("kustomization.yaml.j2", **kustomization_context(plan))
+    return [Output(POLICIES, pols), Output(KUSTOMIZATION, kust)]

@@ -1,0 +1,247 @@
+"""castle import: a draft that validates and regenerates the same reachability.
+
+The round trip is judged by tests/oracles/compose_reach.py on both compose files (the
+original and the one castle regenerates from the draft), and by `castle audit --spec`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from castle.audit import analyze
+from castle.cli import app
+from castle.errors import SpecError
+from castle.generate import build
+from castle.importer import dns_name, import_compose, toml_value
+from castle.load import parse
+from castle.model import OWNED_COMPOSE_KEYS
+from tests.oracles import compose_go, compose_reach
+from tests.strategies import examples, specs
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data" / "compose"
+runner = CliRunner()
+
+
+def P(a: str, b: str) -> frozenset[str]:
+    """An unordered pair."""
+    return frozenset((a, b))
+
+
+# Per corpus file: pairs the draft cannot keep, findings the regenerated file still has
+# (risky settings passed through on purpose), and words the "cannot" comments must say.
+ROUND_TRIP: dict[str, dict[str, Any]] = {
+    "seed": {"lost": set(), "remaining": set(), "cannot": []},
+    "default_only": {"lost": set(), "remaining": set(),
+                     "cannot": ["top-level volumes (db, wordpress)"]},
+    "host_network": {"lost": set(), "remaining": {"CASTLE009", "CASTLE010"},
+                     "cannot": ["'node-exporter' used network_mode: host"]},
+    "multi_network": {"lost": {P("scheduler", "worker")}, "remaining": set(),
+                      "cannot": ["'scheduler' and 'worker' can reach each other"]},
+    "external": {"lost": set(), "remaining": set(),
+                 "cannot": ["network 'proxy' is shared with containers outside this file"]},
+    "expose_ports": {"lost": set(), "remaining": set(), "cannot": []},
+    "sidecar": {"lost": set(), "remaining": set(),
+                "cannot": ["'envoy' shared 'app''s network namespace"]},
+    "loopback": {"lost": set(), "remaining": set(), "cannot": []},
+}
+
+
+def round_trip(compose: Path, folder: Path) -> tuple[str, Path, Path]:
+    """import -> zones.toml -> generate -> compose.yaml, all in `folder`."""
+    text = import_compose(compose)
+    spec = folder / "zones.toml"
+    spec.write_text(text)
+    _, _, outputs = build(spec, ["compose"])
+    regenerated = folder / "compose.yaml"
+    regenerated.write_text(outputs[0].content)
+    return text, spec, regenerated
+
+
+def cannot_lines(text: str) -> str:
+    """The comment block that lists what the draft cannot reproduce."""
+    head = text.split("\nversion = 1", 1)[0]
+    return head.split("What this draft cannot reproduce:", 1)[1] if "cannot reproduce" in head \
+        else ""
+
+
+def test_corpus_covered() -> None:
+    """Every corpus file has a round-trip expectation."""
+    assert {p.stem for p in DATA.glob("*.yaml")} == set(ROUND_TRIP)
+
+
+@pytest.mark.parametrize("name", sorted(ROUND_TRIP))
+def test_round_trip(name: str, tmp_path: Path) -> None:
+    """The draft validates; the regenerated file has the original's pairs (less the ones the
+    draft says it cannot keep), egress and published container ports; auditing it against
+    the draft finds nothing but the risky settings passed through."""
+    want = ROUND_TRIP[name]
+    original = DATA / f"{name}.yaml"
+    text, spec, regenerated = round_trip(original, tmp_path)
+    parse(text)  # raises SpecError if the draft does not validate
+    before = compose_reach.reach(yaml.safe_load(original.read_text()))
+    after = compose_reach.reach(yaml.safe_load(regenerated.read_text()))
+    assert before.pairs - after.pairs == want["lost"]
+    assert after.pairs - before.pairs == set()
+    assert after.egress == before.egress
+    assert {(s, c, p) for s, _, c, p in after.published} == {
+        (s, c, p) for s, _, c, p in before.published}
+    assert after.host_network == set()
+    findings = analyze(regenerated, spec).findings
+    assert {f.rule for f in findings if f.level != "note"} == want["remaining"], findings
+    block = cannot_lines(text)
+    for words in want["cannot"]:
+        assert words in block, block
+    if not want["cannot"]:
+        assert block == ""
+
+
+def test_regenerated_compose_passes_compose_go(tmp_path: Path) -> None:
+    """Where the original declares no top-level volumes, `docker compose config` accepts the
+    regenerated file (compose-go is the oracle)."""
+    reason = compose_go.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    for name in ("seed", "multi_network", "sidecar", "expose_ports", "loopback"):
+        folder = tmp_path / name
+        folder.mkdir()
+        _, _, regenerated = round_trip(DATA / f"{name}.yaml", folder)
+        ok, err = compose_go.config_check(regenerated)
+        assert ok, (name, err)
+
+
+def test_seed_draft_guesses() -> None:
+    """depends_on gives direction; web<->admin (no evidence) gets both, the outward one waived;
+    tiers follow the distance from the published web."""
+    data = tomllib.loads(import_compose(DATA / "seed.yaml"))
+    tiers = {n: s["tier"] for n, s in data["services"].items()}
+    assert tiers == {"web": "public", "app": "inner-1", "admin": "inner-1", "db": "inner-2"}
+    assert [t["name"] for t in data["tiers"]] == ["public", "inner-1", "inner-2"]
+    flows = {(f["from"], f["to"]): f for f in data["flows"]}
+    assert set(flows) == {("internet", "web"), ("web", "app"), ("admin", "app"), ("app", "db"),
+                          ("web", "admin"), ("admin", "web"), ("web", "internet")}
+    assert flows[("admin", "web")]["waiver"].startswith("imported:")
+    assert "waiver" not in flows[("web", "admin")]
+    assert flows[("internet", "web")]["ports"] == [80, 443]
+    assert data["services"]["db"]["listen"] == [5432]
+
+
+def test_waivers_are_what_makes_the_draft_validate() -> None:
+    """Negative control: the same draft without its waivers breaks a wall rule."""
+    text = import_compose(DATA / "seed.yaml")
+    parse(text)
+    stripped = "\n".join(line for line in text.splitlines() if not line.startswith("waiver"))
+    with pytest.raises(SpecError, match="outward"):
+        parse(stripped)
+
+
+def test_passthrough_never_carries_owned_keys() -> None:
+    """networks, ports, secrets, network_mode, links, expose, image stay with castle; harmless
+    keys pass as written (variables not expanded)."""
+    for path in sorted(DATA.glob("*.yaml")):
+        data = tomllib.loads(import_compose(path))
+        for name, svc in data["services"].items():
+            assert not OWNED_COMPOSE_KEYS & set(svc.get("compose", {})), (path.name, name)
+    wp = tomllib.loads(import_compose(DATA / "default_only.yaml"))["services"]["wordpress"]
+    assert wp["compose"]["environment"]["WORDPRESS_DB_PASSWORD"] == "${WP_DB_PASSWORD:-examplepass}"
+    assert wp["compose"]["volumes"] == ["wordpress:/var/www/html"]
+    assert wp["publish"] == ["8080:80"]
+
+
+def test_loopback_and_ephemeral_publish(tmp_path: Path) -> None:
+    """127.0.0.1 binds are kept; ephemeral ports get a fixed, non-clashing host port."""
+    db = tomllib.loads(import_compose(DATA / "loopback.yaml"))["services"]["db"]
+    assert db["publish"] == ["127.0.0.1:5432:5432"]
+    path = tmp_path / "compose.yaml"
+    path.write_text("services:\n  a: {image: nginx, ports: ['80']}\n"
+                    "  b: {image: nginx, ports: ['80']}\n")
+    text = import_compose(path)
+    data = tomllib.loads(text)
+    hosts = [data["services"][n].get("publish", ["80:80"])[0].split(":")[0] for n in "ab"]
+    assert len(set(hosts)) == 2
+    assert "ephemeral host port" in text
+
+
+def test_names_become_dns_labels(tmp_path: Path) -> None:
+    """Compose names with _ or capitals become DNS labels; depends_on follows; a comment says so."""
+    path = tmp_path / "compose.yaml"
+    path.write_text("services:\n  My_App: {image: app, expose: ['80'], depends_on: [my_db]}\n"
+                    "  my_db: {image: 'postgres:16'}\n")
+    text = import_compose(path)
+    data = tomllib.loads(text)
+    assert set(data["services"]) == {"my-app", "my-db"}
+    assert data["services"]["my-app"]["compose"]["depends_on"] == ["my-db"]
+    assert "service 'my_db' is 'my-db' here" in cannot_lines(text)
+    assert {(f["from"], f["to"]) for f in data["flows"] if f["to"] != "internet"} == {
+        ("my-app", "my-db")}
+
+
+def test_dns_name_keeps_long_labels() -> None:
+    """A 63-character label is already valid and stays as it is; clashes get a suffix that
+    still fits in 63 characters."""
+    long = "a" * 40 + "-" + "b" * 22
+    taken: set[str] = set()
+    assert dns_name(long, taken) == long
+    second = dns_name(long, taken)
+    assert second != long and len(second) <= 63 and second.endswith("-2")
+
+
+def test_cli_import_writes_file(tmp_path: Path) -> None:
+    """`castle import FILE -o OUT` writes the draft; `castle validate` accepts it."""
+    out = tmp_path / "zones.toml"
+    cli = runner.invoke(app, ["import", str(DATA / "multi_network.yaml"), "-o", str(out)])
+    assert cli.exit_code == 0, cli.output
+    assert runner.invoke(app, ["validate", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["import", str(tmp_path / "nope.yaml")]).exit_code == 2
+
+
+_SCALARS = (st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20)
+            | st.floats(allow_nan=False))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+@given(_VALUES)
+def test_toml_values_read_back(value: Any) -> None:
+    """Every passthrough value castle writes reads back as the same value."""
+    assert tomllib.loads(f"x = {toml_value(value)}")["x"] == value
+
+
+def _castle_compose(text: str, folder: Path) -> Path:
+    spec = folder / "orig.toml"
+    spec.write_text(text)
+    _, _, outputs = build(spec, ["compose"])
+    path = folder / "orig-compose.yaml"
+    path.write_text(outputs[0].content)
+    return path
+
+
+# No shrinking: each example runs compose-go twice, and shrinking takes minutes.
+@settings(max_examples=examples(10), phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(specs(max_services=6))
+def test_castle_output_round_trips(tmp_path_factory: pytest.TempPathFactory,
+                                   example: tuple[str, dict[str, Any]]) -> None:
+    """For random valid specs: import castle's own compose.yaml and regenerate: no new pair,
+    the same egress and published ports, every lost pair named in the draft's comments, and
+    the regenerated file is clean against the draft."""
+    folder = tmp_path_factory.mktemp("prop")
+    original = _castle_compose(example[0], folder)
+    text, spec, regenerated = round_trip(original, folder)
+    before = compose_reach.reach(yaml.safe_load(original.read_text()))
+    after = compose_reach.reach(yaml.safe_load(regenerated.read_text()))
+    assert after.pairs <= before.pairs
+    block = cannot_lines(text)
+    for pair in before.pairs - after.pairs:
+        a, b = sorted(pair)
+        assert f"{a!r} and {b!r} can reach each other" in block
+    assert after.egress == before.egress
+    assert after.published == before.published
+    assert analyze(regenerated, spec).counted == 0

@@ -109,10 +109,10 @@ def parse_port(value: int | str) -> PortRange:
     elif isinstance(value, str):
         text = value.strip()
     else:
-        raise ValueError(f"{value!r} is not a port (use 80, \"53/udp\" or \"8000-8010/tcp\")")
+        raise ValueError(f'{value!r} is not a port (use 80, "53/udp" or "8000-8010/tcp")')
     m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?(?:/(tcp|udp))?", text)
     if not m:
-        raise ValueError(f"{value!r} is not a port (use 80, \"53/udp\" or \"8000-8010/tcp\")")
+        raise ValueError(f'{value!r} is not a port (use 80, "53/udp" or "8000-8010/tcp")')
     lo = int(m.group(1))
     hi = int(m.group(2)) if m.group(2) else lo
     if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
@@ -160,13 +160,14 @@ class PublishEntry:
 def parse_publish(value: Any) -> PublishEntry:
     """Parse "80:80", "8443:443/tcp" or "127.0.0.1:8080:80" as compose writes them."""
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a publish entry (use \"HOST:CONTAINER\")")
-    m = re.fullmatch(r"(?:(\d{1,3}(?:\.\d{1,3}){3}):)?([\d-]+):([\d-]+)(/(?:tcp|udp))?",
-                     value.strip())
+        raise ValueError(f'{value!r} is not a publish entry (use "HOST:CONTAINER")')
+    m = re.fullmatch(
+        r"(?:(\d{1,3}(?:\.\d{1,3}){3}):)?([\d-]+):([\d-]+)(/(?:tcp|udp))?", value.strip()
+    )
     if not m:
         raise ValueError(
-            f"{value!r} is not a publish entry (use \"HOST:CONTAINER\", \"HOST:CONTAINER/udp\" "
-            "or \"IP:HOST:CONTAINER\")"
+            f'{value!r} is not a publish entry (use "HOST:CONTAINER", "HOST:CONTAINER/udp" '
+            'or "IP:HOST:CONTAINER")'
         )
     ip = m.group(1) or ""
     if ip:
@@ -223,32 +224,64 @@ class _Model(BaseModel):
 class Stack(_Model):
     """The `[stack]` table: project name and address pool."""
 
-    name: Label
-    subnet_pool: ipaddress.IPv4Network = ipaddress.IPv4Network("10.89.0.0/16")
-    description: Text = ""
-    targets: list[Literal["compose", "iptables", "nftables", "k8s", "mesh"]] | None = None
+    name: Label = Field(
+        description="compose project name and default Kubernetes namespace (DNS-1123 label)"
+    )
+    subnet_pool: ipaddress.IPv4Network = Field(
+        default=ipaddress.IPv4Network("10.89.0.0/16"),
+        description="IPv4 pool the compose networks' subnets are allocated from",
+    )
+    description: Text = Field(default="", description="free text, carried into generated headers")
+    targets: list[Literal["compose", "iptables", "nftables", "k8s", "mesh"]] | None = Field(
+        default=None,
+        description="targets to emit (default: all; mesh only when [mesh] kind is set)",
+    )
 
 
 class Tier(_Model):
     """One wall; order in the file is depth (outermost first)."""
 
-    name: Label
-    description: Text = ""
+    name: Label = Field(
+        description="tier name (DNS-1123 label); position in [[tiers]] is depth, outermost first"
+    )
+    description: Text = Field(default="", description="free text")
 
 
 class Service(_Model):
     """A container of the stack and what castle needs to wall it."""
 
-    tier: Label
-    image: str
-    listen: PortList = Field(default_factory=list)
-    publish: PublishList = Field(default_factory=list)
-    description: Text = ""
-    labels: dict[str, str] | None = None
-    service_account: Label | None = None
-    tls_env: dict[str, str] = Field(default_factory=dict)
-    container_firewall: bool = False
-    compose: dict[str, Any] = Field(default_factory=dict)
+    tier: Label = Field(description="the tier (wall) this service sits in")
+    image: str = Field(description="container image reference")
+    listen: PortList = Field(
+        description='container ports: 80 (tcp), "53/udp", "8000-8010/tcp"', default_factory=list
+    )
+    publish: PublishList = Field(
+        description="host:container renames of ports that flows from outside publish",
+        default_factory=list,
+    )
+    description: Text = Field(
+        default="", description="free text, carried into artifacts as comments"
+    )
+    labels: dict[str, str] | None = Field(
+        default=None,
+        description="Kubernetes pod labels that select it (default app.kubernetes.io/name)",
+    )
+    service_account: Label | None = Field(
+        default=None, description="Kubernetes service account, the mesh identity (default: name)"
+    )
+    tls_env: dict[str, str] = Field(
+        description="env var -> ca | server_cert | server_key | client_cert:DEST | "
+        "client_key:DEST | =literal",
+        default_factory=dict,
+    )
+    container_firewall: bool = Field(
+        default=False,
+        description="also emit an in-container firewall script (needs NET_ADMIN; discouraged)",
+    )
+    compose: dict[str, Any] = Field(
+        description="extra compose keys passed through (castle owns networks, ports, secrets)",
+        default_factory=dict,
+    )
 
     @field_validator("image")
     @classmethod
@@ -281,7 +314,7 @@ class Service(_Model):
             if not (val.startswith("=") or TLS_REF.fullmatch(val)):
                 raise ValueError(
                     f"{key}: {val[:60]!r} is not a TLS file reference (ca, server_cert, "
-                    "server_key, client_cert:DEST, client_key:DEST) or an \"=literal\" value"
+                    'server_key, client_cert:DEST, client_key:DEST) or an "=literal" value'
                 )
         return v
 
@@ -303,12 +336,28 @@ class Service(_Model):
 class Flow(_Model):
     """An allowed, directed connection: `from` opens connections to `to`."""
 
-    from_: Endpoints = Field(alias="from")
-    to: Endpoints
-    ports: PortList | None = None
-    tls: bool = False
-    description: Text = ""
-    waiver: Text = ""
+    from_: Endpoints = Field(
+        description="who opens connections: a service, tier:NAME, internet, "
+        "cidr:A.B.C.D/N, or a list",
+        alias="from",
+    )
+    to: Endpoints = Field(
+        description="who accepts them: a service, tier:NAME, internet, cidr:A.B.C.D/N, or a list"
+    )
+    ports: PortList | None = Field(
+        default=None,
+        description="ports allowed (default: each destination's own listen ports); "
+        "required for egress",
+    )
+    tls: bool = Field(
+        default=False, description="mutual TLS on this flow: certificates and secrets for both ends"
+    )
+    description: Text = Field(
+        default="", description="free text, carried into artifacts as comments and annotations"
+    )
+    waiver: Text = Field(
+        default="", description="why this flow may break a wall rule; carried into the artifacts"
+    )
 
     @field_validator("from_", "to")
     @classmethod
@@ -328,25 +377,48 @@ class Flow(_Model):
 class Firewall(_Model):
     """The `[firewall]` table: host firewall settings."""
 
-    ssh_port: int = Field(default=22, ge=1, le=65535)
-    ssh_sources: list[ipaddress.IPv4Network] = Field(
-        default_factory=lambda: [ipaddress.IPv4Network("0.0.0.0/0")]
+    ssh_port: int = Field(
+        description="host SSH port the INPUT rules always keep open", default=22, ge=1, le=65535
     )
-    manage_input: bool = True
+    ssh_sources: list[ipaddress.IPv4Network] = Field(
+        description="sources allowed to reach SSH on the host",
+        default_factory=lambda: [ipaddress.IPv4Network("0.0.0.0/0")],
+    )
+    manage_input: bool = Field(
+        default=True,
+        description="also guard the host's INPUT chain (containers may not reach the host)",
+    )
 
 
 class Kubernetes(_Model):
     """The `[kubernetes]` table: namespace and how internet traffic enters and leaves."""
 
-    namespace: Label | None = None
-    ingress_namespace: Label | None = None
-    ingress_pod_labels: dict[str, str] = Field(default_factory=dict)
-    egress_except: list[ipaddress.IPv4Network] = Field(
-        default_factory=lambda: [ipaddress.IPv4Network(r) for r in PRIVATE_RANGES]
+    namespace: Label | None = Field(
+        default=None, description="namespace of the policies (default: the stack name)"
     )
-    tier_namespaces: bool = False
-    dns_namespace: Label = "kube-system"
-    dns_pod_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
+    ingress_namespace: Label | None = Field(
+        default=None,
+        description="internet ingress comes from this namespace (an ingress controller) "
+        "instead of ipBlock",
+    )
+    ingress_pod_labels: dict[str, str] = Field(
+        description="pod labels of the ingress controller in ingress_namespace",
+        default_factory=dict,
+    )
+    egress_except: list[ipaddress.IPv4Network] = Field(
+        description="ranges excluded from internet egress ipBlocks (default: private ranges)",
+        default_factory=lambda: [ipaddress.IPv4Network(r) for r in PRIVATE_RANGES],
+    )
+    tier_namespaces: bool = Field(
+        default=False, description="one namespace per tier (<namespace>-<tier>)"
+    )
+    dns_namespace: Label = Field(
+        default="kube-system", description="namespace of the cluster DNS pods kept reachable"
+    )
+    dns_pod_labels: dict[str, str] = Field(
+        description="labels of the cluster DNS pods",
+        default_factory=lambda: {"k8s-app": "kube-dns"},
+    )
 
     @field_validator("ingress_pod_labels", "dns_pod_labels")
     @classmethod
@@ -362,8 +434,12 @@ class Kubernetes(_Model):
 class Mesh(_Model):
     """The `[mesh]` table: service-mesh mTLS and authorization (opt-in)."""
 
-    kind: Literal["none", "istio", "linkerd"] = "none"
-    trust_domain: str = "cluster.local"
+    kind: Literal["none", "istio", "linkerd"] = Field(
+        default="none", description="service mesh to emit mTLS and authorization for"
+    )
+    trust_domain: str = Field(
+        default="cluster.local", description="mesh trust domain of the workload identities"
+    )
 
     @field_validator("trust_domain")
     @classmethod
@@ -378,9 +454,15 @@ class Tls(_Model):
 
     # Inside k8s/ so that kustomize's default load restrictor lets the secretGenerator read
     # the files; compose.yaml points at the same folder, so there is one copy of each key.
-    dir: str = "k8s/certs"
-    days: int = Field(default=365, ge=1, le=3650)
-    ca_days: int = Field(default=3650, ge=1, le=36500)
+    dir: str = Field(
+        default="k8s/certs", description="folder of the TLS files, relative to the output folder"
+    )
+    days: int = Field(
+        description="validity of leaf certificates, in days", default=365, ge=1, le=3650
+    )
+    ca_days: int = Field(
+        description="validity of the private CA certificate, in days", default=3650, ge=1, le=36500
+    )
 
     @field_validator("dir")
     @classmethod
@@ -397,8 +479,12 @@ class ComposeTop(_Model):
     """The `[compose]` table: top-level compose objects services refer to (named volumes,
     configs), passed through as written; castle owns networks and secrets."""
 
-    volumes: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    volumes: dict[str, dict[str, Any]] = Field(
+        description="top-level named volumes, as compose writes them", default_factory=dict
+    )
+    configs: dict[str, dict[str, Any]] = Field(
+        description="top-level configs, as compose writes them", default_factory=dict
+    )
 
     @field_validator("volumes", "configs")
     @classmethod
@@ -414,16 +500,20 @@ class ComposeTop(_Model):
 class Spec(_Model):
     """A whole zones.toml."""
 
-    version: Literal[1]
-    stack: Stack
-    tiers: list[Tier]
-    services: dict[str, Service] = Field(default_factory=dict)
-    flows: list[Flow] = Field(default_factory=list)
-    firewall: Firewall = Field(default_factory=Firewall)
-    kubernetes: Kubernetes = Field(default_factory=Kubernetes)
-    mesh: Mesh = Field(default_factory=Mesh)
-    tls: Tls = Field(default_factory=Tls)
-    compose: ComposeTop = Field(default_factory=ComposeTop)
+    version: Literal[1] = Field(description="format version of zones.toml (1)")
+    stack: Stack = Field(description="the stack: name and address pool")
+    tiers: list[Tier] = Field(description="the walls, outermost first")
+    services: dict[str, Service] = Field(
+        description="the containers, by name", default_factory=dict
+    )
+    flows: list[Flow] = Field(description="the connections allowed", default_factory=list)
+    firewall: Firewall = Field(description="host firewall settings", default_factory=Firewall)
+    kubernetes: Kubernetes = Field(description="Kubernetes settings", default_factory=Kubernetes)
+    mesh: Mesh = Field(description="service-mesh settings", default_factory=Mesh)
+    tls: Tls = Field(description="certificate settings", default_factory=Tls)
+    compose: ComposeTop = Field(
+        description="top-level compose objects (named volumes, configs)", default_factory=ComposeTop
+    )
 
     @field_validator("tiers")
     @classmethod

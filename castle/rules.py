@@ -135,7 +135,8 @@ class Checker:
             return [text]
         if text in self.broken:
             return []
-        candidates = sorted(services) + [f"tier:{t}" for t in self.depth()] + [INTERNET]
+        candidates = (sorted(set(services) | self.broken) + [f"tier:{t}" for t in self.depth()]
+                      + [INTERNET])
         self.error(loc, f"unknown service {text!r}",
                    closest(text, candidates)
                    or "use a service, tier:NAME, internet or cidr:A.B.C.D/N")

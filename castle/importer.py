@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from castle.compose_read import (
     ComposeFile,
     PortMap,
@@ -24,7 +26,7 @@ from castle.compose_read import (
 )
 from castle.errors import CastleError, SpecError
 from castle.load import parse
-from castle.model import DNS_LABEL, OWNED_COMPOSE_KEYS, PortRange
+from castle.model import DNS_LABEL, OWNED_COMPOSE_KEYS, ComposeTop, PortRange
 from castle.render import comment, render
 
 ANY_PORT = ("1-65535/tcp", "1-65535/udp")
@@ -142,6 +144,7 @@ class Importer:
     flows: list[DraftFlow] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # compose name -> spec name
     ingress: set[str] = field(default_factory=set)
+    top: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # kind -> (key, value)
 
     def run(self) -> str:
         """The draft's text."""
@@ -160,6 +163,7 @@ class Importer:
         self._egress()
         tiers = self._tiers()
         self._walls(tiers)
+        self._top_level()
         self._layout_notes()
         return self._render(tiers)
 
@@ -374,17 +378,32 @@ class Importer:
             elif dd - ds > 1:
                 flow.waiver = "imported: the compose file let it skip a wall"
 
+    def _top_level(self) -> None:
+        """Carry top-level volumes and configs into [compose.*]; secrets stay castle's."""
+        for kind in ("volumes", "configs"):
+            top = self.cf.raw.get(kind)
+            if top is None:
+                continue
+            if not isinstance(top, dict):
+                self.cannot.append(f"top-level {kind} is not a mapping in the file: left out")
+                continue
+            kept: dict[str, dict[str, Any]] = {}
+            for name, body in top.items():
+                entry = {} if body is None else body  # `name:` alone is compose's default object
+                why = _top_rejected(kind, str(name), entry)
+                if why:
+                    self.cannot.append(f"top-level {kind[:-1]} {str(name)[:60]!r}: {why}; left "
+                                       "out (services that use it need it declared by hand)")
+                else:
+                    kept[str(name)] = entry
+            self.top[kind] = [(toml_key(k), toml_value(v)) for k, v in sorted(kept.items())]
+        secrets = self.cf.raw.get("secrets")
+        if isinstance(secrets, dict) and secrets:
+            self.cannot.append(f"top-level secrets ({', '.join(sorted(map(str, secrets)))}): "
+                               "castle owns secrets (it wires TLS ones itself): they were dropped")
+
     def _layout_notes(self) -> None:
         cf, rc = self.cf, self.rc
-        for key in ("volumes", "configs", "secrets"):
-            top = cf.raw.get(key)
-            if isinstance(top, dict) and top:
-                what = (f"castle's compose.yaml does not declare top-level {key} yet: "
-                        "`docker compose config` rejects the generated file until they are "
-                        "added by hand")
-                if key == "secrets":
-                    what = "castle owns secrets (it wires TLS ones itself): they were dropped"
-                self.cannot.append(f"top-level {key} ({', '.join(sorted(map(str, top)))}): {what}")
         for net, members in rc.members.items():
             if unknown_members(cf, net):
                 self.cannot.append(f"network {net!r} is shared with containers outside this file "
@@ -438,6 +457,7 @@ class Importer:
                 "waiver": toml_value(f.waiver) if f.waiver else "",
                 "notes": [comment(n) for n in f.notes],
             } for f in self.flows],
+            compose_top=[(kind, rows) for kind, rows in sorted(self.top.items()) if rows],
         )
         try:
             parse(text, f"draft of {self.cf.path.name}")
@@ -445,6 +465,17 @@ class Importer:
             raise CastleError(f"the draft of {self.cf.path} does not validate (a bug in castle):"
                               f"\n{exc}") from None
         return text
+
+
+def _top_rejected(kind: str, name: str, body: Any) -> str:
+    """Why castle's [compose] table would refuse this top-level object ("" when it takes it)."""
+    if not isinstance(body, dict):
+        return f"its body is a {type(body).__name__}, not a mapping"
+    try:
+        ComposeTop.model_validate({kind: {name: body}})
+    except ValidationError as exc:
+        return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+    return ""
 
 
 def _ports(ports: list[PortMap] | tuple[PortMap, ...]) -> str:

@@ -287,6 +287,15 @@ class Checker:
                 ingress.setdefault(edge.dst, []).extend(edge.ports)
         for name, svc in self.spec.services.items():
             for j, entry in enumerate(svc.publish):
+                earlier = [k for k, e in enumerate(svc.publish[:j])
+                           if e.container.proto == entry.container.proto
+                           and e.container.lo <= entry.container.hi
+                           and entry.container.lo <= e.container.hi]
+                if earlier:
+                    self.error(("services", name, "publish", j),
+                               f"{entry.container} is already renamed by publish[{earlier[0]}]",
+                               "one host port per container port: keep one entry")
+                    continue
                 if not any(r.covers(entry.container) for r in ingress.get(name, [])):
                     self.error(("services", name, "publish", j),
                                f"publishes {entry.container} but no flow from internet or a "

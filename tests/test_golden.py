@@ -20,6 +20,9 @@ GOLDEN = ROOT / "tests" / "golden"
 CASES = {
     "example": ROOT / "zones.example.toml",
     "chain": ROOT / "tests" / "data" / "specs" / "chain.toml",
+    "mesh-istio": ROOT / "tests" / "data" / "golden" / "mesh-istio.toml",
+    "mesh-linkerd": ROOT / "tests" / "data" / "golden" / "mesh-linkerd.toml",
+    "fw-container": ROOT / "tests" / "data" / "specs" / "fw-container.toml",
 }
 
 

@@ -226,7 +226,7 @@ def load(path: str | Path) -> Loaded:
     except OSError as exc:
         raise UsageError(f"{p}: cannot read ({exc.strerror})") from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # editors may save a BOM
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise SpecError([Diagnostic(str(p), line, None, "error", "",

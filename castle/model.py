@@ -21,9 +21,18 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 RESERVED = frozenset({"internet"})
 # Keys castle owns in a compose service; passthrough may not set them.
 OWNED_COMPOSE_KEYS = frozenset(
-    {"networks", "ports", "secrets", "network_mode", "links", "external_links", "image", "expose"}
+    {
+        "networks", "ports", "secrets", "network_mode", "links", "external_links", "image",
+        "expose", "extends",
+    }
 )
 TARGETS = ("compose", "iptables", "nftables", "k8s", "mesh")
+_UNUSABLE_POOLS = tuple(
+    (ipaddress.IPv4Network(net), why)
+    for net, why in (("0.0.0.0/8", "this network"), ("127.0.0.0/8", "loopback"),
+                     ("169.254.0.0/16", "link-local"), ("224.0.0.0/4", "multicast"),
+                     ("240.0.0.0/4", "reserved"))
+)
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -49,6 +58,24 @@ def _too_deep(value: Any, limit: int) -> bool:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, level + 1) for child in children)
     return False
+
+
+def passthrough_problem(value: Any) -> str | None:
+    """Why a passthrough value cannot go into compose.yaml as data, or None."""
+    if _too_deep(value, MAX_COMPOSE_DEPTH):
+        # the YAML writer recurses per level; no real compose key nests this deep
+        return f"nested more than {MAX_COMPOSE_DEPTH} levels deep"
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif not isinstance(item, str | int | float | bool):
+            return (f"a TOML {type(item).__name__} is not a compose value; "
+                    "write it as a quoted string")
+    return None
 
 
 def dns_label_problem(name: str) -> str | None:
@@ -238,6 +265,16 @@ class Stack(_Model):
     )
 
 
+    @field_validator("subnet_pool")
+    @classmethod
+    def _pool(cls, v: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+        for bad, why in _UNUSABLE_POOLS:
+            if v.overlaps(bad):
+                raise ValueError(f"{v} overlaps {bad} ({why}); use private space such as "
+                                 "10.89.0.0/16")
+        return v
+
+
 class Tier(_Model):
     """One wall; order in the file is depth (outermost first)."""
 
@@ -327,9 +364,18 @@ class Service(_Model):
                 f"castle owns {', '.join(owned)}: set them through tier, listen, publish, "
                 "flows and tls instead of [services.NAME.compose]"
             )
-        if any(_too_deep(x, MAX_COMPOSE_DEPTH) for x in v.values()):
-            # the YAML writer recurses per level; no real compose key nests this deep
-            raise ValueError(f"nested more than {MAX_COMPOSE_DEPTH} levels deep")
+        for key, value in v.items():
+            problem = passthrough_problem(value)
+            if problem:
+                raise ValueError(f"{key}: {problem}")
+        env = v.get("environment")
+        if env is not None and not (
+            (isinstance(env, dict) and all(isinstance(x, str | int | float | bool)
+                                           for x in env.values()))
+            or (isinstance(env, list) and all(isinstance(x, str) for x in env))
+        ):
+            raise ValueError("environment must be a table of values or a list of "
+                             "\"KEY=value\" strings")
         return v
 
 
@@ -492,8 +538,9 @@ class ComposeTop(_Model):
         for name, body in v.items():
             if not _TOP_NAME.match(name):
                 raise ValueError(f"{name[:60]!r} is not a compose object name")
-            if _too_deep(body, MAX_COMPOSE_DEPTH):
-                raise ValueError(f"{name}: nested more than {MAX_COMPOSE_DEPTH} levels deep")
+            problem = passthrough_problem(body)
+            if problem:
+                raise ValueError(f"{name}: {problem}")
         return v
 
 

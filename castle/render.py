@@ -54,11 +54,17 @@ def comment(value: Any) -> str:
     return _UNSAFE_COMMENT.sub(" ", str(value))
 
 
-def nft_string(value: Any) -> str:
-    """An nftables quoted string (comments): no quotes or backslashes, at most 128 bytes."""
+def quoted_comment(value: Any, limit: int) -> str:
+    """A double-quoted comment word for nft and iptables-restore: one line, no quotes or
+    backslashes (neither tool has a safe escape for them), at most `limit` bytes."""
     text = comment(value).replace('"', "'").replace("\\", "/")
-    data = text.encode("utf-8")[:120]
+    data = text.encode("utf-8")[:limit]
     return '"' + data.decode("utf-8", "ignore") + '"'
+
+
+def nft_string(value: Any) -> str:
+    """An nftables quoted string (comments are limited to 128 bytes)."""
+    return quoted_comment(value, 120)
 
 
 def xml_text(value: Any) -> str:
@@ -80,7 +86,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters.update(
         yq=yaml_scalar, yblock=yaml_block, sh=shell_quote, comment=comment, nftstr=nft_string,
-        xml=xml_text, tojson=lambda v: json.dumps(v, sort_keys=True),
+        xml=xml_text,
     )
     return env
 

@@ -168,7 +168,7 @@ class Checker:
                             self.error(("flows", i), f"{src!r} -> {dst!r} never touches the stack",
                                        "one side of a flow must be a service")
                         continue
-                    ports = self._ports(i, src, dst, reported)
+                    ports = self._ports(i, src, dst, reported, multi=len(dsts) > 1)
                     if ports is not None:
                         self.edges.append(Edge(i, src, dst, ports))
                     msg, hint = self._wall(src, dst, depth, tiers)
@@ -195,7 +195,7 @@ class Checker:
         return peers
 
     def _ports(
-        self, i: int, src: str, dst: str, reported: set[str]
+        self, i: int, src: str, dst: str, reported: set[str], multi: bool = False
     ) -> tuple[PortRange, ...] | None:
         flow = self.spec.flows[i]
         if is_outside(dst):
@@ -212,8 +212,11 @@ class Checker:
                 key = f"nolisten:{dst}"
                 if key not in reported:
                     reported.add(key)
-                    self.error(("flows", i, "to"), f"{dst!r} listens on no port",
-                               f"add listen = [...] to [services.{dst}] or ports to the flow")
+                    # among several destinations, one that listens on nothing just gets nothing
+                    report = self.warn if multi else self.error
+                    report(("flows", i, "to"), f"{dst!r} listens on no port"
+                           + (": this flow opens nothing to it" if multi else ""),
+                           f"add listen = [...] to [services.{dst}] or ports to the flow")
                 return None
             return tuple(listen)
         ok = True
@@ -302,31 +305,38 @@ class Checker:
                                f"CIDR reaches {name!r} on it",
                                f"add a flow from = \"internet\", to = \"{name}\", "
                                f"ports = [{entry.container.lo}]")
-        claimed: dict[tuple[str, int], str] = {}
-        for name, host in self.host_ports():
+        # (proto, host port) -> binds so far: (host IP or "" for all, service, container port)
+        claimed: dict[tuple[str, int], list[tuple[str, str, int]]] = {}
+        for name, ip, host, container in self.host_ports():
             for port in range(host.lo, min(host.hi, host.lo + 4096) + 1):
-                key = (host.proto, port)
-                other = claimed.setdefault(key, name)
-                if other != name:
+                mine = (ip, name, container.lo + port - host.lo)
+                binds = claimed.setdefault((host.proto, port), [])
+                clash = next((b for b in binds if b[1:] != mine[1:]
+                              and (not b[0] or not ip or b[0] == ip)), None)
+                if clash:
+                    who = (f"both {clash[1]!r} and {name!r}" if clash[1] != name
+                           else f"{name!r} for container ports {clash[2]} and {mine[2]}")
+                    free = port + 8000 if port + 8000 <= 65535 else port - 1
                     self.error(("services", name, "publish"),
-                               f"host port {port}/{host.proto} is published by both {other!r} "
-                               f"and {name!r}",
+                               f"host port {port}/{host.proto} is published by {who}",
                                "map one to another host port: "
-                               f"publish = [\"{port + 8000}:{port}\"]")
+                               f"publish = [\"{free}:{mine[2]}\"]")
                     break
+                if mine not in binds:
+                    binds.append(mine)
 
-    def host_ports(self) -> Iterator[tuple[str, PortRange]]:
-        """(service, host port range) for every port published from outside flows."""
-        seen: set[tuple[str, PortRange]] = set()
+    def host_ports(self) -> Iterator[tuple[str, str, PortRange, PortRange]]:
+        """(service, host IP, host range, container range) published by flows from outside."""
+        seen: set[tuple[str, str, PortRange, PortRange]] = set()
         for edge in self.edges:
             if not is_outside(edge.src):
                 continue
             for port in edge.ports:
-                for _ip, host, _ in publish_ranges(self.spec.services[edge.dst].publish, port):
-                    if (edge.dst, host) in seen:
-                        continue
-                    seen.add((edge.dst, host))
-                    yield edge.dst, host
+                for ip, host, container in publish_ranges(
+                        self.spec.services[edge.dst].publish, port):
+                    if (edge.dst, ip, host, container) not in seen:
+                        seen.add((edge.dst, ip, host, container))
+                        yield edge.dst, ip, host, container
 
     def check_reach(self) -> None:
         """Warn about lonely services and empty tiers; discourage container firewalls."""
@@ -355,10 +365,19 @@ class Checker:
                 self.error(("flows", e.flow, "tls"), "tls = true needs a service at both ends",
                            "castle makes certificates for services only; remove tls here")
                 break
+        # with a flow or service already rejected the pairs are incomplete: references are
+        # checked once those errors are fixed, rather than reported falsely now
+        trusted = not self.skip_flows and not self.broken
         for name, svc in self.spec.services.items():
             servers = {dst for src, dst in pairs if src == name}
             is_server = any(dst == name for _, dst in pairs)
+            literal_only = all(ref.startswith("=") for ref in svc.tls_env.values())
+            if svc.tls_env and trusted and literal_only and not servers and not is_server:
+                self.warn(("services", name, "tls_env"), f"{name!r} is in no tls flow: its "
+                          "tls_env is not written", "add tls = true to a flow, or drop it")
             for key, ref in svc.tls_env.items():
+                if not trusted:
+                    break
                 loc = ("services", name, "tls_env", key)
                 if ref.startswith("="):
                     continue
@@ -392,16 +411,6 @@ class Checker:
             for key in sorted(names & set(svc.tls_env)):
                 self.error(("services", name, "compose", "environment"),
                            f"{key} is set both here and in tls_env", "keep one of them")
-
-
-def host_range(publish: list[PublishEntry], port: PortRange) -> tuple[str, PortRange]:
-    """Host IP and host port range that publish a container port range (same number unless
-    a `publish` entry renames it)."""
-    for entry in publish:
-        if entry.container.covers(port):
-            off = entry.host.lo - entry.container.lo
-            return entry.host_ip, PortRange(port.proto, port.lo + off, port.hi + off)
-    return "", port
 
 
 def publish_ranges(

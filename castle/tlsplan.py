@@ -132,9 +132,11 @@ def default_env(plan: Plan, service: str) -> dict[str, str]:
 
 
 def resolve(service: str, ref: str) -> str:
-    """The value of one tls_env entry: a /run/secrets path, or the literal after '='."""
+    """The value of one tls_env entry: a /run/secrets path, or the literal after '='.
+
+    A literal means what it says: `$` is doubled so compose does not interpolate it."""
     if ref.startswith("="):
-        return ref[1:]
+        return ref[1:].replace("$", "$$")
     m = TLS_REF.fullmatch(ref)
     if not m:
         raise ValueError(ref)

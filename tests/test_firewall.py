@@ -280,3 +280,58 @@ def test_rule_lines_name_the_flow() -> None:
     assert len(lines) == 1 and "--dport 5432" in lines[0] and "flows[3]" in lines[0]
     assert rule_lines(plan, "web", "db") == []
     assert len(rule_lines(plan, "internet", "web")) == 2
+
+
+OVERLAP = """\
+version = 1
+[stack]
+name = "eq"
+[[tiers]]
+name = "a"
+[services.web]
+tier = "a"
+image = "nginx:1.27"
+listen = ["80-90"]
+[[flows]]
+from = "internet"
+to = "web"
+ports = [85]
+[[flows]]
+from = "cidr:0.0.0.0/0"
+to = "web"
+[[flows]]
+from = "cidr:10.8.0.0/24"
+to = "web"
+ports = ["84-86"]
+[[flows]]
+from = "web"
+to = "internet"
+ports = ["400-500"]
+[[flows]]
+from = "web"
+to = "cidr:0.0.0.0/0"
+ports = [443]
+"""
+
+
+def test_nft_sets_never_hold_overlapping_elements(tmp_path: Path) -> None:
+    """Sources that nest or repeat (internet, cidr:0.0.0.0/0, a smaller CIDR) on overlapping
+    ports still give a file nft loads: interval sets refuse overlapping elements."""
+    if shutil.which("nft") is None or shutil.which("unshare") is None:
+        pytest.skip("nft or unshare is not installed")
+    spec = tmp_path / "zones.toml"
+    spec.write_text(OVERLAP)
+    nft = tmp_path / "castle.nft"
+    nft.write_text(files(spec)["firewall/castle.nft"])
+    proc = subprocess.run(["unshare", "--net", "nft", "-c", "-f", str(nft)],
+                          capture_output=True, text=True, check=False)
+    if "Operation not permitted" in proc.stderr:
+        pytest.skip("needs root for unshare --net")
+    assert proc.returncode == 0, proc.stderr
+    # negative control: the same elements written twice are refused by nft
+    text = nft.read_text()
+    element = next(line for line in text.splitlines() if ". tcp . 80-90" in line)
+    nft.write_text(text.replace(element, element + "\n" + element.replace("80-90", "85"), 1))
+    proc = subprocess.run(["unshare", "--net", "nft", "-c", "-f", str(nft)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode != 0

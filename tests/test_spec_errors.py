@@ -105,6 +105,18 @@ CASES: list[tuple[str, str, int, str]] = [
     ("publish-twice", BASE.replace("listen = [80, 443]",
                                    'listen = [80, 443]\npublish = ["8080:80", "8081:80"]'), 14,
      "80/tcp is already renamed by publish[0]"),
+    ("publish-one-host-port-twice",
+     BASE.replace("listen = [80, 443]", 'listen = [80, 443]\npublish = ["80:80", "80:443"]'), 14,
+     "host port 80/tcp is published by 'web' for container ports 80 and 443"),
+    ("owned-extends",
+     BASE + '[services.web.compose]\nextends = { file = "x.yaml", service = "y" }\n', 33,
+     "castle owns extends"),
+    ("environment-string", BASE + '[services.web.compose]\nenvironment = "A=1"\n', 33,
+     "environment must be a table"),
+    ("toml-time-passthrough", BASE + "[services.web.compose]\nx-when = 07:32:00\n", 33,
+     "a TOML time is not a compose value"),
+    ("loopback-pool", BASE.replace('name = "shop"', 'name = "shop"\nsubnet_pool = "127.0.0.0/16"'),
+     4, "overlaps 127.0.0.0/8 (loopback)"),
     ("publish-bad", BASE.replace("listen = [80, 443]", 'listen = [80, 443]\npublish = ["x:80"]'),
      14, "is not a publish entry"),
     ("host-port-clash", BASE.replace("listen = [8000,", "publish = [\"80:8000\"]\nlisten = [8000,")
@@ -185,6 +197,10 @@ def test_waiver_allows_a_wall_crossing(tmp_path: Path) -> None:
     ('[[tiers]]\nname = "vault"\n', "tier 'vault' has no services"),
     (FLOW.format(src="web", dst="app") + "ports = [8000]\n", "allows nothing that flows[1]"),
     (FLOW.format(src="db", dst="internet") + "ports = [443]\n", "innermost tier"),
+    ('[services.worker]\ntier = "backend"\nimage = "w:1"\n'
+     + FLOW.format(src="web", dst="tier:backend"), "'worker' listens on no port: this flow opens"),
+    ('[services.admin]\ntier = "backend"\nimage = "a:1"\nlisten = [80]\n'
+     'tls_env = { X = "=1" }\n' + FLOW.format(src="web", dst="admin"), "in no tls flow"),
 ])
 def test_warnings_do_not_block(tmp_path: Path, extra: str, warning: str) -> None:
     """Warnings are printed with their line, and the spec still validates (exit 0)."""
@@ -210,3 +226,23 @@ def test_not_utf8(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(spec)])
     assert result.exit_code == 2
     assert f"{spec}:2:" in result.output and "not UTF-8" in result.output
+
+
+def test_bom_is_accepted(tmp_path: Path) -> None:
+    """A spec saved with a UTF-8 byte order mark reads like one without."""
+    spec = tmp_path / "zones.toml"
+    spec.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
+    assert CliRunner().invoke(app, ["validate", str(spec)]).exit_code == 0
+
+
+def test_no_false_tls_errors_after_a_rejected_flow(tmp_path: Path) -> None:
+    """A bad field in a tls flow is one error, not a cascade about tls_env references."""
+    text = (BASE.replace('to = "db"\n', 'to = "db"\ntls = true\nwaiver = "a\\tb"\n')
+            .replace('image = "myapp:1.0"',
+                     'image = "myapp:1.0"\ntls_env = { X = "client_cert:db" }'))
+    spec = tmp_path / "zones.toml"
+    spec.write_text(text)
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2
+    assert "control characters" in result.output
+    assert "1 error;" in result.output, result.output

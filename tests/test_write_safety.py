@@ -132,7 +132,7 @@ def test_failed_staging_leaves_the_old_set(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure while writing temporary files (disk full) changes nothing."""
     write_outputs(tmp_path, file_set("a"))
-    real = write._write_tmp
+    real = write.write_tmp
     calls = {"n": 0}
 
     def flaky(path: Path, content: str, mode: int) -> Path:
@@ -141,7 +141,7 @@ def test_failed_staging_leaves_the_old_set(tmp_path: Path,
             raise OSError(28, "No space left on device")
         return real(path, content, mode)
 
-    monkeypatch.setattr(write, "_write_tmp", flaky)
+    monkeypatch.setattr(write, "write_tmp", flaky)
     with pytest.raises(OSError):
         write_outputs(tmp_path, file_set("b"))
     assert which_set(tmp_path) == "a"

@@ -14,12 +14,12 @@ import hashlib
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, collapse_addresses
+from ipaddress import IPv4Address, IPv4Network, collapse_addresses, summarize_address_range
 
 from castle.errors import CastleError
 from castle.plan import Conn, Plan, PlanService, Published
-from castle.render import comment, render
-from castle.rules import INTERNET, is_outside
+from castle.render import comment, quoted_comment, render
+from castle.rules import is_outside
 from castle.write import Output, header
 
 PATH = "firewall/iptables.sh"
@@ -106,9 +106,7 @@ def sub_chain(tag: str, suffix: str) -> str:
 
 def ipt_comment(text: str) -> str:
     """A double-quoted iptables-restore word: one line, no quotes or backslashes, <=255 bytes."""
-    safe = comment(text).replace("\\", "/").replace('"', "'")
-    data = safe.encode("utf-8")[:MAX_COMMENT]
-    return '"' + data.decode("utf-8", "ignore") + '"'
+    return quoted_comment(text, MAX_COMMENT)
 
 
 def cover(addrs: Iterable[IPv4Address]) -> IPv4Network:
@@ -121,7 +119,18 @@ def cover(addrs: Iterable[IPv4Address]) -> IPv4Network:
 
 def blocks(plan: Plan) -> list[IPv4Network]:
     """The stack's compose subnets, merged into as few prefixes as possible."""
-    return list(collapse_addresses(plan.subnets))
+    # ipaddress.collapse_addresses is quadratic-ish on thousands of subnets: merge the
+    # integer ranges first, then let summarize_address_range cut each into prefixes.
+    spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in plan.subnets)
+    merged: list[list[int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return list(collapse_addresses(
+        net for lo, hi in merged
+        for net in summarize_address_range(IPv4Address(lo), IPv4Address(hi))))
 
 
 def cidr(peer: str) -> IPv4Network | None:
@@ -345,7 +354,6 @@ def script(plan: Plan, rs: Ruleset, *, container: str = "") -> str:
         bridge=not container,
         ssh=f"{fw.ssh_port}/tcp from {', '.join(str(n) for n in fw.ssh_sources)}",
         manage_input=fw.manage_input,
-        internet=INTERNET,
     )
 
 

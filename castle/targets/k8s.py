@@ -7,7 +7,7 @@ from typing import Any
 
 from castle import tlsplan
 from castle.errors import UsageError
-from castle.plan import Conn, Plan, PlanService
+from castle.plan import Conn, Plan, PlanService, select_targets
 from castle.render import render
 from castle.rules import INTERNET, is_outside
 from castle.write import Output, header
@@ -264,7 +264,8 @@ def secret_generators(plan: Plan) -> list[dict[str, Any]]:
 def kustomization_context(plan: Plan) -> dict[str, Any]:
     """What kustomization.yaml.j2 needs."""
     resources = ["networkpolicies.yaml"]
-    if "mesh" in plan.targets and plan.spec.mesh.kind != "none":
+    # from the spec, not from this run's --target: `--target k8s --check` must not drift
+    if "mesh" in select_targets(plan.spec, None) and plan.spec.mesh.kind != "none":
         resources.append("mesh.yaml")
     prefix, contained = tls_path_prefix(plan)
     return {

@@ -45,18 +45,18 @@ Row = tuple[str, str, IPv4Network, int, int, str]  # address, proto, net, lo, hi
 
 
 def _carve(rows: list[Row]) -> list[Row]:
-    """Drop from each row the ports a row with a wider network (same address and protocol)
-    already allows: nft interval sets refuse overlapping elements, and CIDRs nest or are
-    disjoint, so what is left never overlaps."""
+    """Drop from each row the ports that a row with a wider network, or an earlier row with
+    the same network (same address and protocol), already allows: nft interval sets refuse
+    overlapping elements, and CIDRs nest or are disjoint, so what is left never overlaps."""
     groups: dict[tuple[str, str], list[Row]] = {}
     for row in rows:
         groups.setdefault((row[0], row[1]), []).append(row)
     out: list[Row] = []
     for group in groups.values():
-        for addr, proto, net, lo, hi, note in group:
+        for i, (addr, proto, net, lo, hi, note) in enumerate(group):
             pieces = [(lo, hi)]
-            for _, _, wider, wlo, whi, _ in group:
-                if wider != net and wider.supernet_of(net):
+            for j, (_, _, wider, wlo, whi, _) in enumerate(group):
+                if (wider != net and wider.supernet_of(net)) or (wider == net and j < i):
                     pieces = [(a, b) for plo, phi in pieces
                               for a, b in ((plo, min(phi, wlo - 1)), (max(plo, whi + 1), phi))
                               if a <= b]

@@ -76,8 +76,15 @@ def xml_text(value: Any) -> str:
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     """The shared, cached Jinja environment."""
+    try:
+        # compiling the templates is a fifth of a small run; Jinja keeps the compiled code in
+        # a per-user 0700 folder of the temp dir, checked against each template's source
+        cache: jinja2.BytecodeCache | None = jinja2.FileSystemBytecodeCache()
+    except RuntimeError:  # no private temp folder to be had: compile every time
+        cache = None
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
+        bytecode_cache=cache,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

@@ -78,6 +78,16 @@ def passthrough_problem(value: Any) -> str | None:
     return None
 
 
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Kubernetes label keys and values, or ValueError naming the first bad one."""
+    for key, val in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise ValueError(f"{key[:60]!r} is not a Kubernetes label key")
+        if not _LABEL_VALUE.match(val):
+            raise ValueError(f"{val[:60]!r} is not a Kubernetes label value")
+    return labels
+
+
 def dns_label_problem(name: str) -> str | None:
     """Why `name` is not a DNS-1123 label, or None when it is one."""
     if DNS_LABEL.match(name):
@@ -110,6 +120,11 @@ Label = Annotated[str, BeforeValidator(_label)]
 Text = Annotated[str, BeforeValidator(_text)]
 
 
+def span(lo: int, hi: int) -> str:
+    """A port or a range as people write it: 80, 8000-8010."""
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
 @dataclass(frozen=True, order=True)
 class PortRange:
     """A protocol and an inclusive port range: 80/tcp is PortRange('tcp', 80, 80)."""
@@ -119,8 +134,7 @@ class PortRange:
     hi: int
 
     def __str__(self) -> str:
-        ports = str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
-        return f"{ports}/{self.proto}"
+        return f"{span(self.lo, self.hi)}/{self.proto}"
 
     def covers(self, other: PortRange) -> bool:
         """True when every port of `other` is in this range (same protocol)."""
@@ -179,9 +193,7 @@ class PublishEntry:
     def __str__(self) -> str:
         ip = f"{self.host_ip}:" if self.host_ip else ""
         h, c = self.host, self.container
-        hp = str(h.lo) if h.lo == h.hi else f"{h.lo}-{h.hi}"
-        cp = str(c.lo) if c.lo == c.hi else f"{c.lo}-{c.hi}"
-        return f"{ip}{hp}:{cp}/{c.proto}"
+        return f"{ip}{span(h.lo, h.hi)}:{span(c.lo, c.hi)}/{c.proto}"
 
 
 def parse_publish(value: Any) -> PublishEntry:
@@ -332,11 +344,7 @@ class Service(_Model):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        for key, val in (v or {}).items():
-            if not _LABEL_KEY.match(key):
-                raise ValueError(f"{key[:60]!r} is not a Kubernetes label key")
-            if not _LABEL_VALUE.match(val):
-                raise ValueError(f"{val[:60]!r} is not a Kubernetes label value")
+        check_labels(v or {})
         if v is not None and not v:
             raise ValueError("labels may not be empty: pods could not be selected")
         return v
@@ -469,12 +477,7 @@ class Kubernetes(_Model):
     @field_validator("ingress_pod_labels", "dns_pod_labels")
     @classmethod
     def _pod_labels(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, val in v.items():
-            if not _LABEL_KEY.match(key):
-                raise ValueError(f"{key[:60]!r} is not a Kubernetes label key")
-            if not _LABEL_VALUE.match(val):
-                raise ValueError(f"{val[:60]!r} is not a Kubernetes label value")
-        return v
+        return check_labels(v)
 
 
 class Mesh(_Model):

@@ -13,7 +13,7 @@ from typing import Any
 
 from castle.errors import SpecError
 from castle.load import Loaded, to_diagnostic
-from castle.model import TARGETS, PortRange, Service, Spec
+from castle.model import TARGETS, PortRange, Service, Spec, span
 from castle.rules import INTERNET, Edge, Finding, is_outside, publish_ranges
 
 
@@ -37,7 +37,7 @@ class Conn:
     @property
     def port_text(self) -> str:
         """80 or 8000-8010."""
-        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+        return span(self.lo, self.hi)
 
 
 @dataclass(frozen=True)

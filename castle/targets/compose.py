@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from castle import tlsplan
+from castle.model import span
 from castle.plan import Plan, PlanService
 from castle.render import render
 from castle.write import Output, header
@@ -41,11 +42,11 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         "passthrough": dict(sorted(passthrough.items())),
         "networks": [(net, str(ip)) for net, ip in svc.networks],
         # informational for readers and `castle import`; reachability comes from networks
-        "expose": [_r(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "")
+        "expose": [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "")
                    for p in svc.spec.listen],
         "ports": [
-            f"{p.host_ip + ':' if p.host_ip else ''}{_r(p.host.lo, p.host.hi)}:"
-            f"{_r(p.container.lo, p.container.hi)}/{p.container.proto}"
+            f"{p.host_ip + ':' if p.host_ip else ''}{span(p.host.lo, p.host.hi)}:"
+            f"{span(p.container.lo, p.container.hi)}/{p.container.proto}"
             for p in plan.published if p.service == svc.name
         ],
         "secrets": [
@@ -53,10 +54,6 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         ],
         "tls_dir": tls_dir,
     }
-
-
-def _r(lo: int, hi: int) -> str:
-    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 def context(plan: Plan) -> dict[str, Any]:

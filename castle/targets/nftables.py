@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from castle.plan import Conn, Plan
+from castle.model import span
+from castle.plan import Plan
 from castle.render import render
 from castle.targets.iptables import blocks, cidr, describe, shared
 from castle.write import Output, header
@@ -31,14 +32,6 @@ class Element:
 def table_name(stack: str) -> str:
     """castle_<stack>: one table per stack, so stacks on one host never replace each other."""
     return f"castle_{stack}"
-
-
-def _port(c: Conn) -> str:
-    return c.port_text
-
-
-def _span(lo: int, hi: int) -> str:
-    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 Row = tuple[str, str, IPv4Network, int, int, str]  # address, proto, net, lo, hi, note
@@ -69,19 +62,19 @@ def elements(plan: Plan) -> dict[str, list[Element]]:
     internal: list[Element] = []
     for c in plan.internal_conns:
         for sa, da in shared(plan, c.src, c.dst):
-            internal.append(Element(f"{sa} . {da} . {c.proto} . {_port(c)}", describe(plan, c)))
+            internal.append(Element(f"{sa} . {da} . {c.proto} . {c.port_text}", describe(plan, c)))
     anywhere = IPv4Network("0.0.0.0/0")
     ingress: list[Row] = [
         (str(ip), c.proto, cidr(c.src) or anywhere, c.lo, c.hi, describe(plan, c))
         for c in plan.ingress for ip in plan.service(c.dst).addresses
     ]
-    published = [Element(f"{net} . {ip} . {proto} . {_span(lo, hi)}", note)
+    published = [Element(f"{net} . {ip} . {proto} . {span(lo, hi)}", note)
                  for ip, proto, net, lo, hi, note in _carve(ingress)]
     outgoing: list[Row] = [
         (str(ip), c.proto, cidr(c.dst) or anywhere, c.lo, c.hi, describe(plan, c))
         for c in plan.egress for ip in plan.service(c.src).addresses
     ]
-    egress = [Element(f"{ip} . {net} . {proto} . {_span(lo, hi)}", note)
+    egress = [Element(f"{ip} . {net} . {proto} . {span(lo, hi)}", note)
               for ip, proto, net, lo, hi, note in _carve(outgoing)]
     return {"internal": sorted(set(internal)), "published": sorted(set(published)),
             "egress": sorted(set(egress))}

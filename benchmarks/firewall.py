@@ -2,7 +2,7 @@
 
 Prints numbers; asserts nothing. Loading runs inside `unshare --net` (root only), so the
 machine's own ruleset is never touched; without root only generation is measured.
-Run: PYTHONPATH=. python benchmarks/firewall.py [SIZES...]
+Run: python benchmarks/firewall.py [SIZES...]
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from castle.generate import generate
-from castle.targets import iptables
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from castle.generate import generate  # noqa: E402  (after the path is set)
+from castle.targets import iptables  # noqa: E402
 
 
 def synthetic(n: int, seed: int = 1) -> str:

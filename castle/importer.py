@@ -31,7 +31,10 @@ from castle.render import comment, render
 
 ANY_PORT = ("1-65535/tcp", "1-65535/udp")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")  # as castle/model.py checks it
+# Valid for zones.toml, so the draft loads; docker refuses it (capitals), so it cannot run by
+# mistake before someone puts the real image in its place.
+PLACEHOLDER_IMAGE = "REPLACE-ME:latest"
 # Ports well-known server images listen on by default: a guess for services whose file
 # says nothing (no expose, no ports), which is how most compose files run their databases.
 IMAGE_PORTS = {
@@ -105,9 +108,9 @@ def toml_value(value: Any) -> str:
 # -- names -----------------------------------------------------------------------------------
 
 
-def dns_name(name: str, taken: set[str]) -> str:
+def dns_name(name: str, taken: set[str], fallback: str = "svc") -> str:
     """A DNS-1123 label close to a compose name, unique among `taken`."""
-    base = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].strip("-") or "svc"
+    base = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].strip("-") or fallback
     candidate, k = base, 1
     while candidate in taken or candidate == "internet":
         k += 1
@@ -145,9 +148,12 @@ class Importer:
     names: dict[str, str] = field(default_factory=dict)  # compose name -> spec name
     ingress: set[str] = field(default_factory=set)
     top: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # kind -> (key, value)
+    stack: str = ""  # the project name as a DNS-1123 label: [stack] name
 
     def run(self) -> str:
         """The draft's text."""
+        # compose-go lowercases project names, the plain YAML reader takes `name:` as written.
+        self.stack = dns_name(self.cf.project, set(), fallback="stack")
         # Names that are already labels keep themselves; the others fit around them.
         taken = {n for n in self.cf.services if DNS_LABEL.match(n) and n != "internet"}
         for name in self.cf.services:
@@ -172,10 +178,16 @@ class Importer:
         spec_name = self.names[name]
         image = svc.image
         draft = DraftService(spec_name, image)
-        if not image or not _IMAGE.match(image):
-            draft.image = f"{self.cf.project}-{spec_name}"
-            draft.notes.append(f"no usable image in the file ({image or 'build only'}): "
-                               f"{draft.image!r} is compose's default name for a built image")
+        if not image and "build" in svc.raw:
+            # Both parts are DNS labels, so this is always a valid reference.
+            draft.image = f"{self.stack}-{spec_name}"
+            draft.notes.append(f"no image in the file, only a build: {draft.image!r} is "
+                               "compose's default name for the image it builds")
+        elif not _IMAGE.match(image):
+            draft.image = PLACEHOLDER_IMAGE
+            found = f"image {image[:60]!r} is not an image reference" if image else "no image"
+            draft.notes.append(f"{found} in the file: {PLACEHOLDER_IMAGE} is a placeholder, "
+                               "replace it with the real image")
         if svc.network_mode != "host":
             draft.listen = [_port_text(r) for r in listen_ports(svc)]
             known = IMAGE_PORTS.get(image_repo(image))
@@ -439,7 +451,7 @@ class Importer:
             reader=comment(self.cf.reader),
             reader_note=comment(self.cf.reader_note),
             cannot=[comment(c) for c in self.cannot],
-            stack=toml_value(dns_name(self.cf.project, set())),
+            stack=toml_value(self.stack),
             tiers=[toml_value(t) for t in tiers],
             services=[{
                 "key": toml_key(d.name),

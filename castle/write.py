@@ -189,8 +189,3 @@ def diff_outputs(root: Path, outputs: Sequence[Output]) -> list[str]:
             text += "\n"
         diffs.append(text)
     return diffs
-
-
-_inside = inside
-_fsync_dir = fsync_dir
-_write_tmp = write_tmp

@@ -182,6 +182,25 @@ def test_out_option_and_spec_folder_default(spec: Path, tmp_path: Path) -> None:
     assert sorted(out.rglob("ca.crt")) and not sorted(spec.parent.glob("*/ca.crt"))
 
 
+def test_out_may_be_a_link_but_nothing_below_it(spec: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert certs(spec, tmp_path / "link", None, False).ok  # -o itself may be a link
+    files = sorted(p.relative_to(real).as_posix() for p in real.rglob("*") if p.is_file())
+    assert files == sorted(f"k8s/certs/{n}" for n in [
+        ".gitignore", "ca.crt", "ca.key", "app-client.crt", "app-client.key", "db-server.crt",
+        "db-server.key"])  # and no temporary file is left behind
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "k8s").symlink_to(elsewhere)  # a link inside the output folder: refused
+    with pytest.raises(WriteRefused, match="k8s: is a symbolic link"):
+        certs(spec, out, None, False)
+    assert not list(elsewhere.iterdir())
+
+
 def test_no_tls_flow_writes_nothing(tmp_path: Path) -> None:
     text = (REPO / "zones.example.toml").read_text()
     text = text.replace("tls = true", "tls = false")

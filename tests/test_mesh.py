@@ -198,7 +198,8 @@ def test_negative_controls(kind: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_kustomization_wires_mesh(kind: str, tmp_path: Path) -> None:
-    """mesh.yaml is in the kustomization only with the mesh target; kustomize builds it."""
+    """mesh.yaml is in the kustomization when the spec emits a mesh (every file is a function
+    of the spec alone, so `--target k8s --check` agrees with a full run); kustomize builds it."""
     need_crd()
     path, _ = with_mesh(EXAMPLE, kind, tmp_path)
     out = tmp_path / "out"
@@ -209,6 +210,12 @@ def test_kustomization_wires_mesh(kind: str, tmp_path: Path) -> None:
     _, _, only_k8s = build(path, ["k8s"])
     assert {o.path for o in only_k8s} == {"k8s/networkpolicies.yaml", "k8s/kustomization.yaml"}
     text = next(o.content for o in only_k8s if o.path.endswith("kustomization.yaml"))
+    assert yaml.safe_load(text)["resources"] == ["networkpolicies.yaml", "mesh.yaml"]
+    narrowed = tmp_path / "narrowed.toml"
+    narrowed.write_text(path.read_text().replace(
+        '[stack]\n', '[stack]\ntargets = ["compose", "k8s"]\n', 1))
+    _, _, no_mesh = build(narrowed)
+    text = next(o.content for o in no_mesh if o.path.endswith("kustomization.yaml"))
     assert yaml.safe_load(text)["resources"] == ["networkpolicies.yaml"]
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not installed")

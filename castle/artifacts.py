@@ -4,65 +4,142 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
+from castle.compose_read import ComposeFile, PortMap, reach
+from castle.compose_read import read as read_compose
 from castle.errors import UsageError
 from castle.matrix import Matrix, render_matrix, render_table, spec_matrix
-from castle.plan import Plan
+from castle.model import span
+from castle.plan import Plan, Published
+from castle.rules import INTERNET
+
+Cell = tuple[str, str]
+Marks = dict[Cell, set[str]]
+LOOSER = "LOOSER(compose)"
+STRICTER = "STRICTER(compose)"
+_ANY = ("", "0.0.0.0", "::")  # host IPs that mean "every address of the host"
 
 
-def compose_pairs(doc: dict[str, object]) -> set[frozenset[str]]:
-    """Unordered service pairs that share a compose network (the default one included)."""
-    members: dict[str, set[str]] = {}
-    services = doc.get("services") or {}
-    if not isinstance(services, dict):
-        return set()
-    for name, svc in services.items():
-        if not isinstance(svc, dict):
+def _planned_ports(p: Published) -> set[PortMap]:
+    """The PortMaps compose.yaml should hold for one planned publish entry."""
+    ip = "" if p.host_ip in _ANY else p.host_ip
+    return {PortMap(c, p.container.proto, ip, p.host.lo + i)
+            for i, c in enumerate(range(p.container.lo, p.container.hi + 1))}
+
+
+def _outside_note(port: PortMap) -> str:
+    """Who reaches a published port from outside, by its host bind address."""
+    if port.loopback:
+        return "bound to the host's loopback, so only the host itself reaches it"
+    return "reachable from everyone who reaches the host"
+
+
+def _compare_pairs(plan: Plan, cf: ComposeFile, marks: Marks, notes: list[str]) -> None:
+    """Shared networks against internal flows: a network opens both directions."""
+    have = reach(cf).pairs
+    want: dict[frozenset[str], set[Cell]] = {}
+    for c in plan.internal_conns:
+        if c.src != c.dst:
+            want.setdefault(frozenset((c.src, c.dst)), set()).add((c.src, c.dst))
+    for pair in sorted(set(have) - set(want), key=sorted):
+        a, b = sorted(pair)
+        marks.setdefault((a, b), set()).add(LOOSER)
+        marks.setdefault((b, a), set()).add(LOOSER)
+        notes.append(f"compose: {a} and {b} share {', '.join(have[pair])} (both directions) "
+                     "but no flow joins them")
+    for pair in sorted(set(want) - set(have), key=sorted):
+        a, b = sorted(pair)
+        for cell in sorted(want[pair]):
+            marks.setdefault(cell, set()).add(STRICTER)
+        notes.append(f"compose: a flow joins {a} and {b} but they share no network")
+
+
+def _compare_published(plan: Plan, cf: ComposeFile, marks: Marks, notes: list[str]) -> None:
+    """Published ports of compose.yaml against plan.published."""
+    # (service, container port, proto) -> planned host bindings, and who they are for
+    want: dict[tuple[str, int, str], set[PortMap]] = {}
+    sources: dict[tuple[str, int, str], set[str]] = {}
+    for p in plan.published:
+        for pm in _planned_ports(p):
+            key = (p.service, pm.container, pm.proto)
+            want.setdefault(key, set()).add(pm)
+            sources.setdefault(key, set()).update(p.sources)
+    have: dict[tuple[str, int, str], set[PortMap]] = {}
+    for name, service in cf.services.items():
+        for pm in service.ports:
+            if pm.host_ip in _ANY:
+                pm = PortMap(pm.container, pm.proto, "", pm.host)
+            have.setdefault((name, pm.container, pm.proto), set()).add(pm)
+    for key in sorted(set(want) | set(have)):
+        svc, container, proto = key
+        missing = sorted(want.get(key, set()) - have.get(key, set()))
+        extra = sorted(have.get(key, set()) - want.get(key, set()))
+        srcs = sorted(sources.get(key, set()))
+        for pm in missing:
+            for src in srcs:
+                marks.setdefault((src, svc), set()).add(STRICTER)
+            where = f"; compose.yaml has {', '.join(map(str, extra))} instead" if extra else ""
+            notes.append(f"compose: the spec publishes {svc} {pm} for {', '.join(srcs)} "
+                         f"but compose.yaml does not{where}")
+        wanted_wide = any(not pm.loopback for pm in want.get(key, set()))
+        for pm in extra:
+            if missing and (pm.loopback or wanted_wide):
+                continue  # a planned port moved: the STRICTER note above names both ends
+            for src in srcs or [INTERNET]:
+                marks.setdefault((src, svc), set()).add(LOOSER)
+            notes.append(f"compose: {svc} publishes {pm}, which the spec does not "
+                         f"({_outside_note(pm)})")
+
+
+def _compare_cidr(plan: Plan, cf: ComposeFile, marks: Marks, notes: list[str]) -> None:
+    """CIDR sources of published ports: compose cannot narrow a publish to a CIDR."""
+    for p in plan.published:
+        cidrs = [s for s in p.sources if s.startswith("cidr:")]
+        if not cidrs:
             continue
-        if svc.get("network_mode") == "none":
-            continue
-        nets = svc.get("networks")
-        names = list(nets) if nets else ["default"]
-        for net in names:
-            members.setdefault(str(net), set()).add(str(name))
-    pairs: set[frozenset[str]] = set()
-    for group in members.values():
-        for a in group:
-            for b in group:
-                if a < b:
-                    pairs.add(frozenset((a, b)))
-    return pairs
+        # What compose.yaml really binds for these container ports, wherever it moved them.
+        planned = {(pm.container, pm.proto) for pm in _planned_ports(p)}
+        svc = cf.services.get(p.service)
+        actual = [pm for pm in (svc.ports if svc else ()) if (pm.container, pm.proto) in planned]
+        port = f"{span(p.host.lo, p.host.hi)}/{p.host.proto}"
+        if actual and all(pm.loopback for pm in actual):
+            for src in cidrs:
+                marks.setdefault((src, p.service), set()).add(STRICTER)
+            notes.append(f"compose: {p.service} publishes {port} on the host's loopback "
+                         f"({p.host_ip}), so {', '.join(cidrs)} cannot reach it from outside "
+                         "at all")
+        elif actual:
+            notes.append(f"compose: {p.service} publishes {port} to everyone; compose cannot "
+                         f"restrict it to {', '.join(cidrs)} (the firewall and Kubernetes do)")
 
 
-def compare_compose(plan: Plan, out: Path) -> tuple[dict[tuple[str, str], str], list[str]]:
+def _compare_egress(plan: Plan, cf: ComposeFile, notes: list[str]) -> None:
+    """Services compose lets open connections out although no flow leaves the stack from them."""
+    wanted = {c.src for c in plan.egress}
+    r = reach(cf)
+    for name in sorted(r.egress - wanted):
+        nets = [n for n in r.networks.get(name, ()) if not (
+            n in cf.networks and cf.networks[n].internal)]
+        notes.append(f"compose: {name} is on non-internal network {', '.join(nets)}, so compose "
+                     "lets it open connections out although no flow asks for that; the "
+                     "firewall closes it")
+
+
+def compare_compose(plan: Plan, out: Path) -> tuple[dict[Cell, str], list[str]]:
     """Marks for cells where compose.yaml lets a pair talk that the spec keeps apart (or not)."""
     path = out / "compose.yaml"
     if not path.is_file():
         return {}, [f"compose: {path} not found (run castle generate)"]
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(doc, dict):
-        raise UsageError(f"{path}: not a compose file")
-    have = compose_pairs(doc)
-    want = {frozenset((c.src, c.dst)) for c in plan.internal_conns}
-    marks: dict[tuple[str, str], str] = {}
-    notes: list[str] = []
-    for pair in sorted(have - want, key=sorted):
-        a, b = sorted(pair)
-        marks[(a, b)] = "LOOSER(compose)"
-        notes.append(f"compose: {a} and {b} share a network but no flow joins them")
-    for pair in sorted(want - have, key=sorted):
-        a, b = sorted(pair)
-        marks[(a, b)] = "STRICTER(compose)"
-        notes.append(f"compose: a flow joins {a} and {b} but they share no network")
-    cidr_pub = [p for p in plan.published if any(s.startswith("cidr:") for s in p.sources)]
-    for p in cidr_pub:
-        notes.append(f"compose: {p.service} publishes {p.host} to everyone; compose cannot "
-                     f"restrict it to {', '.join(p.sources)} (the firewall and Kubernetes do)")
-    return marks, notes
+    cf = read_compose(path)
+    marks: Marks = {}
+    notes = [f"compose: read by {cf.reader} ({cf.reader_note})"] if cf.reader_note else []
+    known = {s.name for s in plan.services}
+    for name in sorted(set(cf.services) - known):
+        notes.append(f"compose: service {name} is not in the spec")
+    _compare_pairs(plan, cf, marks, notes)
+    _compare_published(plan, cf, marks, notes)
+    _compare_cidr(plan, cf, marks, notes)
+    _compare_egress(plan, cf, notes)
+    return {cell: " ".join(sorted(m)) for cell, m in sorted(marks.items())}, notes
 
 
 # Each compare_* returns (marks, notes): marks["src", "dst"] is LOOSER(target) or

@@ -50,6 +50,11 @@ def handled(fn: F) -> F:
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
+        except OSError as exc:
+            # the file system said no (an -o that is a file, a read-only folder): bad input
+            where = f"{exc.filename}: " if exc.filename else ""
+            err(f"castle: {where}{exc.strerror or exc}")
+            raise typer.Exit(2) from None
         except Exception as exc:
             if os.environ.get("CASTLE_DEBUG"):
                 raise
@@ -58,6 +63,19 @@ def handled(fn: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _folder(out: Path | None) -> None:
+    """An -o that exists must be a folder."""
+    if out is not None and out.exists() and not out.is_dir():
+        from castle.errors import UsageError
+
+        raise UsageError(f"-o {out}: is a file, not a folder")
+
+
+def _n(count: int, noun: str) -> str:
+    """3 services, 1 tier."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _warn(loaded: Any) -> None:
@@ -94,17 +112,16 @@ def init(
 @handled
 def validate(spec: SpecArg) -> None:
     """Check a spec against the wall rules: errors (exit 2), warnings, or a summary."""
-    from castle.load import load
-    from castle.plan import compile_plan
+    from castle.generate import build
 
-    loaded = load(spec)
-    plan = compile_plan(loaded)
+    # render every target in memory too: whatever generate would refuse, validate refuses
+    loaded, plan, _ = build(spec)
     _warn(loaded)
     n = len(loaded.warnings)
     warned = f" ({n} warning{'s' if n != 1 else ''})" if n else ""
-    print(f"{spec}: valid: {len(plan.services)} services in {len(plan.tiers)} tiers, "
-          f"{len(plan.spec.flows)} flows -> {len(plan.conns)} connections, "
-          f"{len(plan.networks)} networks{warned}")
+    print(f"{spec}: valid: {_n(len(plan.services), 'service')} in "
+          f"{_n(len(plan.tiers), 'tier')}, {_n(len(plan.spec.flows), 'flow')} -> "
+          f"{_n(len(plan.conns), 'connection')}, {_n(len(plan.networks), 'network')}{warned}")
 
 
 @app.command()
@@ -123,6 +140,7 @@ def generate(
     """Write every artifact of a spec (atomically), or --check that they are up to date."""
     from castle.generate import generate as run
 
+    _folder(out)
     result = run(spec, out, targets=target, check=check, force=force)
     _warn(result.loaded)
     if check:
@@ -134,7 +152,8 @@ def generate(
         print(f"{result.out}: {len(result.outputs)} files up to date with {spec}")
         return
     print(f"{result.out}: {len(result.outputs)} files, {len(result.changed)} changed "
-          f"({', '.join(result.plan.targets)})")
+          f"({', '.join(result.plan.targets)})"
+          + (f"; removed {', '.join(result.removed)}" if result.removed else ""))
     if any(s.spec.container_firewall for s in result.plan.services):
         err("castle: note: container firewalls are discouraged (NET_ADMIN inside the container);"
             " the host firewall already enforces the same flows")
@@ -255,6 +274,7 @@ def certs(
     """Make the private CA and the certificates tls flows need (never overwrites a key)."""
     from castle.certs import certs as run
 
+    _folder(out)
     result = run(spec, out, days=days, check=check)
     sys.stdout.write(result.report)
     if not result.ok:

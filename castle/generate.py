@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from castle import targets as target_registry
@@ -11,7 +11,7 @@ from castle.errors import UsageError
 from castle.load import Loaded, load
 from castle.model import TARGETS
 from castle.plan import Plan, compile_plan
-from castle.write import Output, diff_outputs, write_outputs
+from castle.write import Output, Prune, diff_outputs, write_outputs
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,9 @@ class Result:
     plan: Plan
     out: Path
     outputs: list[Output]
-    changed: list[str]
+    changed: list[str]  # written or removed paths (removed ones are also in `removed`)
     diffs: list[str]
+    removed: list[str] = field(default_factory=list)
 
 
 def build(spec_path: str | Path, targets: Iterable[str] | None = None) -> tuple[Loaded, Plan,
@@ -44,9 +45,31 @@ def generate(spec_path: str | Path, out: str | Path | None = None, *,
              targets: Iterable[str] | None = None, check: bool = False,
              force: bool = False) -> Result:
     """Generate every artifact of a spec into `out` (default: the spec's folder)."""
-    loaded, plan, outputs = build(spec_path, targets)
+    wanted = list(targets or [])
+    loaded, plan, outputs = build(spec_path, wanted)
     root = Path(out) if out is not None else Path(spec_path).parent
+    prune = Prune(plan.source_name, full_paths(loaded, plan, outputs, narrowed=bool(wanted)))
     if check:
-        return Result(loaded, plan, root, outputs, [], diff_outputs(root, outputs))
-    changed = write_outputs(root, outputs, force=force)
-    return Result(loaded, plan, root, outputs, changed, [])
+        return Result(loaded, plan, root, outputs, [], diff_outputs(root, outputs, prune))
+    changed = write_outputs(root, outputs, force=force, prune=prune)
+    produced = {o.path for o in outputs}
+    return Result(loaded, plan, root, outputs, changed, [],
+                  [p for p in changed if p not in produced])
+
+
+def full_paths(loaded: Loaded, plan: Plan, outputs: list[Output], *,
+               narrowed: bool) -> frozenset[str]:
+    """Every path the spec produces with its full target set, plus this run's own.
+
+    A `--target compose` run must keep the k8s files the spec still produces; only files
+    the spec produces under no target are stale. This run's files count too (a `--target`
+    outside [stack].targets must not delete what it just wrote).
+    """
+    mine = frozenset(o.path for o in outputs)
+    if not narrowed:  # this run already built the full set
+        return mine
+    # the same loaded spec, not a second load: the file may change between two reads
+    full = compile_plan(loaded, None)
+    if full.targets == plan.targets:
+        return mine
+    return mine | frozenset(o.path for o in target_registry.outputs(full))

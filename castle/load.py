@@ -19,6 +19,15 @@ _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
 _KEY = re.compile(rf"^\s*({_PART}(?:\s*\.\s*{_PART})*)\s*=")
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
+_INLINE = re.compile(r"\{([^{}]*)\}")  # one inline table (flows are flat: no nesting)
+_INLINE_KEY = re.compile(r"(?:^|,)\s*([A-Za-z0-9_-]+)\s*=")
+_STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'[^']*'")
+
+
+def _brackets(text: str) -> int:
+    """Opened minus closed square brackets outside strings and comments."""
+    code = _STRING.sub("", text).split("#", 1)[0]
+    return code.count("[") - code.count("]")
 _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
@@ -34,8 +43,16 @@ class SourceMap:
         self.lines: dict[tuple[str | int, ...], int] = {}
         counts: dict[tuple[str, ...], int] = {}
         table: tuple[str | int, ...] = ()
+        array: tuple[str | int, ...] | None = None  # inside `key = [` over several lines
+        depth = items = 0
         for n, line in enumerate(text.splitlines(), start=1):
             stripped = line.lstrip()
+            if array is not None:
+                items = self._inline_tables(array, items, line, n)
+                depth += _brackets(line)
+                if depth <= 0:
+                    array = None
+                continue
             if stripped[:1] == "[":
                 m = _HEADER.match(line)
                 if m:
@@ -44,11 +61,12 @@ class SourceMap:
                         idx = counts.get(keys, 0)
                         counts[keys] = idx + 1
                         table = (*keys, idx)
+                        self.lines.setdefault(keys, n)
                     else:
                         table = keys
                     self.lines.setdefault(table, n)
                 continue
-            head, eq, _ = stripped.partition("=")
+            head, eq, value = stripped.partition("=")
             if not eq:
                 continue
             head = head.rstrip()
@@ -62,6 +80,19 @@ class SourceMap:
             path = (*table, *parts)
             for cut in range(len(table) + 1, len(path) + 1):
                 self.lines.setdefault(path[:cut], n)
+            if value.lstrip().startswith("["):  # an array, maybe of inline tables
+                items = self._inline_tables(path, 0, value, n)
+                depth = _brackets(value)
+                array = path if depth > 0 else None
+
+    def _inline_tables(self, path: tuple[str | int, ...], index: int, text: str, n: int) -> int:
+        """Record the inline tables `{ k = v, ... }` of an array line; return the next index."""
+        for body in _INLINE.findall(text):
+            self.lines.setdefault((*path, index), n)
+            for key in _INLINE_KEY.findall(body):
+                self.lines.setdefault((*path, index, key), n)
+            index += 1
+        return index
 
     def line(self, loc: Loc) -> int:
         """The line of the longest known prefix of `loc` (1 when nothing matches)."""

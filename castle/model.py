@@ -12,6 +12,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     WithJsonSchema,
     field_validator,
 )
@@ -151,7 +153,7 @@ def parse_port(value: int | str) -> PortRange:
         text = value.strip()
     else:
         raise ValueError(f'{value!r} is not a port (use 80, "53/udp" or "8000-8010/tcp")')
-    m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?(?:/(tcp|udp))?", text)
+    m = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(tcp|udp))?", text)
     if not m:
         raise ValueError(f'{value!r} is not a port (use 80, "53/udp" or "8000-8010/tcp")')
     lo = int(m.group(1))
@@ -165,7 +167,7 @@ def parse_port(value: int | str) -> PortRange:
 
 def _ports(value: Any) -> Any:
     if isinstance(value, list):
-        return [parse_port(v) if isinstance(v, int | str) else v for v in value]
+        return [v if isinstance(v, PortRange) else parse_port(v) for v in value]
     return value
 
 
@@ -201,7 +203,7 @@ def parse_publish(value: Any) -> PublishEntry:
     if not isinstance(value, str):
         raise ValueError(f'{value!r} is not a publish entry (use "HOST:CONTAINER")')
     m = re.fullmatch(
-        r"(?:(\d{1,3}(?:\.\d{1,3}){3}):)?([\d-]+):([\d-]+)(/(?:tcp|udp))?", value.strip()
+        r"(?:([0-9]{1,3}(?:\.[0-9]{1,3}){3}):)?([0-9-]+):([0-9-]+)(/(?:tcp|udp))?", value.strip()
     )
     if not m:
         raise ValueError(
@@ -323,7 +325,7 @@ class Service(_Model):
         "client_key:DEST | =literal",
         default_factory=dict,
     )
-    container_firewall: bool = Field(
+    container_firewall: StrictBool = Field(
         default=False,
         description="also emit an in-container firewall script (needs NET_ADMIN; discouraged)",
     )
@@ -403,7 +405,7 @@ class Flow(_Model):
         description="ports allowed (default: each destination's own listen ports); "
         "required for egress",
     )
-    tls: bool = Field(
+    tls: StrictBool = Field(
         default=False, description="mutual TLS on this flow: certificates and secrets for both ends"
     )
     description: Text = Field(
@@ -431,14 +433,14 @@ class Flow(_Model):
 class Firewall(_Model):
     """The `[firewall]` table: host firewall settings."""
 
-    ssh_port: int = Field(
+    ssh_port: StrictInt = Field(
         description="host SSH port the INPUT rules always keep open", default=22, ge=1, le=65535
     )
     ssh_sources: list[ipaddress.IPv4Network] = Field(
         description="sources allowed to reach SSH on the host",
         default_factory=lambda: [ipaddress.IPv4Network("0.0.0.0/0")],
     )
-    manage_input: bool = Field(
+    manage_input: StrictBool = Field(
         default=True,
         description="also guard the host's INPUT chain (containers may not reach the host)",
     )
@@ -463,7 +465,7 @@ class Kubernetes(_Model):
         description="ranges excluded from internet egress ipBlocks (default: private ranges)",
         default_factory=lambda: [ipaddress.IPv4Network(r) for r in PRIVATE_RANGES],
     )
-    tier_namespaces: bool = Field(
+    tier_namespaces: StrictBool = Field(
         default=False, description="one namespace per tier (<namespace>-<tier>)"
     )
     dns_namespace: Label = Field(
@@ -506,10 +508,10 @@ class Tls(_Model):
     dir: str = Field(
         default="k8s/certs", description="folder of the TLS files, relative to the output folder"
     )
-    days: int = Field(
+    days: StrictInt = Field(
         description="validity of leaf certificates, in days", default=365, ge=1, le=3650
     )
-    ca_days: int = Field(
+    ca_days: StrictInt = Field(
         description="validity of the private CA certificate, in days", default=3650, ge=1, le=36500
     )
 
@@ -564,6 +566,13 @@ class Spec(_Model):
     compose: ComposeTop = Field(
         description="top-level compose objects (named volumes, configs)", default_factory=ComposeTop
     )
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> Any:
+        if type(v) is not int:  # TOML true or 1.0 must not pass as 1
+            raise ValueError(f"unsupported format version {v!r}; this castle reads version = 1")
+        return v
 
     @field_validator("tiers")
     @classmethod

@@ -299,6 +299,11 @@ class Checker:
                                f"{entry.container} is already renamed by publish[{earlier[0]}]",
                                "one host port per container port: keep one entry")
                     continue
+                if entry.host_ip.startswith("127."):
+                    self.warn(("services", name, "publish", j),
+                              f"{entry} binds the host's loopback: the flows from outside that "
+                              f"publish {entry.container} cannot reach it",
+                              "bind 0.0.0.0 (leave the IP out), or drop the flow")
                 if not any(r.covers(entry.container) for r in ingress.get(name, [])):
                     self.error(("services", name, "publish", j),
                                f"publishes {entry.container} but no flow from internet or a "
@@ -338,10 +343,28 @@ class Checker:
                         seen.add((edge.dst, ip, host, container))
                         yield edge.dst, ip, host, container
 
+    def check_kubernetes(self) -> None:
+        """With tier_namespaces, every `<namespace>-<tier>` must still be a DNS label."""
+        if not self.spec.kubernetes.tier_namespaces:
+            return
+        for i, tier in enumerate(self.spec.tiers):
+            ns = f"{self.spec.namespace}-{tier.name}"
+            if len(ns) > 63:
+                self.error(("kubernetes", "tier_namespaces"),
+                           f"namespace {ns[:40]}... of tier {tier.name!r} (tiers[{i}]) is longer "
+                           "than 63 characters",
+                           "set a shorter [kubernetes] namespace, or shorter tier names")
+                return
+
     def check_reach(self) -> None:
         """Warn about lonely services and empty tiers; discourage container firewalls."""
         touched = {e.src for e in self.edges} | {e.dst for e in self.edges}
         for name, svc in self.spec.services.items():
+            for j, port in enumerate(svc.listen):
+                if any(other.proto == port.proto and other.lo <= port.hi and port.lo <= other.hi
+                       for other in svc.listen[:j]):
+                    self.warn(("services", name, "listen", j),
+                              f"{port} repeats an earlier listen port", "remove the repeat")
             if name not in touched:
                 self.warn(("services", name), f"{name!r} reaches nothing and nothing reaches it",
                           "add a flow, or remove the service")
@@ -451,4 +474,5 @@ def check(spec: Spec, skip_flows: frozenset[int] = frozenset(),
     checker.check_publish()
     checker.check_reach()
     checker.check_tls()
+    checker.check_kubernetes()
     return checker.findings, checker.edges

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from castle.errors import UsageError
+from castle.errors import SpecError
 from castle.generate import build
 from castle.k8s_read import compare_k8s, policy_names
 from castle.write import write_outputs
@@ -246,11 +246,11 @@ def test_tier_namespaces_use_and_not_or(tmp_path: Path) -> None:
 
 
 def test_long_tier_namespace_is_refused(tmp_path: Path) -> None:
-    """A tier namespace over 63 characters is a clear error, not an invalid manifest."""
+    """A tier namespace over 63 characters is a spec error with its line, not a manifest."""
     spec = tmp_path / "zones.toml"
     text = (SPECS / "k8s-tier-ns.toml").read_text().replace('name = "bank"', f'name = "{"b" * 60}"')
     spec.write_text(text)
-    with pytest.raises(UsageError, match="longer than 63"):
+    with pytest.raises(SpecError, match=r"zones\.toml:\d+: error: kubernetes.tier_namespaces"):
         build(spec, ["k8s"])
 
 

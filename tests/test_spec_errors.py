@@ -246,3 +246,47 @@ def test_no_false_tls_errors_after_a_rejected_flow(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "control characters" in result.output
     assert "1 error;" in result.output, result.output
+
+
+INLINE_FLOWS = """\
+version = 1
+flows = [
+  { from = "internet", to = "web" },
+  # a comment [ with a bracket
+  { from = "web", to = "db" },
+  { from = "internet", to = "web", ports = [81] },
+]
+[stack]
+name = "x"
+[[tiers]]
+name = "a"
+[[tiers]]
+name = "b"
+[[tiers]]
+name = "c"
+[services]
+web = { tier = "a", image = "nginx", listen = [80] }
+db = { tier = "c", image = "pg", listen = [5432] }
+"""
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (INLINE_FLOWS, [":5: error: flows[1]: 'web' -> 'db' skips the wall 'b'",
+                    ":6: error: flows[2].ports[0]: 'web' does not listen on 81/tcp"]),
+    (BASE + '[[flow]]\nfrom = "web"\nto = "app"\n', [":33: error: flow: unknown field 'flow'"]),
+    (BASE.replace("version = 1", "version = true"), [":1: error: version: unsupported"]),
+    (BASE.replace('to = "db"\n', 'to = "db"\ntls = "yes"\n'), [":33: error: flows[2].tls:"]),
+    (BASE.replace("listen = [5432]", 'listen = ["５４３２"]'), [":21: error: services.db.listen"]),
+    (BASE.replace("listen = [5432]", "listen = [5432.0]"), ["5432.0 is not a port"]),
+    (BASE.replace('name = "shop"', 'name = "' + "s" * 60 + '"')
+     + "[kubernetes]\ntier_namespaces = true\n", [":34: error: kubernetes.tier_namespaces:"]),
+])
+def test_acceptance_findings(tmp_path: Path, text: str, expected: list[str]) -> None:
+    """Lines inside arrays of inline tables, misspelt array tables, strict types, ASCII
+    digits, and limits generate would hit are all reported by validate, with their line."""
+    spec = tmp_path / "zones.toml"
+    spec.write_text(text)
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2, result.output
+    for fragment in expected:
+        assert fragment in result.output, result.output

@@ -112,6 +112,21 @@ class Plan:
         """The Kubernetes namespace."""
         return self.spec.namespace
 
+    @functools.cached_property
+    def rank(self) -> dict[str, int]:
+        """Service name -> position in the plan's order (outermost tier first, then name)."""
+        return {s.name: i for i, s in enumerate(self.services)}
+
+    @functools.cached_property
+    def tier_namespaces(self) -> dict[str, str]:
+        """Tier -> Kubernetes namespace: `<namespace>-<tier>` with tier_namespaces, else one."""
+        split = self.spec.kubernetes.tier_namespaces
+        return {t: f"{self.namespace}-{t}" if split else self.namespace for t in self.tiers}
+
+    def namespace_of(self, service: str) -> str:
+        """The Kubernetes namespace a service's pods run in."""
+        return self.tier_namespaces[self.service(service).tier]
+
     def service(self, name: str) -> PlanService:
         """Look a service up by name."""
         if not self._by_name:

@@ -46,10 +46,8 @@ class Leaf:
 
 
 def namespace_of(plan: Plan, service: str) -> str:
-    """The Kubernetes namespace a service runs in, as the Kubernetes target lays them out."""
-    from castle.targets import k8s  # late: k8s imports this module; it owns the layout
-
-    return k8s.namespace_of(plan, service)
+    """The Kubernetes namespace a service runs in."""
+    return plan.namespace_of(service)
 
 
 def dns_names(plan: Plan, service: str) -> tuple[str, ...]:

@@ -58,22 +58,8 @@ class Policy:
 
 
 def namespaces_by_tier(plan: Plan) -> dict[str, str]:
-    """tier -> namespace: one per tier (`<namespace>-<tier>`) with tier_namespaces, else one."""
-    cached = _NS_CACHE.get("last")
-    if cached is not None and cached[0] is plan:
-        return cached[1]
-    out = _namespaces(plan)
-    _NS_CACHE["last"] = (plan, out)  # one plan at a time: namespace_of is called per peer
-    return out
-
-
-_NS_CACHE: dict[str, tuple[Plan, dict[str, str]]] = {}
-
-
-def _namespaces(plan: Plan) -> dict[str, str]:
-    k = plan.spec.kubernetes
-    out = {t: f"{plan.namespace}-{t}" if k.tier_namespaces else plan.namespace
-           for t in plan.tiers}
+    """tier -> namespace; each must be a DNS label (the wall rules reject longer ones)."""
+    out = plan.tier_namespaces
     for t, ns in out.items():
         if len(ns) > 63:
             raise UsageError(
@@ -85,7 +71,7 @@ def _namespaces(plan: Plan) -> dict[str, str]:
 
 def namespace_of(plan: Plan, service: str) -> str:
     """The namespace a service's pods run in."""
-    return namespaces_by_tier(plan)[plan.service(service).tier]
+    return plan.namespace_of(service)
 
 
 def used_namespaces(plan: Plan) -> list[str]:
@@ -147,22 +133,11 @@ def _group(order: dict[str, int], conns: list[Conn], key: str) -> list[tuple[str
                                                   kv[0] != INTERNET, kv[0]))
 
 
-def _service_order(plan: Plan) -> dict[str, int]:
-    cached = _ORDER_CACHE.get("last")
-    if cached is None or cached[0] is not plan:
-        cached = (plan, {s.name: i for i, s in enumerate(plan.services)})
-        _ORDER_CACHE["last"] = cached
-    return cached[1]
-
-
-_ORDER_CACHE: dict[str, tuple[Plan, dict[str, int]]] = {}
-
-
 def service_policies(plan: Plan, svc: PlanService, inbound: list[Conn],
                      outbound: list[Conn]) -> list[Policy]:
     """The ingress and egress policies of one service (none when it has no flows that way)."""
     ns = namespace_of(plan, svc.name)
-    order = _service_order(plan)
+    order = plan.rank
     out: list[Policy] = []
     if inbound:
         rules = []

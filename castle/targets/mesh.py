@@ -81,7 +81,7 @@ def _source(plan: Plan, peer: str) -> Source:
 def destinations(plan: Plan) -> list[Destination]:
     """Every service with TCP connections in, with one rule per source."""
     out: list[Destination] = []
-    order = {s.name: i for i, s in enumerate(plan.services)}
+    order = plan.rank
     inbound: dict[str, dict[str, list[Conn]]] = {}
     for c in plan.conns:
         if c.proto == "tcp":

@@ -26,9 +26,19 @@ quiet_pip() {
 }
 
 # -- system packages ------------------------------------------------------------------------
+# COMMAND:PACKAGE, one a line: the package is installed when the command is missing.
+needs=(
+  iptables:iptables
+  nft:nftables
+  ip:iproute2
+  shellcheck:shellcheck
+  openssl:openssl
+  modprobe:kmod
+  rsvg-convert:librsvg2-bin
+  dot:graphviz
+)
 missing=()
-for pair in iptables:iptables nft:nftables ip:iproute2 shellcheck:shellcheck \
-            openssl:openssl modprobe:kmod rsvg-convert:librsvg2-bin dot:graphviz; do
+for pair in "${needs[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if ! command -v "$PYTHON" >/dev/null 2>&1; then

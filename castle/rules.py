@@ -356,6 +356,41 @@ class Checker:
                            "set a shorter [kubernetes] namespace, or shorter tier names")
                 return
 
+    def check_selectors(self) -> None:
+        """No service's pod labels may select another service's pods in its namespace.
+
+        A NetworkPolicy, a Deployment and a mesh policy select pods by matchLabels: when one
+        service's labels are a subset of another's (or equal), every policy of the first also
+        applies to the second. castle reports it rather than adding a label on its own, since
+        the labels are the contract with Deployments and dashboards the user already has.
+        """
+        k = self.spec.kubernetes
+        found: list[tuple[str, str, dict[str, str]]] = []
+        for name, svc in self.spec.services.items():
+            ns = f"{self.spec.namespace}-{svc.tier}" if k.tier_namespaces else self.spec.namespace
+            found.append((name, ns, svc.labels or {"app.kubernetes.io/name": name}))
+        for name, ns, labels in found:
+            for other, other_ns, other_labels in found:
+                if other == name or other_ns != ns or not labels.items() <= other_labels.items():
+                    continue
+                if labels == other_labels and other < name:
+                    continue  # identical: reported once, at the first name
+                # a default label set names its own service, so the wider set is explicit
+                at = name if self.spec.services[name].labels is not None else other
+                shown = ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
+                self.error(("services", at, "labels"),
+                           f"the labels of {name!r} ({shown}) also select the pods of {other!r} "
+                           f"in namespace {ns!r}: every policy of {name!r} would apply to both",
+                           f"give {name!r} a label {other!r} does not have")
+        if (self.spec.mesh.kind != "none" and k.ingress_namespace and k.ingress_pod_labels
+                and not k.ingress_service_account):
+            self.error(("kubernetes", "ingress_pod_labels"),
+                       "a mesh authorizes identities (service accounts), not pod labels: "
+                       "without ingress_service_account it would let every pod of "
+                       f"{k.ingress_namespace!r} in",
+                       "set [kubernetes] ingress_service_account to the ingress "
+                       "controller's service account")
+
     def check_reach(self) -> None:
         """Warn about lonely services and empty tiers; discourage container firewalls."""
         touched = {e.src for e in self.edges} | {e.dst for e in self.edges}
@@ -475,4 +510,5 @@ def check(spec: Spec, skip_flows: frozenset[int] = frozenset(),
     checker.check_reach()
     checker.check_tls()
     checker.check_kubernetes()
+    checker.check_selectors()
     return checker.findings, checker.edges

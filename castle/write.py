@@ -19,7 +19,8 @@ JOURNAL = ".castle-journal.json"
 TMP_TAG = ".castle-tmp-"
 # castle's output layout (DESIGN.md section 4): the only files a run may ever delete
 LAYOUT = ("compose.yaml", "firewall/iptables.sh", "firewall/castle.nft",
-          "k8s/networkpolicies.yaml", "k8s/kustomization.yaml", "k8s/mesh.yaml")
+          "k8s/networkpolicies.yaml", "k8s/kustomization.yaml", "k8s/mesh.yaml",
+          "k8s/namespaces.yaml", "k8s/workloads.yaml")
 LAYOUT_GLOB = ("firewall", "container-*.sh")
 HEAD_BYTES = 4096  # the header sits in the first lines; never read a big user file whole
 

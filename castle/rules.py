@@ -369,6 +369,11 @@ class Checker:
         for name, svc in self.spec.services.items():
             ns = f"{self.spec.namespace}-{svc.tier}" if k.tier_namespaces else self.spec.namespace
             found.append((name, ns, svc.labels or {"app.kubernetes.io/name": name}))
+        for name, svc in self.spec.services.items():
+            if k.workloads and svc.listen and name[:1].isdigit():
+                self.warn(("services", name), f"Kubernetes Service names start with a letter: "
+                          f"workloads.yaml gets no Service {name!r}",
+                          "rename the service, or set [kubernetes] workloads = false")
         for name, ns, labels in found:
             for other, other_ns, other_labels in found:
                 if other == name or other_ns != ns or not labels.items() <= other_labels.items():

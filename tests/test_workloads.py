@@ -16,6 +16,7 @@ import yaml
 
 from castle.errors import SpecError
 from castle.generate import build
+from castle.generate import generate as castle_generate
 from castle.k8s_read import compare_k8s
 from castle.write import write_outputs
 from tests.oracles import kube, reference
@@ -162,6 +163,14 @@ def test_workloads_switch_keeps_only_the_policies(tmp_path: Path) -> None:
     assert {o.path for o in outputs} == {"k8s/networkpolicies.yaml", "k8s/kustomization.yaml"}
     kust = yaml.safe_load(next(o.content for o in outputs if "kustomization" in o.path))
     assert kust["resources"] == ["networkpolicies.yaml"]
+    out = tmp_path / "out"
+    shutil.copy(EXAMPLE, tmp_path / "zones.toml")
+    castle_generate(tmp_path / "zones.toml", out, targets=["k8s"])
+    assert (out / "k8s" / "workloads.yaml").exists()
+    variant(EXAMPLE, tmp_path, workloads=False)  # the same file name: castle's stale files go
+    castle_generate(tmp_path / "zones.toml", out, targets=["k8s"])
+    assert sorted(p.name for p in (out / "k8s").iterdir()) == ["kustomization.yaml",
+                                                                "networkpolicies.yaml"]
     bad = tmp_path / "bad.toml"
     bad.write_text(EXAMPLE.read_text() + '\n[kubernetes]\nworkloads = "no"\n')
     with pytest.raises(SpecError, match=r"bad\.toml:\d+: error: kubernetes\.workloads"):

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from castle.model import RESERVED, PortRange, PublishEntry, Spec, dns_label_problem
 
 INTERNET = "internet"
+# A Deployment and a Service list ports one by one (Kubernetes has no port ranges): past
+# this many, the scaffold declares none rather than thousands.
+MAX_DECLARED_PORTS = 1024
 Loc = tuple[str | int, ...]
 
 
@@ -366,18 +369,29 @@ class Checker:
         """
         k = self.spec.kubernetes
         found: list[tuple[str, str, dict[str, str]]] = []
+        # (namespace, label) -> services whose pods carry it: candidates without a scan of all
+        having: dict[tuple[str, tuple[str, str]], set[str]] = {}
         for name, svc in self.spec.services.items():
             ns = f"{self.spec.namespace}-{svc.tier}" if k.tier_namespaces else self.spec.namespace
-            found.append((name, ns, svc.labels or {"app.kubernetes.io/name": name}))
+            labels = svc.labels or {"app.kubernetes.io/name": name}
+            found.append((name, ns, labels))
+            for item in labels.items():
+                having.setdefault((ns, item), set()).add(name)
+        by_name = {name: (ns, labels) for name, ns, labels in found}
         for name, svc in self.spec.services.items():
+            if k.workloads and listen_count(svc.listen) > MAX_DECLARED_PORTS:
+                self.warn(("services", name, "listen"),
+                          f"more than {MAX_DECLARED_PORTS} listen ports: its Deployment "
+                          "declares none and it gets no Service",
+                          "narrow the ranges, or set [kubernetes] workloads = false")
             if k.workloads and svc.listen and name[:1].isdigit():
                 self.warn(("services", name), f"Kubernetes Service names start with a letter: "
                           f"workloads.yaml gets no Service {name!r}",
                           "rename the service, or set [kubernetes] workloads = false")
         for name, ns, labels in found:
-            for other, other_ns, other_labels in found:
-                if other == name or other_ns != ns or not labels.items() <= other_labels.items():
-                    continue
+            sets = sorted((having[(ns, item)] for item in labels.items()), key=len)
+            for other in sorted(set.intersection(*sets) - {name}):
+                other_labels = by_name[other][1]
                 if labels == other_labels and other < name:
                     continue  # identical: reported once, at the first name
                 # a default label set names its own service, so the wider set is explicit
@@ -474,6 +488,11 @@ class Checker:
             for key in sorted(names & set(svc.tls_env)):
                 self.error(("services", name, "compose", "environment"),
                            f"{key} is set both here and in tls_env", "keep one of them")
+
+
+def listen_count(listen: list[PortRange]) -> int:
+    """How many (protocol, port) pairs a listen list names."""
+    return len({(p.proto, n) for p in listen for n in range(p.lo, p.hi + 1)})
 
 
 def publish_ranges(

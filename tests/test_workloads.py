@@ -594,3 +594,19 @@ def test_passthrough_values_reach_the_deployment_unchanged(payload: str, tmp_pat
         assert k8s_expand(env["DB_HOST"]) == value.replace("$$", "$")
     if literal:
         assert k8s_expand(env["DB_SSL"]) == value  # a literal means what it says
+
+
+def test_wide_listen_ranges_declare_no_ports(tmp_path: Path) -> None:
+    """A service on 1-65535 still generates (validate warns): no containerPorts, no Service;
+    a narrow one keeps both (negative control)."""
+    spec = tmp_path / "zones.toml"
+    spec.write_text(OVERLAP.format(a="", b="").replace("listen = [81]",
+                                                       'listen = ["1-65535/tcp"]'))
+    loaded, _, _ = build(spec, ["k8s"])
+    generate(spec, tmp_path, ["k8s"])
+    docs = docs_of(tmp_path / "k8s" / "workloads.yaml")
+    b = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "b")
+    assert "ports" not in b["spec"]["template"]["spec"]["containers"][0]
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    assert services == {"a"}
+    assert any("more than 1024 listen ports" in str(w) for w in loaded.warnings)

@@ -116,12 +116,11 @@ def service_accounts(plan: Plan) -> list[tuple[str, str]]:
 
 
 def listen_ports(svc: PlanService) -> list[int]:
-    """A service's TCP listen ports, one by one (the mesh proxies TCP only)."""
-    ports = sorted({n for p in svc.spec.listen if p.proto == "tcp" for n in range(p.lo, p.hi + 1)})
-    if len(ports) > MAX_PORTS:
-        raise UsageError(f"mesh: {svc.name} listens on {len(ports)} TCP ports; meshes list "
-                         f"ports one by one (at most {MAX_PORTS}): narrow the port ranges")
-    return ports
+    """A service's TCP listen ports, one by one (the mesh proxies TCP only); [] past
+    MAX_PORTS, where Linkerd's default-inbound-policy deny covers the ports no flow names."""
+    if sum(p.hi - p.lo + 1 for p in svc.spec.listen if p.proto == "tcp") > MAX_PORTS:
+        return []
+    return sorted({n for p in svc.spec.listen if p.proto == "tcp" for n in range(p.lo, p.hi + 1)})
 
 
 def every_service(plan: Plan) -> list[tuple[Destination, list[int]]]:
@@ -130,7 +129,7 @@ def every_service(plan: Plan) -> list[tuple[Destination, list[int]]]:
     out = []
     for svc in plan.services:
         ports = listen_ports(svc)
-        if ports:
+        if ports or svc.name in dests:
             dest = dests.get(svc.name) or Destination(svc.name, namespace_of(plan, svc.name),
                                                       list(svc.labels))
             out.append((dest, ports))

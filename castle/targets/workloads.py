@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castle import tlsplan
-from castle.errors import UsageError
 from castle.plan import Plan, PlanService
 from castle.render import render
+from castle.rules import MAX_DECLARED_PORTS, listen_count
 from castle.targets.k8s import MANAGED, mesh_kind, namespace_of, secret_item, used_namespaces
 from castle.write import Output, header
 
@@ -25,7 +25,6 @@ NAMESPACES = "k8s/namespaces.yaml"
 WORKLOADS = "k8s/workloads.yaml"
 SECRETS_DIR = "/run/secrets"  # where compose mounts secrets; the Deployments use the same
 TLS_VOLUME = "castle-tls"
-MAX_PORTS = 1024  # containerPorts per service; a wider listen range is not a workload to scaffold
 LINKERD_POD = (("config.linkerd.io/default-inbound-policy", "deny"),
                ("linkerd.io/inject", "enabled"))
 ISTIO_NAMESPACE = (("istio-injection", "enabled"),)
@@ -58,6 +57,7 @@ class Workload:
     image: str
     ports: list[Port]
     service: bool  # a Service is written (the name is a DNS-1035 label and ports exist)
+    undeclared: int = 0  # listen ports too many to declare
     env: list[tuple[str, str]] = field(default_factory=list)
     skipped_env: list[str] = field(default_factory=list)
     command: list[str] | None = None
@@ -135,14 +135,13 @@ def image_group(image: str) -> int | None:
 
 
 def _ports(svc: PlanService) -> list[Port]:
+    """One Port per listen port; none past MAX_DECLARED_PORTS (castle validate warns)."""
+    if listen_count(svc.spec.listen) > MAX_DECLARED_PORTS:
+        return []
     seen: dict[tuple[str, int], Port] = {}
     for p in svc.spec.listen:
         for n in range(p.lo, p.hi + 1):
             seen.setdefault((p.proto, n), Port(f"{p.proto}-{n}", p.proto.upper(), n))
-    if len(seen) > MAX_PORTS:
-        raise UsageError(f"{svc.name}: {len(seen)} listen ports; a Deployment declares each "
-                         f"one (at most {MAX_PORTS}): narrow the ranges, or set [kubernetes] "
-                         "workloads = false and keep only the policies")
     return [seen[k] for k in sorted(seen)]
 
 
@@ -181,6 +180,7 @@ def workload(plan: Plan, svc: PlanService) -> Workload:
         image=svc.image,
         ports=ports,
         service=bool(ports) and bool(_DNS_1035.match(svc.name)),
+        undeclared=0 if ports else listen_count(svc.spec.listen),
         env=env,
         skipped_env=skipped,
         command=_words(compose.get("entrypoint")),

@@ -21,6 +21,7 @@ from castle.errors import UsageError, WriteRefused
 from castle.load import load
 from castle.plan import compile_plan
 from castle.tlsplan import CA_CERT_FILE, CA_KEY_FILE, Leaf
+from castle.words import count
 from castle.write import TMP_TAG, fsync_dir, inside, locked, write_tmp
 
 CHECK_DAYS = 30  # --check fails when a certificate expires within this many days
@@ -195,7 +196,7 @@ def _expiry(cert: x509.Certificate, now: dt.datetime, within: dt.timedelta) -> s
     if left <= dt.timedelta(0):
         return f"expired on {_day(cert.not_valid_after_utc)}"
     if left < within:
-        return f"expires on {_day(cert.not_valid_after_utc)}, within {within.days} days"
+        return f"expires on {_day(cert.not_valid_after_utc)}, within {count(within.days, 'day')}"
     return None
 
 
@@ -485,7 +486,7 @@ def _issue(stack: str, ca_days: int, root: Path, tls_dir: str, wanted: list[Leaf
         if name not in needed:
             lines.append(f"{name}: no tls flow needs it any more; left in place")
     lines.extend(_loose_keys(folder, wanted))
-    summary = (f"{folder}: {len(writes)} file{'s' if len(writes) != 1 else ''} written, "
+    summary = (f"{folder}: {count(len(writes), 'file')} written, "
                f"{issued} certificate{'s' if issued != 1 else ''} issued")
     return CertsResult("\n".join([summary, *("  " + line for line in lines)]) + "\n", True)
 

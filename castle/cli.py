@@ -24,6 +24,22 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _version(value: bool) -> None:
+    if value:
+        from castle import __version__
+
+        print(f"castle {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print castle's version and exit")] = False,
+) -> None:
+    """castle: one concentric-walls spec, every wall that enforces it."""
+
+
 def err(text: str) -> None:
     """Print to stderr."""
     sys.stderr.write(text if text.endswith("\n") else text + "\n")
@@ -40,7 +56,7 @@ def handled(fn: F) -> F:
             for d in exc.diagnostics:
                 err(str(d))
             n = len(exc.errors)
-            err(f"castle: {n} error{'s' if n != 1 else ''}; nothing was written")
+            err(f"castle: {_n(n, 'error')}; nothing was written")
             raise typer.Exit(2) from None
         except CastleError as exc:
             err(f"castle: {exc}")
@@ -73,9 +89,11 @@ def _folder(out: Path | None) -> None:
         raise UsageError(f"-o {out}: is a file, not a folder")
 
 
-def _n(count: int, noun: str) -> str:
+def _n(n: int, noun: str) -> str:
     """3 services, 1 tier."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+    from castle.words import count
+
+    return count(n, noun)
 
 
 def _warn(loaded: Any) -> None:
@@ -118,7 +136,7 @@ def validate(spec: SpecArg) -> None:
     loaded, plan, _ = build(spec)
     _warn(loaded)
     n = len(loaded.warnings)
-    warned = f" ({n} warning{'s' if n != 1 else ''})" if n else ""
+    warned = f" ({_n(n, 'warning')})" if n else ""
     print(f"{spec}: valid: {_n(len(plan.services), 'service')} in "
           f"{_n(len(plan.tiers), 'tier')}, {_n(len(plan.spec.flows), 'flow')} -> "
           f"{_n(len(plan.conns), 'connection')}, {_n(len(plan.networks), 'network')}{warned}")
@@ -146,12 +164,13 @@ def generate(
     if check:
         if result.diffs:
             sys.stdout.write("".join(result.diffs))
-            err(f"castle: {len(result.diffs)} file(s) in {result.out} drift from {spec}; "
+            drift = "drifts" if len(result.diffs) == 1 else "drift"
+            err(f"castle: {_n(len(result.diffs), 'file')} in {result.out} {drift} from {spec}; "
                 f"run: castle generate {spec} -o {result.out}")
             raise typer.Exit(1)
-        print(f"{result.out}: {len(result.outputs)} files up to date with {spec}")
+        print(f"{result.out}: {_n(len(result.outputs), 'file')} up to date with {spec}")
         return
-    print(f"{result.out}: {len(result.outputs)} files, {len(result.changed)} changed "
+    print(f"{result.out}: {_n(len(result.outputs), 'file')}, {len(result.changed)} changed "
           f"({', '.join(result.plan.targets)})"
           + (f"; removed {', '.join(result.removed)}" if result.removed else ""))
     if any(s.spec.container_firewall for s in result.plan.services):
@@ -247,7 +266,7 @@ def prove(
     def progress(done: int, total: int) -> None:
         width = 30
         filled = width * done // max(total, 1)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} probes")
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{_n(total, 'probe')}")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()

@@ -20,14 +20,23 @@ class Matrix:
 
     peers: list[str]
     cells: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    # (source, destination) pairs with mutual TLS: castle's TLS is per pair, on all its ports
+    tls: set[tuple[str, str]] = field(default_factory=set)
 
-    def allow(self, src: str, dst: str, port: str) -> None:
-        """Add one allowed port to a cell."""
+    def allow(self, src: str, dst: str, port: str, tls: bool = False) -> None:
+        """Add one allowed port to a cell (the pair runs mutual TLS when `tls`)."""
         self.cells.setdefault((src, dst), set()).add(port)
+        if tls:
+            self.tls.add((src, dst))
 
     def get(self, src: str, dst: str) -> set[str]:
         """The ports of a cell (empty when nothing is allowed)."""
         return self.cells.get((src, dst), set())
+
+    def labels(self, src: str, dst: str) -> list[str]:
+        """A cell's ports in order, each with " tls" when the pair runs mutual TLS (table)."""
+        tls = " tls" if (src, dst) in self.tls else ""
+        return [p + tls for p in _sorted_ports(self.get(src, dst))]
 
 
 def peers_of(plan: Plan) -> list[str]:
@@ -39,15 +48,15 @@ def peers_of(plan: Plan) -> list[str]:
 
 
 def port_label(conn: Conn) -> str:
-    """80/tcp, 8000-8010/udp, with a lock for tls."""
-    return f"{conn.port_text}/{conn.proto}" + (" tls" if conn.tls else "")
+    """80/tcp, 8000-8010/udp."""
+    return f"{conn.port_text}/{conn.proto}"
 
 
 def spec_matrix(plan: Plan) -> Matrix:
     """The matrix the spec asks for, from the Plan's connections."""
     m = Matrix(peers_of(plan))
     for c in plan.conns:
-        m.allow(c.src, c.dst, port_label(c))
+        m.allow(c.src, c.dst, port_label(c), c.tls)
     return m
 
 
@@ -58,14 +67,16 @@ def _sorted_ports(ports: Iterable[str]) -> list[str]:
     return sorted(ports, key=key)
 
 
-def as_rows(m: Matrix) -> list[dict[str, str]]:
-    """One row per allowed (source, destination), for json and csv."""
-    rows = []
+def as_rows(m: Matrix) -> list[dict[str, str | bool]]:
+    """One row per allowed (source, destination), for json and csv; `tls` is True when the
+    pair runs mutual TLS."""
+    rows: list[dict[str, str | bool]] = []
     for src in m.peers:
         for dst in m.peers:
             ports = m.get(src, dst)
             if ports:
-                rows.append({"from": src, "to": dst, "ports": " ".join(_sorted_ports(ports))})
+                rows.append({"from": src, "to": dst, "ports": " ".join(_sorted_ports(ports)),
+                             "tls": (src, dst) in m.tls})
     return rows
 
 
@@ -79,7 +90,7 @@ def render_table(m: Matrix, marks: dict[tuple[str, str], str] | None = None) -> 
     for s in srcs:
         row = [s]
         for d in dsts:
-            text = ",".join(_sorted_ports(m.get(s, d))) or "."
+            text = ",".join(m.labels(s, d)) or "."
             if (s, d) in marks:
                 text = f"{text} {marks[(s, d)]}"
             row.append(text)
@@ -96,8 +107,8 @@ def render_matrix(m: Matrix, fmt: str) -> str:
         return json.dumps({"peers": m.peers, "allowed": as_rows(m)}, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["from", "to", "ports"], lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=["from", "to", "ports", "tls"], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(as_rows(m))
+        writer.writerows({**r, "tls": str(r["tls"]).lower()} for r in as_rows(m))
         return buf.getvalue()
     return render_table(m)

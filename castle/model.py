@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -191,6 +191,7 @@ class PublishEntry:
     host_ip: str
     host: PortRange
     container: PortRange
+    text: str = field(default="", compare=False)  # the entry as the user wrote it
 
     def __str__(self) -> str:
         ip = f"{self.host_ip}:" if self.host_ip else ""
@@ -218,7 +219,7 @@ def parse_publish(value: Any) -> PublishEntry:
     container = parse_port(m.group(3) + proto)
     if host.hi - host.lo != container.hi - container.lo:
         raise ValueError(f"{value!r}: host and container ranges differ in length")
-    return PublishEntry(ip, host, container)
+    return PublishEntry(ip, host, container, value)
 
 
 def _publish(value: Any) -> Any:

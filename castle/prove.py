@@ -20,6 +20,7 @@ import yaml
 from castle.errors import CastleError, UsageError
 from castle.plan import Plan
 from castle.rules import INTERNET
+from castle.words import count
 
 Progress = Callable[[int, int], None]
 FIREWALLS = ("iptables", "nftables")
@@ -194,8 +195,7 @@ def run(out: Path, firewall: str, items: list[Case], progress: Progress | None =
 def mismatch_table(firewall: str, results: dict[Case, bool]) -> list[str]:
     """The report lines of one firewall: a summary and a table of every difference."""
     wrong = [c for c, got in results.items() if got != c.want]
-    lines = [f"{firewall}: {len(results)} probes, {len(wrong)} "
-             f"difference{'s' if len(wrong) != 1 else ''}"]
+    lines = [f"{firewall}: {count(len(results), 'probe')}, {count(len(wrong), 'difference')}"]
     if not wrong:
         return lines
     rows = [("from", "to", "port", "spec", "kernel")]
@@ -226,8 +226,8 @@ def prove(spec: Path, out: Path | None, firewalls: list[str],
         root = Path(out) if out is not None else Path(tmp)
         plan = generate(spec, root, targets=["compose", "iptables", "nftables"]).plan
         items, notes = cases(plan)
-        lines = [f"castle prove {spec}: {len(plan.services)} services, {len(items)} probes "
-                 "per firewall"]
+        lines = [f"castle prove {spec}: {count(len(plan.services), 'service')}, "
+                 f"{count(len(items), 'probe')} per firewall"]
         ok = True
         for fw in firewalls:
             try:

@@ -46,6 +46,17 @@ def where(loc: Loc) -> str:
     return out
 
 
+def written(entry: PublishEntry) -> str:
+    """A publish entry quoted as the user wrote it: "8443:443"."""
+    return f'"{entry.text or entry}"'
+
+
+def toml_endpoints(endpoints: list[str]) -> str:
+    """A flow's from or to as TOML: "web", or ["web", "tier:data"] for several."""
+    quoted = [f'"{e}"' for e in endpoints]
+    return quoted[0] if len(quoted) == 1 else f"[{', '.join(quoted)}]"
+
+
 def closest(name: str, candidates: list[str], prefix: str = "") -> str:
     """A "did you mean" hint for an unknown name, or an empty string."""
     match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
@@ -165,7 +176,8 @@ class Checker:
                         key = "outside-outside"
                         if key not in reported:
                             reported.add(key)
-                            self.error(("flows", i), f"{src!r} -> {dst!r} never touches the stack",
+                            self.error(("flows", i),
+                                       f"{self.written(i, src, dst)} never touches the stack",
                                        "one side of a flow must be a service")
                         continue
                     ports = self._ports(i, src, dst, reported, multi=len(dsts) > 1)
@@ -174,7 +186,7 @@ class Checker:
                     msg, hint = self._wall(src, dst, depth, tiers)
                     if msg and not flow.waiver and msg not in reported:
                         reported.add(msg)
-                        self.error(("flows", i), msg, hint)
+                        self.error(("flows", i), f"{self.written(i, src, dst)} {msg}", hint)
                     if is_outside(dst) and not flow.waiver:
                         tier = depth.get(services[src].tier, 0)
                         key = "egress-inner"
@@ -184,6 +196,14 @@ class Checker:
                                       f"{tiers[innermost]!r} opens connections out of the stack",
                                       "add waiver = \"why\" to say it is intended")
         self._check_duplicates()
+
+    def written(self, i: int, src: str, dst: str) -> str:
+        """'web' -> 'db', plus the flow as written when it names them otherwise (tier:, lists)."""
+        flow = self.spec.flows[i]
+        pair = f"{src!r} -> {dst!r}"
+        if flow.from_ == [src] and flow.to == [dst]:
+            return pair
+        return f"{pair} (flow from = {toml_endpoints(flow.from_)}, to = {toml_endpoints(flow.to)})"
 
     def _expand(self, endpoints: list[str], loc: Loc) -> list[str]:
         peers: list[str] = []
@@ -202,7 +222,8 @@ class Checker:
             if flow.ports is None:
                 if "egress-ports" not in reported:
                     reported.add("egress-ports")
-                    self.error(("flows", i), f"egress {src!r} -> {dst!r} must list its ports",
+                    self.error(("flows", i), f"egress {self.written(i, src, dst)} must list "
+                               "its ports",
                                "add ports = [443] (or the ports the service calls out on)")
                 return None
             return tuple(flow.ports)
@@ -242,18 +263,18 @@ class Checker:
         dd = depth.get(services[dst].tier, 0)
         if is_outside(src):
             if dd > 0:
-                return (f"{src!r} -> {dst!r} enters at tier {tiers[dd]!r}, behind the outermost "
+                return (f"enters at tier {tiers[dd]!r}, behind the outermost "
                         f"wall {tiers[0]!r}",
                         f"expose a service of tier {tiers[0]!r} (a proxy) instead, {waive}")
             return "", ""
         ds = depth.get(services[src].tier, 0)
         if dd < ds:
-            return (f"{src!r} -> {dst!r} goes outward (from tier {tiers[ds]!r} to "
+            return (f"goes outward (from tier {tiers[ds]!r} to "
                     f"{tiers[dd]!r}); walls only open inward",
                     f"let {dst!r} open the connection instead, {waive}")
         if dd - ds > 1:
             skipped = ", ".join(repr(t) for t in tiers[ds + 1:dd])
-            return (f"{src!r} -> {dst!r} skips the wall {skipped}",
+            return (f"skips the wall {skipped}",
                     f"route it through a {tiers[ds + 1]!r} service, {waive}")
         return "", ""
 
@@ -295,19 +316,21 @@ class Checker:
                            and e.container.lo <= entry.container.hi
                            and entry.container.lo <= e.container.hi]
                 if earlier:
+                    first = svc.publish[earlier[0]]
                     self.error(("services", name, "publish", j),
-                               f"{entry.container} is already renamed by publish[{earlier[0]}]",
+                               f"{written(entry)}: {entry.container} is already renamed by "
+                               f"publish[{earlier[0]}] ({written(first)})",
                                "one host port per container port: keep one entry")
                     continue
                 if entry.host_ip.startswith("127."):
                     self.warn(("services", name, "publish", j),
-                              f"{entry} binds the host's loopback: the flows from outside that "
-                              f"publish {entry.container} cannot reach it",
+                              f"{written(entry)} binds the host's loopback: the flows from "
+                              f"outside that publish {entry.container} cannot reach it",
                               "bind 0.0.0.0 (leave the IP out), or drop the flow")
                 if not any(r.covers(entry.container) for r in ingress.get(name, [])):
                     self.error(("services", name, "publish", j),
-                               f"publishes {entry.container} but no flow from internet or a "
-                               f"CIDR reaches {name!r} on it",
+                               f"{written(entry)} publishes {entry.container} but no flow from "
+                               f"internet or a CIDR reaches {name!r} on it",
                                f"add a flow from = \"internet\", to = \"{name}\", "
                                f"ports = [{entry.container.lo}]")
         # (proto, host port) -> binds so far: (host IP or "" for all, service, container port)

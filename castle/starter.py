@@ -11,9 +11,11 @@ from castle.model import Spec
 from castle.render import templates_dir
 
 
-def starter_text(stack: str) -> str:
-    """The commented starter zones.toml, with the stack named after its folder."""
+def starter_text(stack: str, file_name: str = "zones.toml") -> str:
+    """The commented starter zones.toml, with the stack named after its folder and the
+    header's commands naming the file it is written to."""
     text = (templates_dir() / "zones.toml.j2").read_text(encoding="utf-8")
+    text = text.replace("zones.example.toml", file_name)
     return text.replace('name = "shop"', f'name = "{stack}"', 1)
 
 
@@ -30,7 +32,7 @@ def write_starter(folder: Path, *, force: bool = False) -> Path:
         raise WriteRefused(f"{path} exists; refusing to overwrite it (use --force)")
     if path.is_symlink():
         path.unlink()
-    path.write_text(starter_text(_stack_name(folder)), encoding="utf-8")
+    path.write_text(starter_text(_stack_name(folder), path.name), encoding="utf-8")
     return path
 
 

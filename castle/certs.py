@@ -553,7 +553,7 @@ def _check(folder: Path, wanted: list[Leaf], days: int) -> CertsResult:
     bad += [w.removeprefix("warning: ") for w in _loose_keys(folder, wanted)]
     verdict = (f"{folder}: {len(bad)} problem{'s' if len(bad) != 1 else ''}" if bad
                else f"{folder}: all {len(wanted) + 1} certificates ok for the spec and valid "
-                    f"for at least {days} more days")
+                    f"for at least {count(days, 'more day')}")
     lines = [verdict, *(f"  FAIL {b}" for b in bad), *(f"  ok   {g}" for g in good),
              *(f"  note {n}" for n in notes)]
     return CertsResult("\n".join(lines) + "\n", not bad)

@@ -15,6 +15,7 @@ from castle.errors import SpecError
 from castle.load import Loaded, to_diagnostic
 from castle.model import TARGETS, PortRange, Service, Spec, span
 from castle.rules import INTERNET, Edge, Finding, is_outside, publish_ranges
+from castle.words import count
 
 
 @dataclass(frozen=True, order=True)
@@ -277,7 +278,8 @@ def allocate(pool: IPv4Network, sizes: list[int]) -> list[IPv4Network]:
         if 2 ** (prefix - pool.prefixlen) >= len(sizes):
             return list(_take(pool, prefix, len(sizes)))
     raise ValueError(
-        f"cannot fit {len(sizes)} networks of up to {max(sizes)} services in {pool}"
+        f"cannot fit {count(len(sizes), 'network')} of up to {count(max(sizes), 'service')} "
+        f"in {pool}"
     )
 
 

@@ -257,3 +257,11 @@ def test_partial_target_check_agrees_with_a_full_run(tmp_path: Path) -> None:
     assert runner.invoke(app, ["generate", str(spec)]).exit_code == 0
     result = runner.invoke(app, ["generate", str(spec), "--target", "k8s", "--check"])
     assert result.exit_code == 0, result.output
+
+
+def test_counted_nouns() -> None:
+    """castle.words.count: singular for exactly one, the plural otherwise."""
+    from castle.words import count
+
+    assert [count(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
+    assert count(1, "more day") == "1 more day" and count(2, "entry", "entries") == "2 entries"

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from castle import manifest
 from castle import targets as target_registry
 from castle.errors import UsageError
 from castle.load import Loaded, load
@@ -52,6 +53,8 @@ def generate(spec_path: str | Path, out: str | Path | None = None, *,
     if check:
         return Result(loaded, plan, root, outputs, [], diff_outputs(root, outputs, prune))
     changed = write_outputs(root, outputs, force=force, prune=prune)
+    manifest.record(root, Path(spec_path), wanted, outputs, prune.keep, loaded.sha256,
+                    loaded.warnings)
     produced = {o.path for o in outputs}
     return Result(loaded, plan, root, outputs, changed, [],
                   [p for p in changed if p not in produced])

@@ -7,10 +7,10 @@ import json
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
-import yaml
+if TYPE_CHECKING:  # imported where used: a run that renders nothing never loads them
+    import jinja2
 
 _UNSAFE_COMMENT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff\ufffe\uffff]")
 # What YAML reads as a line break or refuses as unprintable, even inside double quotes.
@@ -31,12 +31,16 @@ def yaml_scalar(value: Any) -> str:
     if isinstance(value, str):
         return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}",
                                 json.dumps(value, ensure_ascii=False))
+    import yaml
+
     text: str = yaml.safe_dump(value, default_flow_style=True, width=2**31).strip()
     return text.removesuffix("...").strip()
 
 
 def yaml_block(value: Any, indent: int = 0) -> str:
     """A YAML block for a mapping or list, indented by `indent` spaces after the first line."""
+    import yaml
+
     text: str = yaml.safe_dump(value, default_flow_style=False, sort_keys=True,
                                allow_unicode=False, width=2**31)
     pad = " " * indent
@@ -76,6 +80,8 @@ def xml_text(value: Any) -> str:
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     """The shared, cached Jinja environment."""
+    import jinja2
+
     try:
         # compiling the templates is a fifth of a small run; Jinja keeps the compiled code in
         # a per-user 0700 folder of the temp dir, checked against each template's source

@@ -1,8 +1,9 @@
 """firewall/iptables.sh: DOCKER-USER and INPUT rules, plus opt-in per-container firewalls.
 
 The host script hands the stack's forwarded traffic to castle's own chains: replies first,
-then a binary dispatch on the destination address into one chain per service (so a packet
-walks about 2*log2(addresses) dispatch rules plus the flows of its one destination), where
+then a prefix-tree dispatch on the destination address into one chain per service (so a
+packet walks a few rules per level of a tree at most MAX_TREE chains deep, plus the flows
+of its one destination), where
 exactly the spec's (source, destination, proto, port) return to Docker's chains and the rest
 is dropped. castle only ever narrows what Docker (or the host's own INPUT rules) allow: an
 allowed packet RETURNs, it is never ACCEPTed past Docker's isolation.
@@ -26,6 +27,10 @@ PATH = "firewall/iptables.sh"
 MAX_CHAIN = 28  # iptables' limit on chain names (29 bytes with the NUL)
 MAX_COMMENT = 255  # the comment match keeps at most 256 bytes with the NUL
 LEAF = 8  # dispatch chains end in at most this many per-address jumps
+# nf_tables refuses a jump path deeper than 16 chains (base chain included): FORWARD,
+# DOCKER-USER, castle's main chain, the dispatch tree, the service's chain, and two spare
+# levels for hosts that reach DOCKER-USER from a chain of their own
+MAX_TREE = 10
 ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED"
 
 
@@ -168,31 +173,46 @@ def describe(plan: Plan, conn: Conn) -> str:
     return "; ".join(parts)
 
 
+def stride(items: list[tuple[int, IPv4Address, str]]) -> int:
+    """Bits each dispatch level consumes, so that the tree is at most MAX_TREE chains deep.
+
+    A chain that holds more than LEAF addresses spans a prefix of at most /28, and every
+    level below lengthens the prefix by at least the stride: from a root at /p a path has at
+    most (28 - p) // stride inner chains plus its leaf. The smallest stride that fits keeps
+    each level's walk short (at most 2**stride rules).
+    """
+    plen = 32 - (items[0][0] ^ items[-1][0]).bit_length()
+    return next(s for s in range(1, 33) if (28 - plen) // s + 2 <= MAX_TREE)
+
+
 def dispatch(rs: Ruleset, kind: str, opt: str, leaves: list[tuple[IPv4Address, str]]) -> str:
-    """A binary tree of chains that goes to leaves[addr] on `opt` (-d or -s); misses DROP.
+    """A tree of chains that goes to leaves[addr] on `opt` (-d or -s); misses DROP.
 
     Every hop is a goto, so a RETURN in a leaf goes straight back to the hooked chain's
-    caller; each level halves the addresses left, so a packet walks O(log n) rules.
+    caller. Each level splits the addresses left by the next `stride` bits of their common
+    prefix (each part then narrowed to its own prefix), so a packet walks at most 2**stride
+    rules a level and the longest jump path fits nf_tables' limit at any size.
     """
     counter = itertools.count()
+    items = sorted((int(a), a, leaf) for a, leaf in leaves)
+    bits = stride(items)
 
-    def build(items: list[tuple[int, IPv4Address, str]]) -> str:
-        name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (binary tree)")
-        if len(items) <= LEAF:
-            for _, addr, leaf in items:
+    def build(part: list[tuple[int, IPv4Address, str]]) -> str:
+        name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (prefix tree)")
+        if len(part) <= LEAF:
+            for _, addr, leaf in part:
                 rs.add(name, f"{opt} {addr}/32 -g {leaf}")
         else:
-            # items are sorted: split the covering prefix in two halves at its next bit
-            plen = 32 - (items[0][0] ^ items[-1][0]).bit_length()
-            bit = 1 << (31 - plen)
-            cut = next(i for i, item in enumerate(items) if item[0] & bit)
-            for sub in (items[:cut], items[cut:]):
+            # part is sorted: group it by the `bits` bits after its common prefix
+            shift = max(0, (part[0][0] ^ part[-1][0]).bit_length() - bits)
+            for _, group in itertools.groupby(part, key=lambda item: item[0] >> shift):
+                sub = list(group)
                 rs.add(name, f"{opt} {cover(a for _, a, _ in (sub[0], sub[-1]))} "
                              f"-g {build(sub)}")
         rs.add(name, "-j DROP")
         return name
 
-    return build(sorted((int(a), a, leaf) for a, leaf in leaves))
+    return build(items)
 
 
 def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) -> None:

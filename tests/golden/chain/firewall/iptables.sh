@@ -64,7 +64,7 @@ rules() {
 -A CASTLE-chain_O-svc -p tcp -m tcp --dport 443 -m comment --comment "castle: svc -> internet 443/tcp; flows[4] line 45 payment API and DNS" -j RETURN
 -A CASTLE-chain_O-svc -p udp -m udp --dport 53 -m comment --comment "castle: svc -> internet 53/udp; flows[4] line 45 payment API and DNS" -j RETURN
 -A CASTLE-chain_O-svc -m comment --comment "castle: nothing else leaves svc" -j DROP
-# CASTLE-chain_T0: dispatch on -d (binary tree)
+# CASTLE-chain_T0: dispatch on -d (prefix tree)
 -A CASTLE-chain_T0 -d 172.30.0.2/32 -g CASTLE-chain_lb
 -A CASTLE-chain_T0 -d 172.30.0.3/32 -g CASTLE-chain_web
 -A CASTLE-chain_T0 -d 172.30.1.2/32 -g CASTLE-chain_lb
@@ -74,7 +74,7 @@ rules() {
 -A CASTLE-chain_T0 -d 172.30.3.3/32 -g CASTLE-chain_store
 -A CASTLE-chain_T0 -d 172.30.4.2/32 -g CASTLE-chain_svc
 -A CASTLE-chain_T0 -j DROP
-# CASTLE-chain_S0: dispatch on -s (binary tree)
+# CASTLE-chain_S0: dispatch on -s (prefix tree)
 -A CASTLE-chain_S0 -s 172.30.2.3/32 -g CASTLE-chain_O-svc
 -A CASTLE-chain_S0 -s 172.30.3.2/32 -g CASTLE-chain_O-svc
 -A CASTLE-chain_S0 -s 172.30.4.2/32 -g CASTLE-chain_O-svc

@@ -55,7 +55,7 @@ rules() {
 # CASTLE-shop_db: what may reach db
 -A CASTLE-shop_db -s 10.89.3.2/32 -d 10.89.3.3/32 -p tcp -m tcp --dport 5432 -m comment --comment "castle: app -> db 5432/tcp; flows[3] line 67" -j RETURN
 -A CASTLE-shop_db -m comment --comment "castle: nothing else reaches db" -j DROP
-# CASTLE-shop_T0: dispatch on -d (binary tree)
+# CASTLE-shop_T0: dispatch on -d (prefix tree)
 -A CASTLE-shop_T0 -d 10.89.0.2/32 -g CASTLE-shop_web
 -A CASTLE-shop_T0 -d 10.89.0.3/32 -g CASTLE-shop_app
 -A CASTLE-shop_T0 -d 10.89.1.2/32 -g CASTLE-shop_web

@@ -52,7 +52,7 @@ rules() {
 # CASTLE-fwbox_O-mail: where mail may connect outside the stack
 -A CASTLE-fwbox_O-mail -p tcp -m tcp --dport 25 -m comment --comment "castle: mail -> internet 25/tcp; flows[2] line 45" -j RETURN
 -A CASTLE-fwbox_O-mail -m comment --comment "castle: nothing else leaves mail" -j DROP
-# CASTLE-fwbox_T0: dispatch on -d (binary tree)
+# CASTLE-fwbox_T0: dispatch on -d (prefix tree)
 -A CASTLE-fwbox_T0 -d 10.94.0.2/32 -g CASTLE-fwbox_front
 -A CASTLE-fwbox_T0 -d 10.94.0.3/32 -g CASTLE-fwbox_back
 -A CASTLE-fwbox_T0 -d 10.94.1.2/32 -g CASTLE-fwbox_front
@@ -60,7 +60,7 @@ rules() {
 -A CASTLE-fwbox_T0 -d 10.94.2.3/32 -g CASTLE-fwbox_mail
 -A CASTLE-fwbox_T0 -d 10.94.3.2/32 -g CASTLE-fwbox_mail
 -A CASTLE-fwbox_T0 -j DROP
-# CASTLE-fwbox_S0: dispatch on -s (binary tree)
+# CASTLE-fwbox_S0: dispatch on -s (prefix tree)
 -A CASTLE-fwbox_S0 -s 10.94.2.3/32 -g CASTLE-fwbox_O-mail
 -A CASTLE-fwbox_S0 -s 10.94.3.2/32 -g CASTLE-fwbox_O-mail
 -A CASTLE-fwbox_S0 -j DROP

@@ -97,7 +97,7 @@ def startup(tmp: Path, runs: int) -> None:
 
 def scaling(tmp: Path, sizes: list[int]) -> None:
     """Time, memory and network counts per stack size."""
-    from castle.load import load
+    from castle.spec.load import load
     from castle.plan import clique_cover, compile_plan, cover_lower_bound
 
     print(f"{'services':>8} {'flows':>6} {'conns':>6} {'time s':>7} {'peak MB':>8} "

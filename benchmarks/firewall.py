@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from castle.generate import generate  # noqa: E402  (after the path is set)
+from castle.targets.generate import generate  # noqa: E402  (after the path is set)
 from castle.targets import iptables  # noqa: E402
 
 

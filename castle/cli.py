@@ -120,7 +120,7 @@ def init(
                                         "zones.toml")] = False,
 ) -> None:
     """Write a commented zones.toml to start from."""
-    from castle.starter import write_starter
+    from castle.spec.starter import write_starter
 
     path = write_starter(folder, force=force)
     print(f"wrote {path}; next: castle validate {path}")
@@ -130,7 +130,7 @@ def init(
 @handled
 def validate(spec: SpecArg) -> None:
     """Check a spec against the wall rules: errors (exit 2), warnings, or a summary."""
-    from castle.generate import build
+    from castle.targets.generate import build
 
     # render every target in memory too: whatever generate would refuse, validate refuses
     loaded, plan, _ = build(spec)
@@ -156,7 +156,7 @@ def generate(
                                         "generate")] = False,
 ) -> None:
     """Write every artifact of a spec (atomically), or --check that they are up to date."""
-    from castle.generate import generate as run
+    from castle.targets.generate import generate as run
 
     _folder(out)
     result = run(spec, out, targets=target, check=check, force=force)
@@ -187,15 +187,15 @@ def matrix(
                          "from the generated files in this folder and mark differences")] = None,
 ) -> None:
     """Who may reach whom on which ports."""
-    from castle.load import load
-    from castle.matrix import render_matrix, spec_matrix
+    from castle.spec.load import load
+    from castle.views.matrix import render_matrix, spec_matrix
     from castle.plan import compile_plan
 
     plan = compile_plan(load(spec))
     if artifacts is None:
         sys.stdout.write(render_matrix(spec_matrix(plan), fmt.value))
         return
-    from castle.artifacts import compare_artifacts
+    from castle.views.artifacts import compare_artifacts
 
     report, differs = compare_artifacts(plan, artifacts, fmt.value)
     sys.stdout.write(report)
@@ -261,7 +261,7 @@ def prove(
                         "apply")] = Firewall.both,
 ) -> None:
     """Build the stack in throwaway network namespaces, probe every pair and port, compare."""
-    from castle.prove import prove as run
+    from castle.lab.prove import prove as run
 
     def progress(done: int, total: int) -> None:
         width = 30
@@ -291,7 +291,7 @@ def certs(
                      "certificate is missing, wrong for the spec or expiring")] = False,
 ) -> None:
     """Make the private CA and the certificates tls flows need (never overwrites a key)."""
-    from castle.certs import certs as run
+    from castle.tls.certs import certs as run
 
     _folder(out)
     result = run(spec, out, days=days, check=check)
@@ -309,7 +309,7 @@ def audit(
     fmt: Annotated[AuditFormat, typer.Option("--format", "-f")] = AuditFormat.text,
 ) -> None:
     """Who can reach whom in an existing compose file, and what should not."""
-    from castle.audit import audit as run
+    from castle.views.audit import audit as run
 
     result = run(compose, spec, fmt.value)
     sys.stdout.write(result.report)
@@ -325,7 +325,7 @@ def import_(
                    "(default: stdout)")] = None,
 ) -> None:
     """Draft a zones.toml that reproduces a compose file's current reachability."""
-    from castle.importer import import_compose
+    from castle.views.importer import import_compose
 
     _emit(import_compose(compose), out)
 
@@ -338,7 +338,7 @@ def explain(
     dst: Annotated[str, typer.Argument(metavar="TO", help="a service, internet or cidr:X")],
 ) -> None:
     """Why FROM can or cannot reach TO: the flow, network, rule and policy that carry it."""
-    from castle.explain import explain as run
+    from castle.views.explain import explain as run
 
     sys.stdout.write(run(spec, src, dst))
 
@@ -351,7 +351,7 @@ def diff(
     fmt: Annotated[DiffFormat, typer.Option("--format", "-f")] = DiffFormat.text,
 ) -> None:
     """The connections a spec change opens and closes; exit 1 when anything opens."""
-    from castle.specdiff import diff_specs
+    from castle.views.specdiff import diff_specs
 
     result = diff_specs(old, new, fmt.value)
     sys.stdout.write(result.report)
@@ -368,7 +368,7 @@ def draw(
     fmt: Annotated[DrawFormat, typer.Option("--format", "-f")] = DrawFormat.svg,
 ) -> None:
     """The castle as concentric rings, with flows as arrows."""
-    from castle.draw import draw as run
+    from castle.views.draw import draw as run
 
     _emit(run(spec, fmt.value), out)
 
@@ -377,7 +377,7 @@ def draw(
 @handled
 def schema() -> None:
     """Print the JSON Schema of zones.toml (for editors)."""
-    from castle.starter import json_schema
+    from castle.spec.starter import json_schema
 
     print(json_schema())
 

@@ -12,9 +12,9 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from castle.errors import SpecError
-from castle.load import Loaded, to_diagnostic
-from castle.model import TARGETS, PortRange, Service, Spec, span
-from castle.rules import INTERNET, Edge, Finding, is_outside, publish_ranges
+from castle.spec.load import Loaded, to_diagnostic
+from castle.spec.model import TARGETS, PortRange, Service, Spec, span
+from castle.spec.rules import INTERNET, Edge, Finding, is_outside, publish_ranges
 from castle.words import count
 
 

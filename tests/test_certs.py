@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
-from castle.certs import certs
+from castle.tls.certs import certs
 from castle.cli import app
 from castle.errors import WriteRefused
 

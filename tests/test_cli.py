@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from castle import manifest
+from castle.io import manifest
 from castle.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from castle.generate import build
+from castle.targets.generate import build
 from castle.plan import clique_cover, cover_lower_bound
 from tests.oracles import compose_go
 from tests.oracles.compose_reach import check_addresses, reach

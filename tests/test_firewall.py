@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from castle.errors import SpecError, UsageError
-from castle.firewall_read import compare_firewall, parse_payload, rule_lines
-from castle.generate import build, generate
-from castle.load import load
+from castle.readers.firewall import compare_firewall, parse_payload, rule_lines
+from castle.targets.generate import build, generate
+from castle.spec.load import load
 from castle.plan import compile_plan
 from castle.targets import iptables
 from tests.oracles import reference

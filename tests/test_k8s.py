@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from castle.errors import SpecError
-from castle.generate import build
-from castle.k8s_read import compare_k8s, policy_names
-from castle.write import write_outputs
+from castle.targets.generate import build
+from castle.readers.k8s import compare_k8s, policy_names
+from castle.io.write import write_outputs
 from tests import strategies
 from tests.oracles import crd, kube, reference
 
@@ -159,7 +159,7 @@ def test_kustomization_matches_schema_and_lists_files(spec: Path, tmp_path: Path
 
 def _dummy_tls(plan: Any, out: Path) -> list[str]:
     """Create the TLS files the kustomization reads; return the secret names expected."""
-    from castle import tlsplan
+    from castle.tls import plan as tlsplan
 
     files = tlsplan.secret_files(plan)
     folder = out / plan.spec.tls.dir

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import castle.netns
-from castle import prove as prove_mod
+import castle.lab.netns
+from castle.lab import prove as prove_mod
 from castle.errors import UsageError
-from castle.load import load
+from castle.spec.load import load
 from castle.plan import compile_plan
 from castle.targets import iptables
 from tests.oracles import reference
@@ -55,7 +55,7 @@ def test_cases_answers_agree_with_reference(spec: Path) -> None:
 
 def test_prove_needs_root_and_namespaces(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Without namespaces: a clear usage error (exit 2), and nothing is written."""
-    monkeypatch.setattr(castle.netns, "netns_available", lambda: "network namespaces need root")
+    monkeypatch.setattr(castle.lab.netns, "netns_available", lambda: "network namespaces need root")
     with pytest.raises(UsageError, match="need root") as err:
         prove_mod.prove(ROOT / "zones.example.toml", tmp_path, ["iptables"])
     assert err.value.exit_code == 2
@@ -63,13 +63,13 @@ def test_prove_needs_root_and_namespaces(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_prove_rejects_unknown_firewall(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(castle.netns, "netns_available", lambda: None)
+    monkeypatch.setattr(castle.lab.netns, "netns_available", lambda: None)
     with pytest.raises(UsageError, match="unknown firewall"):
         prove_mod.prove(ROOT / "zones.example.toml", None, ["pf"])
 
 
 def _skip_without_netns() -> None:
-    reason = castle.netns.netns_available()
+    reason = castle.lab.netns.netns_available()
     if reason:
         pytest.skip(reason)
 

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 
 from castle.plan import Plan
-from castle.write import Output
+from castle.io.write import Output
 
 MODULES = {
     "compose": "castle.targets.compose",

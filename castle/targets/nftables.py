@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from castle.model import span
+from castle.spec.model import span
 from castle.plan import Plan
-from castle.render import render
+from castle.io.render import render
 from castle.targets.iptables import blocks, cidr, describe, shared
-from castle.write import Output, header
+from castle.io.write import Output, header
 
 PATH = "firewall/castle.nft"
 

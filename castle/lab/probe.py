@@ -23,7 +23,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from castle.netns import LabNet, Published, Topology
+    from castle.lab.netns import LabNet, Published, Topology
 
 HOST_EXT = IPv4Address("203.0.113.1")  # the host's address towards the internet
 OUTSIDE = IPv4Address("203.0.113.2")  # the internet's address, in the outside namespace

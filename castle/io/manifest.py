@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from castle.errors import Diagnostic
-from castle.render import templates_dir
-from castle.write import Output, locked, stale, write_tmp
+from castle.io.render import templates_dir
+from castle.io.write import Output, locked, stale, write_tmp
 
 NAME = ".castle-manifest.json"
 FORMAT = 1

@@ -19,8 +19,8 @@ _YAML_UNSAFE = re.compile(r"[\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff\ufffe\ufff
 
 def templates_dir() -> Path:
     """Where templates live: inside the wheel (castle/_templates) or the source tree."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_templates", here.parent / "templates"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_templates", package.parent / "templates"):
         if candidate.is_dir():
             return candidate
     raise RuntimeError("castle's templates folder is missing from this installation")

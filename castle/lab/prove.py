@@ -19,12 +19,12 @@ import yaml
 
 from castle.errors import CastleError, UsageError
 from castle.plan import Plan
-from castle.rules import INTERNET
+from castle.spec.rules import INTERNET
 from castle.words import count
 
 Progress = Callable[[int, int], None]
 FIREWALLS = ("iptables", "nftables")
-OUTSIDE = IPv4Address("203.0.113.2")  # the lab's default outside address (castle.netns)
+OUTSIDE = IPv4Address("203.0.113.2")  # the lab's default outside address (castle.lab.netns)
 SPARE_SOURCES = ("198.51.100.7", "192.0.2.7", "100.64.0.7", "172.31.255.7")
 
 
@@ -178,7 +178,7 @@ def apply_firewall(lab: object, out: Path, firewall: str) -> None:
 def run(out: Path, firewall: str, items: list[Case], progress: Progress | None = None,
         **lab_options: bool) -> dict[Case, bool]:
     """Build a fresh lab from out/compose.yaml, apply one firewall, and probe every case."""
-    from castle.netns import Lab, LabError, Probe, Topology
+    from castle.lab.netns import Lab, LabError, Probe, Topology
 
     doc = yaml.safe_load((out / "compose.yaml").read_text(encoding="utf-8"))
     try:
@@ -211,8 +211,8 @@ def mismatch_table(firewall: str, results: dict[Case, bool]) -> list[str]:
 def prove(spec: Path, out: Path | None, firewalls: list[str],
           progress: Progress | None = None) -> ProveResult:
     """Generate, apply each firewall in a fresh emulated Docker host, probe, compare."""
-    from castle.generate import generate
-    from castle.netns import netns_available
+    from castle.targets.generate import generate
+    from castle.lab.netns import netns_available
 
     reason = netns_available()
     if reason is not None:

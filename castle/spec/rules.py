@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from castle.model import RESERVED, PortRange, PublishEntry, Spec, dns_label_problem
+from castle.spec.model import RESERVED, PortRange, PublishEntry, Spec, dns_label_problem
 
 INTERNET = "internet"
 Loc = tuple[str | int, ...]

@@ -19,12 +19,12 @@ from typing import Any
 import yaml
 
 from castle.errors import CastleError, UsageError
-from castle.load import Loaded, load
-from castle.model import Flow, PortRange
+from castle.spec.load import Loaded, load
+from castle.spec.model import Flow, PortRange
 from castle.plan import Conn, Plan, compile_plan
-from castle.rules import INTERNET, check, closest, is_outside
-from castle.specdiff import merge, subtract
-from castle.write import Output
+from castle.spec.rules import INTERNET, check, closest, is_outside
+from castle.views.specdiff import merge, subtract
+from castle.io.write import Output
 
 IPTABLES = "firewall/iptables.sh"
 NFTABLES = "firewall/castle.nft"
@@ -42,7 +42,7 @@ class Artifacts:
 def build_artifacts(spec: Path) -> tuple[Loaded, Plan, Artifacts]:
     """Render every target in memory; a target that is not built (or fails) is noted, not fatal."""
     try:
-        from castle.generate import build
+        from castle.targets.generate import build
 
         loaded, plan, outputs = build(spec, None)
         return loaded, plan, Artifacts({o.path: o.content for o in outputs}, {})
@@ -339,7 +339,7 @@ def _artifact_text(plan: Plan, arts: Artifacts, conn: Conn) -> list[str]:
         if path not in arts.files:
             out.append(f"{label:<9} {arts.missing.get(target, 'not generated')}")
             continue
-        helper = _from_helper("castle.firewall_read", "rule_lines", plan, conn) \
+        helper = _from_helper("castle.readers.firewall", "rule_lines", plan, conn) \
             if target == "iptables" else None
         if helper:
             hits = locate(plan, arts.files[path], conn, helper)
@@ -355,7 +355,7 @@ def _artifact_text(plan: Plan, arts: Artifacts, conn: Conn) -> list[str]:
             out.append(f"k8s       {arts.missing.get('k8s', 'not generated')}")
         else:
             seen = policy_lines(plan, arts.files[POLICIES], conn)
-            named = _from_helper("castle.k8s_read", "policy_names", plan, conn) or []
+            named = _from_helper("castle.readers.k8s", "policy_names", plan, conn) or []
             for name in [*named, *(n for n in seen if n not in named)]:
                 if name in seen:
                     line, side = seen[name]
@@ -370,7 +370,7 @@ def _artifact_text(plan: Plan, arts: Artifacts, conn: Conn) -> list[str]:
 
 def _hypothetical(loaded: Loaded, src: str, dst: str,
                   ports: list[PortRange] | None) -> list[str]:
-    """Would a flow src -> dst on `ports` pass the wall rules? (checked with castle.rules)"""
+    """Would a flow src -> dst on `ports` pass the wall rules? (checked with castle.spec.rules)"""
     spec = loaded.spec
     raw: dict[str, Any] = {"from": src, "to": dst}
     if ports:

@@ -17,7 +17,7 @@ import yaml
 
 from castle.errors import UsageError
 from castle.plan import Plan
-from castle.rules import INTERNET, is_outside
+from castle.spec.rules import INTERNET, is_outside
 from castle.targets.k8s import NS_LABEL, namespace_of, policy_names
 
 __all__ = ["compare_k8s", "evaluate", "policy_names", "Pod"]

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from castle.errors import UsageError
-from castle.load import load
+from castle.spec.load import load
 from castle.plan import Conn, Plan, compile_plan
-from castle.rules import INTERNET, is_outside
+from castle.spec.rules import INTERNET, is_outside
 
 Key = tuple[str, str, str]  # (src, dst, proto)
 Span = tuple[int, int]  # inclusive port range

@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from types import FrameType, TracebackType
 from typing import Any
 
-from castle.netns_probe import (
+from castle.lab.probe import (
     EXT_IF,
     EXT_NET,
     HOST_EXT,

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from castle.compose_read import (
+from castle.readers.compose import (
     ComposeFile,
     PortMap,
     Reach,
@@ -25,13 +25,13 @@ from castle.compose_read import (
     unknown_members,
 )
 from castle.errors import CastleError, SpecError
-from castle.load import parse
-from castle.model import DNS_LABEL, OWNED_COMPOSE_KEYS, ComposeTop, PortRange
-from castle.render import comment, render
+from castle.spec.load import parse
+from castle.spec.model import DNS_LABEL, OWNED_COMPOSE_KEYS, ComposeTop, PortRange
+from castle.io.render import comment, render
 
 ANY_PORT = ("1-65535/tcp", "1-65535/udp")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")  # as castle/model.py checks it
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")  # as castle/spec/model.py checks it
 # Valid for zones.toml, so the draft loads; docker refuses it (capitals), so it cannot run by
 # mistake before someone puts the real image in its place.
 PLACEHOLDER_IMAGE = "REPLACE-ME:latest"

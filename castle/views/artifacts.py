@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from castle.compose_read import ComposeFile, PortMap, reach
-from castle.compose_read import read as read_compose
+from castle.readers.compose import ComposeFile, PortMap, reach
+from castle.readers.compose import read as read_compose
 from castle.errors import UsageError
-from castle.matrix import Matrix, render_matrix, render_table, spec_matrix
-from castle.model import span
+from castle.views.matrix import Matrix, render_matrix, render_table, spec_matrix
+from castle.spec.model import span
 from castle.plan import Plan, Published
-from castle.rules import INTERNET
+from castle.spec.rules import INTERNET
 
 Cell = tuple[str, str]
 Marks = dict[Cell, set[str]]
@@ -151,8 +151,8 @@ def compare_artifacts(plan: Plan, out: Path, fmt: str) -> tuple[str, bool]:
     """A matrix report of the artifacts in `out` against the spec; True when they differ."""
     if not out.is_dir():
         raise UsageError(f"{out}: no such folder")
-    from castle.firewall_read import compare_firewall
-    from castle.k8s_read import compare_k8s
+    from castle.readers.firewall import compare_firewall
+    from castle.readers.k8s import compare_k8s
 
     m: Matrix = spec_matrix(plan)
     marks: dict[tuple[str, str], str] = {}

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from castle.model import TLS_REF
+from castle.spec.model import TLS_REF
 from castle.plan import Plan
 
 CA_SECRET = "castle-ca"

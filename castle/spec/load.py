@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from castle.errors import Diagnostic, SpecError, UsageError
-from castle.model import Flow, Service, Spec
-from castle.rules import Edge, Finding, Loc, check, closest, where
+from castle.spec.model import Flow, Service, Spec
+from castle.spec.rules import Edge, Finding, Loc, check, closest, where
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from castle.errors import UsageError
-from castle.load import load
+from castle.spec.load import load
 from castle.plan import Conn, Plan, compile_plan
-from castle.render import comment, render, xml_text
-from castle.rules import INTERNET, is_outside
+from castle.io.render import comment, render, xml_text
+from castle.spec.rules import INTERNET, is_outside
 from castle.words import count
 
 FONT = 13.0  # service labels, px

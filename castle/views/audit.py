@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from castle import __version__
-from castle.compose_read import (
+from castle.readers.compose import (
     ComposeFile,
     ComposeService,
     PortMap,
@@ -18,7 +18,7 @@ from castle.compose_read import (
     unknown_members,
 )
 from castle.errors import UsageError
-from castle.load import load
+from castle.spec.load import load
 from castle.plan import Plan, compile_plan
 
 LEVELS = ("error", "warning", "note")

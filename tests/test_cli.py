@@ -16,8 +16,8 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from castle.io import manifest
 from castle.cli import app
+from castle.io import manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "zones.example.toml"

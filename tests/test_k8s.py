@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from castle.errors import SpecError
-from castle.targets.generate import build
-from castle.readers.k8s import compare_k8s, policy_names
 from castle.io.write import write_outputs
+from castle.readers.k8s import compare_k8s, policy_names
+from castle.targets.generate import build
 from tests import strategies
 from tests.oracles import crd, kube, reference
 

@@ -79,7 +79,8 @@ def upward_imports(root: Path) -> list[str]:
         for line, target in imports(path, root):
             theirs = layer_of(target)
             if theirs > mine:
-                problems.append(f"{path.relative_to(root.parent)}:{line}: {here} ({LAYERS[mine][0]}) "
+                where = f"{path.relative_to(root.parent)}:{line}"
+                problems.append(f"{where}: {here} ({LAYERS[mine][0]}) "
                                 f"imports {target} ({LAYERS[theirs][0]})")
     return problems
 
@@ -100,7 +101,8 @@ def test_no_import_cycles_between_modules() -> None:
             if nxt not in graph or nxt == node or nxt == "castle":
                 continue
             if seen.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+                loop = stack[stack.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(loop))
             if nxt not in seen:
                 visit(nxt, stack + [nxt])
         seen[node] = 2
@@ -125,7 +127,8 @@ def test_negative_control_an_upward_import_is_caught(tmp_path: Path) -> None:
     model = copy / "spec" / "model.py"
     model.write_text(model.read_text() + "\nfrom castle.views import matrix  # upward\n")
     problems = upward_imports(copy)
-    assert len(problems) == 1 and "castle.spec.model (spec) imports castle.views.matrix (views)" in problems[0]
+    assert len(problems) == 1
+    assert "castle.spec.model (spec) imports castle.views.matrix (views)" in problems[0]
 
 
 @pytest.mark.parametrize("module", ["castle.spec.model", "castle.views.matrix", "castle.cli"])

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import castle.lab.netns
-from castle.lab import prove as prove_mod
 from castle.errors import UsageError
-from castle.spec.load import load
+from castle.lab import prove as prove_mod
 from castle.plan import compile_plan
+from castle.spec.load import load
 from castle.targets import iptables
 from tests.oracles import reference
 

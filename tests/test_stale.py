@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from castle.io import write
 from castle.cli import app
+from castle.io import write
 from castle.targets.generate import generate
 
 ROOT = Path(__file__).resolve().parents[1]

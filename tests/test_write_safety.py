@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from castle.io import write
 from castle.cli import app
 from castle.errors import WriteRefused
+from castle.io import write
 from castle.io.write import Output, header, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]

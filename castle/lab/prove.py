@@ -211,8 +211,8 @@ def mismatch_table(firewall: str, results: dict[Case, bool]) -> list[str]:
 def prove(spec: Path, out: Path | None, firewalls: list[str],
           progress: Progress | None = None) -> ProveResult:
     """Generate, apply each firewall in a fresh emulated Docker host, probe, compare."""
-    from castle.targets.generate import generate
     from castle.lab.netns import netns_available
+    from castle.targets.generate import generate
 
     reason = netns_available()
     if reason is not None:

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from castle.errors import WriteRefused
-from castle.spec.model import Spec
 from castle.io.render import templates_dir
+from castle.spec.model import Spec
 
 
 def starter_text(stack: str, file_name: str = "zones.toml") -> str:

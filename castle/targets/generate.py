@@ -6,13 +6,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from castle.io import manifest
 from castle import targets as target_registry
 from castle.errors import UsageError
+from castle.io import manifest
+from castle.io.write import Output, Prune, diff_outputs, write_outputs
+from castle.plan import Plan, compile_plan
 from castle.spec.load import Loaded, load
 from castle.spec.model import TARGETS
-from castle.plan import Plan, compile_plan
-from castle.io.write import Output, Prune, diff_outputs, write_outputs
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses, summarize_address_range
 
 from castle.errors import CastleError
-from castle.plan import Conn, Plan, PlanService, Published
 from castle.io.render import comment, quoted_comment, render
-from castle.spec.rules import is_outside
 from castle.io.write import Output, header
+from castle.plan import Conn, Plan, PlanService, Published
+from castle.spec.rules import is_outside
 
 PATH = "firewall/iptables.sh"
 MAX_CHAIN = 28  # iptables' limit on chain names (29 bytes with the NUL)

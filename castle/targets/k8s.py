@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from castle.tls import plan as tlsplan
 from castle.errors import UsageError
-from castle.plan import Conn, Plan, PlanService, select_targets
 from castle.io.render import render
-from castle.spec.rules import INTERNET, is_outside
 from castle.io.write import Output, header
+from castle.plan import Conn, Plan, PlanService, select_targets
+from castle.spec.rules import INTERNET, is_outside
+from castle.tls import plan as tlsplan
 
 POLICIES = "k8s/networkpolicies.yaml"
 KUSTOMIZATION = "k8s/kustomization.yaml"

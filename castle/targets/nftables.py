@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from castle.spec.model import span
-from castle.plan import Plan
 from castle.io.render import render
-from castle.targets.iptables import blocks, cidr, describe, shared
 from castle.io.write import Output, header
+from castle.plan import Plan
+from castle.spec.model import span
+from castle.targets.iptables import blocks, cidr, describe, shared
 
 PATH = "firewall/castle.nft"
 

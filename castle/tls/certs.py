@@ -16,13 +16,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.extensions import ExtensionTypeVar
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from castle.tls import plan as tlsplan
 from castle.errors import UsageError, WriteRefused
-from castle.spec.load import load
+from castle.io.write import TMP_TAG, fsync_dir, inside, locked, write_tmp
 from castle.plan import compile_plan
+from castle.spec.load import load
+from castle.tls import plan as tlsplan
 from castle.tls.plan import CA_CERT_FILE, CA_KEY_FILE, Leaf
 from castle.words import count
-from castle.io.write import TMP_TAG, fsync_dir, inside, locked, write_tmp
 
 CHECK_DAYS = 30  # --check fails when a certificate expires within this many days
 RENEW_DAYS = 30  # castle certs re-issues a leaf this close to expiry (or at 1/3 of its life)

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from castle.spec.model import TLS_REF
 from castle.plan import Plan
+from castle.spec.model import TLS_REF
 
 CA_SECRET = "castle-ca"
 CA_CERT_FILE = "ca.crt"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from castle.errors import UsageError
+from castle.plan import Plan, Published
 from castle.readers.compose import ComposeFile, PortMap, reach
 from castle.readers.compose import read as read_compose
-from castle.errors import UsageError
-from castle.views.matrix import Matrix, render_matrix, render_table, spec_matrix
 from castle.spec.model import span
-from castle.plan import Plan, Published
 from castle.spec.rules import INTERNET
+from castle.views.matrix import Matrix, render_matrix, render_table, spec_matrix
 
 Cell = tuple[str, str]
 Marks = dict[Cell, set[str]]

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from castle import __version__
+from castle.errors import UsageError
+from castle.plan import Plan, compile_plan
 from castle.readers.compose import (
     ComposeFile,
     ComposeService,
@@ -17,9 +19,7 @@ from castle.readers.compose import (
     read,
     unknown_members,
 )
-from castle.errors import UsageError
 from castle.spec.load import load
-from castle.plan import Plan, compile_plan
 
 LEVELS = ("error", "warning", "note")
 FORMATS = ("text", "json", "sarif")

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from castle.errors import UsageError
-from castle.spec.load import load
-from castle.plan import Conn, Plan, compile_plan
 from castle.io.render import comment, render, xml_text
+from castle.plan import Conn, Plan, compile_plan
+from castle.spec.load import load
 from castle.spec.rules import INTERNET, is_outside
 from castle.words import count
 

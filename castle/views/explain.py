@@ -19,12 +19,12 @@ from typing import Any
 import yaml
 
 from castle.errors import CastleError, UsageError
+from castle.io.write import Output
+from castle.plan import Conn, Plan, compile_plan
 from castle.spec.load import Loaded, load
 from castle.spec.model import Flow, PortRange
-from castle.plan import Conn, Plan, compile_plan
 from castle.spec.rules import INTERNET, check, closest, is_outside
 from castle.views.specdiff import merge, subtract
-from castle.io.write import Output
 
 IPTABLES = "firewall/iptables.sh"
 NFTABLES = "firewall/castle.nft"

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from castle.errors import CastleError, SpecError
+from castle.io.render import comment, render
 from castle.readers.compose import (
     ComposeFile,
     PortMap,
@@ -24,10 +26,8 @@ from castle.readers.compose import (
     read,
     unknown_members,
 )
-from castle.errors import CastleError, SpecError
 from castle.spec.load import parse
 from castle.spec.model import DNS_LABEL, OWNED_COMPOSE_KEYS, ComposeTop, PortRange
-from castle.io.render import comment, render
 
 ANY_PORT = ("1-65535/tcp", "1-65535/udp")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from castle.errors import UsageError
-from castle.spec.load import load
 from castle.plan import Conn, Plan, compile_plan
+from castle.spec.load import load
 from castle.spec.rules import INTERNET, is_outside
 
 Key = tuple[str, str, str]  # (src, dst, proto)

@@ -93,11 +93,23 @@ def probes(eng: Engine, compose: dict[str, object]) -> dict[Probe, bool]:
         Probe(eng.netns(app), OUTSIDE_V4, 9443): True,       # app -> internet 9443
         Probe(eng.netns(app), OUTSIDE_V4, 9444): False,      # * port not in the flow
         Probe(eng.netns(web), OUTSIDE_V4, 9443): False,      # * web has no egress
+        # * "internet" is public addresses only: never the metadata address or a private one
+        Probe(eng.netns(app), METADATA, 9443): False,
+        Probe(eng.netns(app), PRIVATE, 9443): False,
     }
 
 
 FORBIDDEN_LINES = sorted(["castle/bootlab/web ", "castle/bootlab/app/out ",
-                          "castle/bootlab/web/out "])
+                          "castle/bootlab/web/out ", "castle/bootlab/app/out ",
+                          "castle/bootlab/app/out "])
+METADATA, PRIVATE = "169.254.169.254", "192.168.77.7"  # made in the outside namespace
+
+
+def extra_outside(eng: Engine, verb: str) -> None:
+    """Give the outside namespace the metadata and a private address (verb: replace, del)."""
+    for a in (METADATA, PRIVATE):
+        eng.outside("ip", "addr", verb, f"{a}/32", "dev", "eth0", check=verb == "replace")
+        eng.host("ip", "route", verb, f"{a}/32", "via", OUTSIDE_V4, check=verb == "replace")
 
 
 @pytest.mark.parametrize("firewall", ["iptables", "nftables"])
@@ -113,9 +125,11 @@ def test_boot_order_and_logging_on_a_real_engine(docker_engine: Engine, firewall
     compose = yaml.safe_load((out / "compose.yaml").read_text())
     unit, install = out / "firewall" / UNITS[firewall], out / "firewall" / FILES[firewall]
     eng.tag_probe("nginx:1.27", "myapp:1.0")
-    for port in (9443, 9444):  # the "internet": echo servers in the outside namespace
+    extra_outside(eng, "replace")
+    for at, port in ((OUTSIDE_V4, 9443), (OUTSIDE_V4, 9444), (METADATA, 9443),
+                     (PRIVATE, 9443)):  # the "internet": echo servers in the outside namespace
         try:
-            eng.servers.listen(eng.outside_ns, port, "tcp", OUTSIDE_V4)
+            eng.servers.listen(eng.outside_ns, port, "tcp", at)
         except OSError as exc:  # served already for the other firewall (one engine a session)
             if exc.errno != errno.EADDRINUSE:
                 raise
@@ -150,3 +164,4 @@ def test_boot_order_and_logging_on_a_real_engine(docker_engine: Engine, firewall
     finally:
         eng.down(out, "bootlab")
         run_unit(eng, unit, install, "ExecStop")
+        extra_outside(eng, "del")

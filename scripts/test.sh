@@ -41,6 +41,9 @@ needs=(
   busybox:busybox-static
   nsenter:util-linux
   ss:iproute2
+  systemd-analyze:systemd
+  flock:util-linux
+  ip6tables:iptables
 )
 missing=()
 for pair in "${needs[@]}"; do

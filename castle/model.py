@@ -433,6 +433,9 @@ class Flow(_Model):
         return v
 
 
+_LOG_RATE = re.compile(r"^[1-9][0-9]{0,5}/(second|minute|hour|day)$")
+
+
 class Firewall(_Model):
     """The `[firewall]` table: host firewall settings."""
 
@@ -440,7 +443,9 @@ class Firewall(_Model):
         description="host SSH port the INPUT rules always keep open", default=22, ge=1, le=65535
     )
     ssh_sources: list[ipaddress.IPv4Network] = Field(
-        description="sources allowed to reach SSH on the host",
+        description="IPv4 sources allowed to reach SSH on the host; when they narrow it, "
+        "SSH over IPv6 is closed, and compose subnets are allocated around any of them that "
+        "lies inside subnet_pool",
         default_factory=lambda: [ipaddress.IPv4Network("0.0.0.0/0")],
     )
     manage_input: StrictBool = Field(
@@ -455,7 +460,7 @@ class Firewall(_Model):
     )
     log_rate: str = Field(
         default="10/minute",
-        pattern=r"^[1-9][0-9]{0,5}/(second|minute|hour|day)$",
+        json_schema_extra={"pattern": _LOG_RATE.pattern},
         description="most log lines per service and direction, as N/second|minute|hour|day "
         "(bursts of 5 pass first)",
     )
@@ -464,6 +469,14 @@ class Firewall(_Model):
         description="send the lines to NFLOG group N (ulogd2, tcpdump -i nflog:N) instead "
         "of the kernel log (journalctl -k, dmesg)",
     )
+
+    @field_validator("log_rate")
+    @classmethod
+    def _log_rate(cls, v: str) -> str:
+        if not _LOG_RATE.match(v):
+            raise ValueError(f"{v!r} is not a rate: write N/second, N/minute, N/hour or N/day "
+                             "(e.g. \"10/minute\")")
+        return v
 
 
 class Kubernetes(_Model):

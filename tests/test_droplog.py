@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from castle import droplog
+from castle.cli import app
 from castle.generate import generate
 from castle.netns import Lab, Probe, Topology, netns_available
 from castle.netns_probe import in_netns
@@ -143,3 +145,20 @@ def test_off_changes_no_byte(tmp_path: Path) -> None:
     assert body("", "plain") == body("\n[firewall]\nlog_drops = false\n", "off")
     on = body(LOGGED, "on")
     assert "NFLOG" in on["iptables.sh"] and "log prefix" in on["castle.nft"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('log_rate = "fast"', "firewall.log_rate: 'fast' is not a rate: write N/second"),
+    ('log_rate = "0/minute"', "firewall.log_rate: '0/minute' is not a rate"),
+    ("log_group = 70000", "firewall.log_group: Input should be less than or equal to 65535"),
+    ('log_drops = "yes"', "firewall.log_drops: Input should be a valid boolean"),
+])
+def test_bad_log_settings_are_spec_errors(extra: str, message: str, tmp_path: Path) -> None:
+    """A bad log key is FILE:LINE: error, exit 2, nothing written."""
+    spec = tmp_path / "zones.toml"
+    spec.write_text(EXAMPLE.read_text() + f"\n[firewall]\n{extra}\n")
+    lines = spec.read_text().splitlines()
+    result = CliRunner().invoke(app, ["generate", str(spec), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert f"{spec}:{len(lines)}: error: {message}" in result.output
+    assert not (tmp_path / "out").exists()

@@ -36,6 +36,14 @@ needs=(
   modprobe:kmod
   rsvg-convert:librsvg2-bin
   dot:graphviz
+  dockerd:docker.io
+  mmdebstrap:mmdebstrap
+  busybox:busybox-static
+  nsenter:util-linux
+  ss:iproute2
+  systemd-analyze:systemd
+  flock:util-linux
+  ip6tables:iptables
 )
 missing=()
 for pair in "${needs[@]}"; do

@@ -25,7 +25,10 @@ SPECS = REPO / "tests" / "data" / "specs"
 EXAMPLE = REPO / "zones.example.toml"
 CORPUS = [EXAMPLE, *sorted(SPECS.glob("*.toml"))]
 VERSIONS = ("1.28", "1.37")
-PRIVATE = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+# "internet" egress is public addresses only: private and link-local ranges, and always the
+# cloud metadata address, are excepted (docs/firewall-semantics.md).
+NOT_INTERNET = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"]
+METADATA = "169.254.169.254/32"
 CONTROLLER = "controller"
 STRANGER = "elsewhere/stranger"
 
@@ -81,7 +84,7 @@ def expected(raw: dict[str, Any]) -> kube.Connectivity:
     dns_pod = f"{k.get('dns_namespace', 'kube-system')}/kube-dns"
     got = kube.expected_connectivity(inward, services, kube.ip_ranges(["0.0.0.0/0"]),
                                      dns_pod=dns_pod)
-    excepts = k.get("egress_except", PRIVATE)
+    excepts = [*k.get("egress_except", NOT_INTERNET), METADATA]
     out = kube.expected_connectivity(sorted(exp.egress_conns), services,
                                      kube.ip_ranges(["0.0.0.0/0"], excepts), dns=())
     got.ip.update(out.ip)

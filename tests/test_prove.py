@@ -45,6 +45,12 @@ def test_cases_answers_agree_with_reference(spec: Path) -> None:
         elif c.dst == "outside":
             want = any(covers(d, prove_mod.OUTSIDE) for s, d, p, n in ref.egress_conns
                        if (s, p, n) == (c.src, c.proto, c.port))
+        elif c.dst.startswith("outside:"):  # the metadata address: only a CIDR flow names it
+            addr = IPv4Address(c.dst[8:])
+            assert addr == IPv4Address("169.254.169.254")
+            want = any(d.startswith("cidr:") and addr in IPv4Network(d[5:])
+                       for s, d, p, n in ref.egress_conns
+                       if (s, p, n) == (c.src, c.proto, c.port))
         else:
             want = False  # the host itself
         assert c.want == want, c

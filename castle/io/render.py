@@ -71,6 +71,18 @@ def nft_string(value: Any) -> str:
     return quoted_comment(value, 120)
 
 
+_UNIT_WORD = re.compile(r"^[A-Za-z0-9_./:@+=-]+$")
+
+
+def unit_word(value: Any) -> str:
+    """One word of a systemd unit line: only characters systemd never interprets ('%', '$',
+    quotes, backslashes and spaces are refused rather than escaped)."""
+    text = str(value)
+    if not _UNIT_WORD.match(text):
+        raise ValueError(f"not a safe systemd unit word: {text!r}")
+    return text
+
+
 def xml_text(value: Any) -> str:
     """Text safe inside an XML element or a double-quoted attribute."""
     return (comment(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -99,7 +111,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters.update(
         yq=yaml_scalar, yblock=yaml_block, sh=shell_quote, comment=comment, nftstr=nft_string,
-        xml=xml_text,
+        xml=xml_text, unit=unit_word,
     )
     return env
 

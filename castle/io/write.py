@@ -20,7 +20,7 @@ TMP_TAG = ".castle-tmp-"
 # castle's output layout (DESIGN.md section 4): the only files a run may ever delete
 LAYOUT = ("compose.yaml", "firewall/iptables.sh", "firewall/castle.nft",
           "k8s/networkpolicies.yaml", "k8s/kustomization.yaml", "k8s/mesh.yaml")
-LAYOUT_GLOB = ("firewall", "container-*.sh")
+LAYOUT_GLOBS = (("firewall", "container-*.sh"), ("firewall", "castle-*.service"))
 HEAD_BYTES = 4096  # the header sits in the first lines; never read a big user file whole
 
 
@@ -62,13 +62,13 @@ def stale(root: Path, source_name: str, keep: Collection[str]) -> list[str]:
     link counts (castle neither follows nor removes links).
     """
     candidates = list(LAYOUT)
-    folder, pattern = LAYOUT_GLOB
-    try:
-        base = inside(root, folder)
-    except WriteRefused:
-        base = None
-    if base is not None and base.is_dir():
-        candidates += [f"{folder}/{p.name}" for p in base.glob(pattern)]
+    for folder, pattern in LAYOUT_GLOBS:
+        try:
+            base = inside(root, folder)
+        except WriteRefused:
+            base = None
+        if base is not None and base.is_dir():
+            candidates += [f"{folder}/{p.name}" for p in base.glob(pattern)]
     found: list[str] = []
     for rel in sorted(set(candidates) - set(keep)):
         try:

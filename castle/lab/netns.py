@@ -258,7 +258,7 @@ class Probe:
     """One connection attempt: src (container, 'outside', 'outside:IP') to dst on proto/port."""
 
     src: str
-    dst: str  # a container, "published", "outside", "host" or "host:<network>"
+    dst: str  # a container, "published", "outside", "outside:IP", "host" or "host:<network>"
     proto: str
     port: int
 
@@ -355,7 +355,9 @@ class Lab:
             listens: set[Listen] = set()
             planned = [(p, self._plan(p, listens)) for p in batch]
             connects = [(p, c) for p, c in planned if c is not None]
-            self._add_sources({IPv4Address(c.src) for _, c in connects if c.src is not None})
+            self._add_sources({IPv4Address(c.src) for _, c in connects if c.src is not None}
+                              | {IPv4Address(c.dst) for p, c in connects
+                                 if p.dst.startswith("outside:")})
             shifted = report and partial(_shifted, report, offset, len(unique))
             try:
                 done = run_probes(listens, [c for _, c in connects], timeout, stop=self._stop,
@@ -399,6 +401,9 @@ class Lab:
             out = p.dst == "outside"
             addr, node = (OUTSIDE, self.outside_ns) if out else (HOST_EXT, self.host_ns)
             listens.add(Listen(node, p.proto, str(addr), p.port))
+        elif p.dst.startswith("outside:"):  # another address of the outside namespace
+            addr = self._check_source(p.dst[8:])
+            listens.add(Listen(self.outside_ns, p.proto, str(addr), p.port))
         elif p.dst.startswith("host:") and p.dst[5:] in self._nets:
             addr = self._nets[p.dst[5:]].gw
             listens.add(Listen(self.host_ns, p.proto, str(addr), p.port))

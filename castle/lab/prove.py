@@ -25,6 +25,7 @@ from castle.words import count
 Progress = Callable[[int, int], None]
 FIREWALLS = ("iptables", "nftables")
 OUTSIDE = IPv4Address("203.0.113.2")  # the lab's default outside address (castle.lab.netns)
+METADATA = IPv4Address("169.254.169.254")  # the cloud metadata endpoint
 SPARE_SOURCES = ("198.51.100.7", "192.0.2.7", "100.64.0.7", "172.31.255.7")
 
 
@@ -33,7 +34,7 @@ class Case:
     """One question: a probe, what the spec says, and how to name it in the report."""
 
     src: str  # probe source: a service, "outside" or "outside:A.B.C.D"
-    dst: str  # probe destination: a service, "published", "outside" or "host:<net>"
+    dst: str  # probe destination: a service, "published", "outside[:A.B.C.D]" or "host:<net>"
     proto: str
     port: int
     want: bool
@@ -82,13 +83,15 @@ def _pair_ports(plan: Plan, dst: str) -> list[tuple[str, int]]:
 def _allows(plan: Plan, src: str, dst: str, proto: str, port: int,
             addr: IPv4Address = OUTSIDE) -> bool:
     """The Plan's answer; "outside" as src or dst is the peer at `addr` (internet or a CIDR)."""
-    def match(peer: str, side: str) -> bool:
+    def match(peer: str, side: str, out: bool) -> bool:
         if side != "outside":
             return peer == side
-        return peer == INTERNET or (peer.startswith("cidr:") and addr in IPv4Network(peer[5:]))
+        if peer == INTERNET:  # as a destination: public addresses only
+            return not out or not any(addr in n for n in plan.internet_except)
+        return peer.startswith("cidr:") and addr in IPv4Network(peer[5:])
 
-    return any(c.proto == proto and c.lo <= port <= c.hi and match(c.src, src)
-               and match(c.dst, dst) for c in plan.conns)
+    return any(c.proto == proto and c.lo <= port <= c.hi and match(c.src, src, False)
+               and match(c.dst, dst, True) for c in plan.conns)
 
 
 def _inside(net: IPv4Network, avoid: list[IPv4Network]) -> IPv4Address | None:
@@ -149,11 +152,16 @@ def cases(plan: Plan) -> tuple[list[Case], list[str]]:
     for c in plan.egress:
         egress_ports |= {(c.proto, c.lo), (c.proto, c.hi)}
     egress_ports.add(("tcp", _unnamed([(c.lo, c.hi) for c in plan.egress if c.proto == "tcp"])))
+    senders = {c.src for c in plan.egress}
     for s in wired:
         for proto, port in sorted(egress_ports):
             out.append(Case(s.name, "outside", proto, port,
                             _allows(plan, s.name, "outside", proto, port, OUTSIDE),
                             (s.name, f"internet {OUTSIDE}", f"{port}/{proto}")))
+            if s.name in senders:  # "internet" never includes the cloud metadata address
+                out.append(Case(s.name, f"outside:{METADATA}", proto, port,
+                                _allows(plan, s.name, "outside", proto, port, METADATA),
+                                (s.name, f"metadata {METADATA}", f"{port}/{proto}")))
     if plan.spec.firewall.manage_input:
         port = plan.spec.firewall.ssh_port
         for s in wired:

@@ -203,13 +203,14 @@ def compare_firewall(plan: Plan, out: Path) -> tuple[dict[tuple[str, str], str],
     outside = [(INTERNET, free)] + [(f"cidr:{n}", _probe_addr(n)) for n in cidrs]
 
     def spec_allows(src: str, dst: str, proto: str, port: int, addr: IPv4Address) -> bool:
-        def match(peer: str, side: str) -> bool:
+        def match(peer: str, side: str, out: bool) -> bool:
             if side != "outside":
                 return peer == side
-            return peer == INTERNET or (peer.startswith("cidr:")
-                                        and addr in IPv4Network(peer[5:]))
-        return any(c.proto == proto and c.lo <= port <= c.hi and match(c.src, src)
-                   and match(c.dst, dst) for c in plan.conns)
+            if peer == INTERNET:  # egress to "internet" means public addresses only
+                return not out or not any(addr in n for n in plan.internet_except)
+            return peer.startswith("cidr:") and addr in IPv4Network(peer[5:])
+        return any(c.proto == proto and c.lo <= port <= c.hi and match(c.src, src, False)
+                   and match(c.dst, dst, True) for c in plan.conns)
 
     diffs: dict[tuple[str, str], dict[str, list[str]]] = {}
 

@@ -431,7 +431,7 @@ def compare_k8s(plan: Plan, out: Path) -> tuple[dict[tuple[str, str], str], list
                  _ip_ranges([p.removeprefix("cidr:")]) for p in outside}
     if controller is not None:
         ranges_in[INTERNET] = ()
-    ranges_out = {p: _ip_ranges(["0.0.0.0/0"], [str(n) for n in k.egress_except])
+    ranges_out = {p: _ip_ranges(["0.0.0.0/0"], [str(n) for n in plan.internet_except])
                   if p == INTERNET else _ip_ranges([p.removeprefix("cidr:")]) for p in outside}
     spans = pols.blocks() + [s for r in (*ranges_in.values(), *ranges_out.values()) for s in r]
     def reaches_addresses(pod: Pod, direction: str) -> bool:

@@ -35,7 +35,10 @@ _UNUSABLE_POOLS = tuple(
                      ("169.254.0.0/16", "link-local"), ("224.0.0.0/4", "multicast"),
                      ("240.0.0.0/4", "reserved"))
 )
-PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+# What "internet" never means, in every target (Kubernetes' usual ipBlock except list plus
+# link-local, which holds the cloud metadata endpoint): private and link-local ranges.
+NOT_INTERNET = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
+METADATA = "169.254.169.254/32"  # the cloud metadata endpoint: only a flow naming it reaches it
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _LABEL_KEY = re.compile(
@@ -431,6 +434,9 @@ class Flow(_Model):
         return v
 
 
+_LOG_RATE = re.compile(r"^[1-9][0-9]{0,5}/(second|minute|hour|day)$")
+
+
 class Firewall(_Model):
     """The `[firewall]` table: host firewall settings."""
 
@@ -438,13 +444,40 @@ class Firewall(_Model):
         description="host SSH port the INPUT rules always keep open", default=22, ge=1, le=65535
     )
     ssh_sources: list[ipaddress.IPv4Network] = Field(
-        description="sources allowed to reach SSH on the host",
+        description="IPv4 sources allowed to reach SSH on the host; when they narrow it, "
+        "SSH over IPv6 is closed, and compose subnets are allocated around any of them that "
+        "lies inside subnet_pool",
         default_factory=lambda: [ipaddress.IPv4Network("0.0.0.0/0")],
     )
     manage_input: StrictBool = Field(
         default=True,
         description="also guard the host's INPUT chain (containers may not reach the host)",
     )
+    log_drops: StrictBool = Field(
+        default=False,
+        description="log dropped connection attempts to and from the stack's services, "
+        "rate-limited, prefixed 'castle/<stack>/<service> ' (egress: '.../<service>/out '); "
+        "see docs/persistence-and-logging.md",
+    )
+    log_rate: str = Field(
+        default="10/minute",
+        json_schema_extra={"pattern": _LOG_RATE.pattern},
+        description="most log lines per service and direction, as N/second|minute|hour|day "
+        "(bursts of 5 pass first)",
+    )
+    log_group: StrictInt | None = Field(
+        default=None, ge=0, le=65535,
+        description="send the lines to NFLOG group N (ulogd2, tcpdump -i nflog:N) instead "
+        "of the kernel log (journalctl -k, dmesg)",
+    )
+
+    @field_validator("log_rate")
+    @classmethod
+    def _log_rate(cls, v: str) -> str:
+        if not _LOG_RATE.match(v):
+            raise ValueError(f"{v!r} is not a rate: write N/second, N/minute, N/hour or N/day "
+                             "(e.g. \"10/minute\")")
+        return v
 
 
 class Kubernetes(_Model):
@@ -463,8 +496,10 @@ class Kubernetes(_Model):
         default_factory=dict,
     )
     egress_except: list[ipaddress.IPv4Network] = Field(
-        description="ranges excluded from internet egress ipBlocks (default: private ranges)",
-        default_factory=lambda: [ipaddress.IPv4Network(r) for r in PRIVATE_RANGES],
+        description="ranges that 'internet' egress never reaches, in the Kubernetes ipBlocks "
+        "and the host firewall alike (default: 10/8, 172.16/12, 192.168/16, 169.254/16); "
+        "169.254.169.254 (cloud metadata) is always excluded unless a flow names it",
+        default_factory=lambda: [ipaddress.IPv4Network(r) for r in NOT_INTERNET],
     )
     tier_namespaces: StrictBool = Field(
         default=False, description="one namespace per tier (<namespace>-<tier>)"

@@ -94,7 +94,7 @@ def outside_peer(plan: Plan, peer: str, ingress: bool) -> Peer:
         return Peer(ns_labels=[(NS_LABEL, k.ingress_namespace)],
                     pod_labels=sorted(k.ingress_pod_labels.items()) or None)
     if peer == INTERNET:
-        excepts = () if ingress else tuple(str(n) for n in k.egress_except)
+        excepts = () if ingress else tuple(str(n) for n in plan.internet_except)
         return Peer(cidr=EVERYWHERE, excepts=excepts)
     return Peer(cidr=peer.removeprefix("cidr:"))
 

@@ -287,7 +287,7 @@ def _log_chains(plan: Plan, rs: Ruleset) -> tuple[dict[str, str], dict[str, str]
     what may not reach it, and one for what it may not send out. Empty maps without."""
     if not plan.spec.firewall.log_drops:
         return {}, {}
-    from castle import droplog  # only specs that log need it
+    from castle.targets import droplog  # only specs that log need it
 
     names = droplog.prefixes(plan)
     drop_in: dict[str, str] = {}

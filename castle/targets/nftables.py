@@ -98,7 +98,7 @@ def log_chains(plan: Plan) -> dict[str, list[LogChain]]:
     it ("to") and what it may not send out ("from"); empty lists without."""
     if not plan.spec.firewall.log_drops:
         return {"to": [], "from": []}
-    from castle import droplog  # only specs that log need it
+    from castle.targets import droplog  # only specs that log need it
 
     names = droplog.prefixes(plan)
     out: dict[str, list[LogChain]] = {"to": [], "from": []}

@@ -9,6 +9,7 @@ from pathlib import Path
 from castle.errors import WriteRefused
 from castle.model import Spec
 from castle.render import templates_dir
+from castle.write import write_file
 
 
 def starter_text(stack: str) -> str:
@@ -30,7 +31,7 @@ def write_starter(folder: Path, *, force: bool = False) -> Path:
         raise WriteRefused(f"{path} exists; refusing to overwrite it (use --force)")
     if path.is_symlink():
         path.unlink()
-    path.write_text(starter_text(_stack_name(folder)), encoding="utf-8")
+    write_file(path, starter_text(_stack_name(folder)))
     return path
 
 

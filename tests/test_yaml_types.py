@@ -107,6 +107,7 @@ to = {q(server)}
 ports = [5432]
 tls = true
 description = {q(value) if value in LINE_SAFE else q("d")}
+waiver = {q(value) if value in LINE_SAFE else q("w")}
 
 [compose.volumes.{toml_key(top)}]
 labels = {{ {toml_key(key)} = {q(value)} }}
@@ -178,6 +179,21 @@ def test_special_strings_read_back(server: str, client: str, value: str, key: st
         names = strings_in(read_12(path.read_text(encoding="utf-8")))
         assert server in names and client in names, path.name
     check_compose(out, server, client, value, key, top)
+    if value in LINE_SAFE and value:  # free text reaches Kubernetes as annotations
+        docs = read_12((out / "k8s" / "networkpolicies.yaml").read_text(encoding="utf-8"))
+        notes = [v for d in docs for k, v in ((d or {}).get("metadata", {}).get(
+            "annotations") or {}).items() if k.startswith(("castle/flow-", "castle/waiver-"))]
+        assert notes and set(notes) == {value}, notes
+
+
+def test_long_keys_read_back(tmp_path: Path) -> None:
+    """A key longer than YAML's 1024-character limit for plain keys still reads back."""
+    if compose_go.skip_reason():
+        pytest.skip(str(compose_go.skip_reason()))
+    key = "K" * 1500
+    out = generate(tmp_path, spec_text("s", "c", "1e3", key, "vol"))
+    check_readers_agree(out)
+    check_compose(out, "s", "c", "1e3", key, "vol")
 
 
 def test_agreement_check_can_fail() -> None:

@@ -9,6 +9,7 @@ must not become the number 1000, nor a short git hash `0e12345` the number 0.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +240,36 @@ def test_compose_json_is_a_strict_oracle(tmp_path: Path) -> None:
     doc = compose_go.config_json(path, "t")
     assert json.dumps(doc["services"]["s"]["environment"]["A"]) != '"0e12345"'
     assert doc["services"]["s"]["labels"]["L"] != "0o17"
+
+
+# -- every expression of the YAML templates goes through a quoting filter ---------------------
+
+_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+# Expressions that are castle's own constants or whole lines of layout, never spec text:
+# loop words the template itself lists, protocol/port integers, policy types, the header.
+_CONSTANTS = {"header", "key", "word", "kind", "t", "proto", "port", "end", "s.port",
+              "labels(d.labels, 6)", '" " * indent', "meta(sa, ns)",
+              "meta(s.name, d.namespace)", 'meta(s.name ~ "-mesh", d.namespace)',
+              'meta(s.name ~ "-outside", d.namespace)'}
+_QUOTING = ("yq", "yblock", "comment")
+
+
+def unquoted_expressions(text: str) -> list[str]:
+    """The `{{ ... }}` expressions of a template that pass through no quoting filter."""
+    found = []
+    for expr in re.findall(r"{{-?\s*(.*?)\s*-?}}", text):
+        filters = [f.strip().split("(")[0] for f in expr.split("|")[1:]]
+        if not any(f in _QUOTING for f in filters) and expr not in _CONSTANTS:
+            found.append(expr)
+    return found
+
+
+def test_yaml_templates_quote_every_value() -> None:
+    """No YAML template writes an expression without yq, yblock or comment (constants aside)."""
+    bad = {p.name: unquoted_expressions(p.read_text()) for p in _TEMPLATES.glob("*.yaml.j2")}
+    assert len(bad) >= 5 and not any(bad.values()), bad
+
+
+def test_template_scan_can_fail() -> None:
+    """Negative control: an unfiltered name is found, a quoted one is not."""
+    assert unquoted_expressions("  {{ s.name }}:\n    image: {{ s.image | yq }}\n") == ["s.name"]

@@ -163,6 +163,9 @@ def _read_journal(journal: Path) -> list[dict[str, object]]:
         if not (isinstance(entry, dict) and set(entry) == set(keys)
                 and all(type(entry[k]) is t for k, t in keys.items())):
             raise _Bogus("is not in castle's journal format")
+    for field in ("tmp", "final"):
+        if len({str(e[field]) for e in renames}) != len(renames):
+            raise _Bogus(f"names one {field} file twice")
     return renames
 
 
@@ -182,15 +185,19 @@ def _checked_rename(root: Path, entry: dict[str, object]) -> tuple[Path, Path] |
     except WriteRefused as exc:
         raise _Bogus(str(exc)) from None
     try:
-        st = os.lstat(tmp_path)
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-        raise _Bogus(f"{tmp}: not a regular file of this user")
-    # bound to the run that wrote it: the very file (device and inode) and its content
-    if (st.st_dev, st.st_ino) != (entry["device"], entry["inode"]):
-        raise _Bogus(f"{tmp}: not the file the journal was written for")
-    body = tmp_path.read_bytes()
+    except OSError as exc:
+        raise _Bogus(f"{tmp}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise _Bogus(f"{tmp}: not a regular file of this user")
+        # bound to the run that wrote it: the very file (device and inode) and its content
+        if (st.st_dev, st.st_ino) != (entry["device"], entry["inode"]):
+            raise _Bogus(f"{tmp}: not the file the journal was written for")
+        body = fh.read()
     if hashlib.sha256(body).hexdigest() != entry["sha256"] or not is_generated(
             body[:HEAD_BYTES].decode("utf-8", "replace")):
         raise _Bogus(f"{tmp}: content does not match the journal")

@@ -233,7 +233,8 @@ def recover(root: Path, notes: list[str] | None = None) -> None:
         for tmp_path, target in renames:
             os.replace(tmp_path, target)
         journal.unlink()
-    for folder in (root, root / LAYOUT_GLOB[0], root / "k8s"):
+    for rel in sorted({str(Path(p).parent) for p in LAYOUT}):  # castle's own folders only
+        folder = root / rel
         if folder.is_symlink() or not folder.is_dir():
             continue
         for stray in folder.iterdir():

@@ -31,6 +31,10 @@ def yaml_scalar(value: Any) -> str:
     if isinstance(value, str):
         return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}",
                                 json.dumps(value, ensure_ascii=False))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):  # the common numbers, without the YAML writer's overhead
+        return str(value)
     text: str = yaml.safe_dump(value, default_flow_style=True, width=2**31).strip()
     return text.removesuffix("...").strip()
 

@@ -209,6 +209,9 @@ def test_agreement_check_can_fail() -> None:
 
 _ALPHABET = st.characters(codec="utf-8", exclude_characters="$\x00\r",
                           exclude_categories=("Cs",))
+# keys: no control characters, no `=` (KEY=value) and no `$` (interpolation)
+_KEY_ALPHABET = st.characters(codec="utf-8", exclude_characters="$=",
+                              exclude_categories=("Cs", "Cc", "Zl", "Zp"))
 _VALUES = st.one_of(st.sampled_from(SPECIAL), st.text(_ALPHABET, max_size=12),
                     st.builds(lambda a, b: a + b, st.sampled_from(SPECIAL),
                               st.text(_ALPHABET, max_size=4)))
@@ -217,7 +220,9 @@ _VALUES = st.one_of(st.sampled_from(SPECIAL), st.text(_ALPHABET, max_size=12),
 @pytest.mark.skipif(compose_go.skip_reason() is not None, reason=str(compose_go.skip_reason()))
 @settings(max_examples=examples(15))
 @given(value=_VALUES, server=st.sampled_from(DNS_SPECIAL), top=st.sampled_from(TOP_SPECIAL),
-       key=st.sampled_from([k for k in LINE_SAFE if k.strip() and "=" not in k]))
+       key=st.one_of(st.sampled_from([k for k in LINE_SAFE if k.strip() and "=" not in k]),
+                     st.text(_KEY_ALPHABET, min_size=1, max_size=10).filter(
+                         lambda k: k.strip() == k)))
 def test_random_strings_read_back(value: str, server: str, top: str, key: str) -> None:
     """Random text (special forms included) survives YAML 1.1, 1.2 and compose-go."""
     import tempfile

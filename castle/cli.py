@@ -161,6 +161,8 @@ def generate(
     _folder(out)
     result = run(spec, out, targets=target, check=check, force=force)
     _warn(result.loaded)
+    for note in result.notes:
+        err(f"castle: warning: {note}")
     if check:
         if result.diffs:
             sys.stdout.write("".join(result.diffs))
@@ -239,15 +241,9 @@ def _emit(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
         return
-    from castle.errors import UsageError
+    from castle.io.write import write_file
 
-    if not out.parent.is_dir():
-        raise UsageError(f"{out.parent}: no such folder")
-    if out.is_dir():
-        raise UsageError(f"{out}: is a folder; give a file name")
-    tmp = out.with_name(f".{out.name}.castle-tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    write_file(out, text)
     err(f"wrote {out}")
 
 

@@ -212,6 +212,7 @@ def test_built_wheel_carries_templates(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert "castle/_templates/compose.yaml.j2" in names
+        assert "castle/spec/schemas/compose-spec.json" in names  # needed at run time
         zf.extractall(tmp_path / "site")
     spec = spec_in(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
@@ -220,6 +221,13 @@ def test_built_wheel_carries_templates(tmp_path: Path) -> None:
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "compose.yaml").is_file()
+    # the vendored Compose schema is read from the wheel: a misspelt passthrough key fails
+    bad = tmp_path / "bad.toml"
+    bad.write_text(spec.read_text() + '\n[services.web.compose]\nrestrat = "always"\n')
+    proc = subprocess.run([sys.executable, "-m", "castle", "validate", str(bad)],
+                          capture_output=True, text=True, cwd=tmp_path / "site", env=env,
+                          timeout=60, check=False)
+    assert proc.returncode == 2 and "did you mean 'restart'?" in proc.stderr, proc.stderr
 
 
 def test_pre_commit_hooks_run() -> None:

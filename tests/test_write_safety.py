@@ -24,7 +24,8 @@ from castle.io.write import Output, header, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "zones.example.toml"
-PATHS = ["compose.yaml", "firewall/castle.nft", "firewall/iptables.sh", "k8s/a.yaml"]
+# recovery only ever renames files of castle's layout
+PATHS = ["compose.yaml", "firewall/castle.nft", "firewall/iptables.sh", "k8s/networkpolicies.yaml"]
 
 
 def file_set(tag: str) -> list[Output]:

@@ -31,6 +31,10 @@ def yaml_scalar(value: Any) -> str:
     if isinstance(value, str):
         return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}",
                                 json.dumps(value, ensure_ascii=False))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):  # the common numbers, without the YAML writer's overhead
+        return str(value)
     import yaml
 
     text: str = yaml.safe_dump(value, default_flow_style=True, width=2**31).strip()
@@ -38,14 +42,43 @@ def yaml_scalar(value: Any) -> str:
 
 
 def yaml_block(value: Any, indent: int = 0) -> str:
-    """A YAML block for a mapping or list, indented by `indent` spaces after the first line."""
-    import yaml
+    """A YAML block for a mapping or list, indented by `indent` spaces after the first line.
 
-    text: str = yaml.safe_dump(value, default_flow_style=False, sort_keys=True,
-                               allow_unicode=False, width=2**31)
+    Every scalar, keys included, goes through yaml_scalar: strings are always quoted, so no
+    YAML 1.1 or 1.2 reader takes `yes`, `1e3` or `0o17` for anything but a string.
+    """
     pad = " " * indent
-    return "\n".join(pad + line if i else line for i, line in
-                     enumerate(text.rstrip("\n").split("\n")))
+    return "\n".join(pad + line if i else line for i, line in enumerate(_block(value)))
+
+
+_KEY_LIMIT = 1000
+
+
+def _block(value: Any) -> list[str]:
+    """The lines of a block mapping or sequence (keys sorted), at indentation zero."""
+    if isinstance(value, dict) and value:
+        lines: list[str] = []
+        for key in sorted(value, key=str):
+            item, name = value[key], yaml_scalar(str(key))
+            # YAML allows 1024 characters for a plain `key:`; longer ones need `? key`
+            head, colon = (f"? {name}", ":") if len(name) > _KEY_LIMIT else ("", f"{name}:")
+            lines += [head] if head else []
+            if isinstance(item, dict | list) and item:
+                lines.append(colon)
+                lines += ["  " + line for line in _block(item)]
+            else:
+                lines.append(f"{colon} {yaml_scalar(item)}")
+        return lines
+    if isinstance(value, list) and value:
+        lines = []
+        for item in value:
+            if isinstance(item, dict | list) and item:
+                inner = _block(item)
+                lines += ["- " + inner[0]] + ["  " + line for line in inner[1:]]
+            else:
+                lines.append(f"- {yaml_scalar(item)}")
+        return lines
+    return [yaml_scalar(value)]
 
 
 def shell_quote(value: Any) -> str:

@@ -15,8 +15,8 @@ from castle.errors import Diagnostic, SpecError, UsageError
 from castle.spec.model import Flow, Service, Spec
 from castle.spec.rules import Edge, Finding, Loc, check, closest, where
 
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
+_HEADER = re.compile(rf"^\s*(\[\[?)\s*({_PART}(?:\s*\.\s*{_PART})*)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(rf"^\s*({_PART}(?:\s*\.\s*{_PART})*)\s*=")
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 _INLINE = re.compile(r"\{([^{}]*)\}")  # one inline table (flows are flat: no nesting)
@@ -32,6 +32,17 @@ _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
 def _split_key(text: str) -> list[str]:
+    """The parts of a dotted TOML key, quoted parts unquoted (escapes included)."""
+    if "\\" in text:  # an escape in a basic string: let the TOML reader spell it out
+        try:
+            node: Any = tomllib.loads(f"{text} = 0")
+        except tomllib.TOMLDecodeError:
+            return []
+        keys: list[str] = []
+        while isinstance(node, dict) and len(node) == 1:
+            key, node = next(iter(node.items()))
+            keys.append(key)
+        return keys
     parts = re.findall(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_-]+)", text)
     return [a or b or c for a, b, c in parts]
 
@@ -162,7 +173,8 @@ def _fields(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
 def _pydantic_findings(exc: ValidationError, prefix: Loc = ()) -> list[Finding]:
     findings = []
     for err in exc.errors():
-        loc = (*prefix, *err["loc"])
+        # a dict key's own error: pydantic appends "[key]"; the key itself is the place
+        loc = tuple(p for p in (*prefix, *err["loc"]) if p != "[key]")
         msg = str(err["msg"]).removeprefix("Value error, ")
         hint = ""
         kind = err["type"]
@@ -205,12 +217,14 @@ def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Fi
         findings = _piecewise(data) or _pydantic_findings(exc)
         raise SpecError([to_diagnostic(file, source, f) for f in findings]) from None
     findings, edges = check(spec)
+    findings += _compose_findings(spec)
     if any(f.severity == "error" for f in findings):
         raise SpecError([to_diagnostic(file, source, f) for f in findings])
     return spec, source, findings, edges
 
 
 _PLACEHOLDER = Flow.model_validate({"from": "internet", "to": "internet"})
+_OPTIONAL_TABLES = frozenset({"firewall", "kubernetes", "mesh", "tls", "compose"})
 
 
 def _piecewise(data: dict[str, Any]) -> list[Finding]:
@@ -236,13 +250,33 @@ def _piecewise(data: dict[str, Any]) -> list[Finding]:
             findings += _pydantic_findings(exc, ("flows", i))
             flows.append(_PLACEHOLDER)
             skip.add(i)
+    rest_data = {**data, "services": {}, "flows": []}
     try:
-        rest = Spec.model_validate({**data, "services": {}, "flows": []})
+        rest = Spec.model_validate(rest_data)
     except ValidationError as exc:
-        return findings + _pydantic_findings(exc)
+        findings += _pydantic_findings(exc)
+        # a bad optional table still leaves the services and flows worth checking
+        bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+        if bad - _OPTIONAL_TABLES:
+            return findings
+        try:
+            rest = Spec.model_validate({k: v for k, v in rest_data.items() if k not in bad})
+        except ValidationError:
+            return findings
     spec = rest.model_copy(update={"services": services, "flows": flows})
     more, _ = check(spec, frozenset(skip), frozenset(raw_services) - set(services))
-    return findings + [f for f in more if f.severity == "error"]
+    return findings + [f for f in more if f.severity == "error"] + _compose_findings(spec)
+
+
+def _compose_findings(spec: Spec) -> list[Finding]:
+    """What compose would reject in the passthrough (its schema is read only when there is
+    any passthrough at all)."""
+    if not (spec.compose.volumes or spec.compose.configs
+            or any(s.compose for s in spec.services.values())):
+        return []
+    from castle.spec.compose_schema import findings
+
+    return findings(spec)
 
 
 def load(path: str | Path) -> Loaded:

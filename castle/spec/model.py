@@ -562,14 +562,25 @@ class Tls(_Model):
 _TOP_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
 
+def _top_name(value: Any) -> Any:
+    if isinstance(value, str) and not _TOP_NAME.match(value):
+        raise ValueError(f"{value[:60]!r} is not a compose object name (letters, digits and "
+                         "'_.-', starting with a letter or digit, at most 63 characters)")
+    return value
+
+
+# validated per key, so that an error names (and points at the line of) the bad name
+TopName = Annotated[str, BeforeValidator(_top_name)]
+
+
 class ComposeTop(_Model):
     """The `[compose]` table: top-level compose objects services refer to (named volumes,
     configs), passed through as written; castle owns networks and secrets."""
 
-    volumes: dict[str, dict[str, Any]] = Field(
+    volumes: dict[TopName, dict[str, Any]] = Field(
         description="top-level named volumes, as compose writes them", default_factory=dict
     )
-    configs: dict[str, dict[str, Any]] = Field(
+    configs: dict[TopName, dict[str, Any]] = Field(
         description="top-level configs, as compose writes them", default_factory=dict
     )
 
@@ -577,8 +588,6 @@ class ComposeTop(_Model):
     @classmethod
     def _names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, body in v.items():
-            if not _TOP_NAME.match(name):
-                raise ValueError(f"{name[:60]!r} is not a compose object name")
             problem = passthrough_problem(body)
             if problem:
                 raise ValueError(f"{name}: {problem}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -42,7 +44,12 @@ def where(loc: Loc) -> str:
     """Render a field path as flows[2].to."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        # a key TOML must quote is shown quoted: services."a b", not services.a b
+        name = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
+        out += f".{name}" if out else name
     return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from castle.errors import WriteRefused
 from castle.io.render import templates_dir
+from castle.io.write import write_file
 from castle.spec.model import Spec
 
 
@@ -32,7 +33,7 @@ def write_starter(folder: Path, *, force: bool = False) -> Path:
         raise WriteRefused(f"{path} exists; refusing to overwrite it (use --force)")
     if path.is_symlink():
         path.unlink()
-    path.write_text(starter_text(_stack_name(folder), path.name), encoding="utf-8")
+    write_file(path, starter_text(_stack_name(folder), path.name))
     return path
 
 

@@ -26,6 +26,7 @@ class Result:
     changed: list[str]  # written or removed paths (removed ones are also in `removed`)
     diffs: list[str]
     removed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings met while writing
 
 
 def build(spec_path: str | Path, targets: Iterable[str] | None = None) -> tuple[Loaded, Plan,
@@ -52,12 +53,13 @@ def generate(spec_path: str | Path, out: str | Path | None = None, *,
     prune = Prune(plan.source_name, full_paths(loaded, plan, outputs, narrowed=bool(wanted)))
     if check:
         return Result(loaded, plan, root, outputs, [], diff_outputs(root, outputs, prune))
-    changed = write_outputs(root, outputs, force=force, prune=prune)
+    notes: list[str] = []
+    changed = write_outputs(root, outputs, force=force, prune=prune, notes=notes)
     manifest.record(root, Path(spec_path), wanted, outputs, prune.keep, loaded.sha256,
                     loaded.warnings)
     produced = {o.path for o in outputs}
     return Result(loaded, plan, root, outputs, changed, [],
-                  [p for p in changed if p not in produced])
+                  [p for p in changed if p not in produced], notes)
 
 
 def full_paths(loaded: Loaded, plan: Plan, outputs: list[Output], *,

@@ -319,7 +319,7 @@ def _write(path: Path, data: bytes, *, key: bool) -> None:
         if key:
             _write_key(path, data)
             return
-        tmp = write_tmp(path, data.decode("utf-8"), 0o644)  # certificates are public: 0644
+        tmp = write_tmp(path, data, 0o644)  # certificates are public: 0644
         try:
             os.replace(tmp, path)
         except BaseException:
@@ -331,14 +331,8 @@ def _write(path: Path, data: bytes, *, key: bool) -> None:
 
 def _write_key(path: Path, data: bytes) -> None:
     """A new key file, mode 0600 from its first byte; FileExistsError if the name is taken."""
-    # Not write.write_tmp: that one chmods after writing, and castle never chmods a key.
-    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    tmp = write_tmp(path, data, 0o600)  # mkstemp: 0600 from creation, castle never chmods a key
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         try:
             os.link(tmp, path)  # fails if a key appeared meanwhile: never overwritten
         except FileExistsError:

@@ -125,10 +125,9 @@ def locked(root: Path) -> Iterator[None]:
 
 def layout_path(rel: str) -> bool:
     """True for a path of castle's output layout (the only files a journal may rename)."""
-    folder, pattern = LAYOUT_GLOB
     head, _, name = rel.partition("/")
-    return rel in LAYOUT or (head == folder and _PLAIN.fullmatch(name) is not None
-                             and Path(name).match(pattern))
+    return rel in LAYOUT or any(head == folder and _PLAIN.fullmatch(name) is not None
+                                and Path(name).match(pattern) for folder, pattern in LAYOUT_GLOBS)
 
 
 class _Bogus(Exception):

@@ -274,3 +274,24 @@ def test_counted_nouns() -> None:
 
     assert [count(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
     assert count(1, "more day") == "1 more day" and count(2, "entry", "entries") == "2 entries"
+
+
+def test_a_target_run_compiles_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`generate --target` compiles the spec once and still keeps the other targets' files."""
+    import castle.generate
+    import castle.plan
+
+    calls: list[object] = []
+
+    def counted(*args: object, **kwargs: object) -> castle.plan.Plan:
+        calls.append(args)
+        return castle.plan.compile_plan(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(castle.generate, "compile_plan", counted)
+    spec = spec_in(tmp_path)
+    assert runner.invoke(app, ["generate", str(spec)]).exit_code == 0
+    calls.clear()
+    result = runner.invoke(app, ["generate", str(spec), "-t", "compose"])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
+    assert (tmp_path / "k8s" / "networkpolicies.yaml").is_file()  # not taken for stale

@@ -131,9 +131,15 @@ def test_explain_line_numbers_are_the_real_files() -> None:
     """A line a console example quotes as `zones.example.toml:N` or `(line N)` of a file
     really starts that flow there."""
     example = (ROOT / "zones.example.toml").read_text().splitlines()
+    flows = [n + 1 for n, line in enumerate(example) if line.strip() == "[[flows]]"]
     for page in PAGES:
-        for n in re.findall(r"zones\.example\.toml:(\d+)", page.read_text()):
+        text = page.read_text()
+        for n in re.findall(r"zones\.example\.toml:(\d+)", text):
             assert example[int(n) - 1].strip() == "[[flows]]", (page.name, n)
+        if "zones.example.toml" not in text:
+            continue
+        for i, n in re.findall(r"flows\[(\d+)\] line (\d+)", text):
+            assert flows[int(i)] == int(n), (page.name, i, n)
 
 
 def links(page: Path) -> list[str]:

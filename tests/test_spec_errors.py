@@ -303,6 +303,9 @@ QUOTED: list[tuple[str, str, int, list[str]]] = [
      14, ['"8081:80"', '"8080:80"']),
     ("tier-selector-skips-a-wall", flow("tier:public", "db"), 33,
      ['from = "tier:public"', 'to = "db"']),
+    ("publish-clash",
+     BASE.replace("listen = [80, 443]", 'listen = [80, 443]\npublish = ["80:80", "80:443"]'), 14,
+     ['"80:80"', '"80:443"']),
     ("list-goes-outward", BASE + '[[flows]]\nfrom = "db"\nto = ["app", "web"]\n', 33,
      ['from = "db"', 'to = ["app", "web"]']),
 ]

@@ -352,13 +352,21 @@ class Checker:
                     who = (f"both {clash[1]!r} and {name!r}" if clash[1] != name
                            else f"{name!r} for container ports {clash[2]} and {mine[2]}")
                     free = port + 8000 if port + 8000 <= 65535 else port - 1
+                    quoted = self._publishing(port, host.proto, {clash[1], name})
                     self.error(("services", name, "publish"),
-                               f"host port {port}/{host.proto} is published by {who}",
+                               f"host port {port}/{host.proto} is published by {who}{quoted}",
                                "map one to another host port: "
                                f"publish = [\"{free}:{mine[2]}\"]")
                     break
                 if mine not in binds:
                     binds.append(mine)
+
+    def _publishing(self, port: int, proto: str, names: set[str]) -> str:
+        """The publish entries, as written, that put a host port on these services."""
+        entries = [f"{written(e)} of {name!r}" for name in sorted(names)
+                   for e in self.spec.services[name].publish
+                   if e.host.proto == proto and e.host.lo <= port <= e.host.hi]
+        return f" ({', '.join(entries)})" if entries else ""
 
     def host_ports(self) -> Iterator[tuple[str, str, PortRange, PortRange]]:
         """(service, host IP, host range, container range) published by flows from outside."""

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from castle import targets as target_registry
 from castle.errors import UsageError
 from castle.io import manifest
 from castle.io.write import Output, Prune, diff_outputs, write_outputs
-from castle.plan import Plan, compile_plan
+from castle.plan import Plan, compile_plan, select_targets
 from castle.spec.load import Loaded, load
 from castle.spec.model import TARGETS
 
@@ -73,8 +73,9 @@ def full_paths(loaded: Loaded, plan: Plan, outputs: list[Output], *,
     mine = frozenset(o.path for o in outputs)
     if not narrowed:  # this run already built the full set
         return mine
-    # the same loaded spec, not a second load: the file may change between two reads
-    full = compile_plan(loaded, None)
+    # the same plan with the spec's own targets: no second load (the file may change between
+    # two reads) and no second compile (the targets change nothing else in a plan)
+    full = replace(plan, targets=select_targets(loaded.spec, None))
     if full.targets == plan.targets:
         return mine
     return mine | frozenset(o.path for o in target_registry.outputs(full))

@@ -278,8 +278,8 @@ def test_counted_nouns() -> None:
 
 def test_a_target_run_compiles_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`generate --target` compiles the spec once and still keeps the other targets' files."""
-    import castle.generate
     import castle.plan
+    import castle.targets.generate
 
     calls: list[object] = []
 
@@ -287,7 +287,7 @@ def test_a_target_run_compiles_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         calls.append(args)
         return castle.plan.compile_plan(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(castle.generate, "compile_plan", counted)
+    monkeypatch.setattr(castle.targets.generate, "compile_plan", counted)
     spec = spec_in(tmp_path)
     assert runner.invoke(app, ["generate", str(spec)]).exit_code == 0
     calls.clear()

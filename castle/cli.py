@@ -365,4 +365,19 @@ def schema() -> None:
 
 def main() -> None:
     """Console entry point."""
-    app()
+    # typer turns every registered command into a click command on each run (signatures,
+    # type hints, a pydantic TypeAdapter per parameter): build only the one invoked
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    chosen = [c for c in app.registered_commands
+              if (c.name or getattr(c.callback, "__name__", "").replace("_", "-")) == name]
+    if not chosen:
+        app()
+        return
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=app.info.help)
+    one.registered_commands = chosen
+    one.callback()(_group)  # a callback keeps the command a subcommand, as in the full app
+    one()
+
+
+def _group() -> None:
+    """castle: one concentric-walls spec, every wall that enforces it."""

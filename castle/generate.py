@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from castle import manifest
@@ -11,7 +11,7 @@ from castle import targets as target_registry
 from castle.errors import UsageError
 from castle.load import Loaded, load
 from castle.model import TARGETS
-from castle.plan import Plan, compile_plan
+from castle.plan import Plan, compile_plan, select_targets
 from castle.write import Output, Prune, diff_outputs, write_outputs
 
 
@@ -71,8 +71,8 @@ def full_paths(loaded: Loaded, plan: Plan, outputs: list[Output], *,
     mine = frozenset(o.path for o in outputs)
     if not narrowed:  # this run already built the full set
         return mine
-    # the same loaded spec, not a second load: the file may change between two reads
-    full = compile_plan(loaded, None)
-    if full.targets == plan.targets:
+    # the same plan with the spec's own targets: only the file names, nothing rendered
+    everything = select_targets(loaded.spec, None)
+    if everything == plan.targets:
         return mine
-    return mine | frozenset(o.path for o in target_registry.outputs(full))
+    return mine | frozenset(target_registry.paths(replace(plan, targets=everything)))

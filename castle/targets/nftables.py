@@ -96,6 +96,11 @@ def context(plan: Plan) -> dict[str, object]:
     }
 
 
+def paths(plan: Plan) -> list[str]:
+    """The files `outputs` writes, without rendering them."""
+    return [PATH]
+
+
 def outputs(plan: Plan) -> list[Output]:
     """The nftables target's file."""
     return [Output(PATH, render("castle.nft.j2", **context(plan)))]

@@ -169,9 +169,9 @@ def allowed_tuples(spec: Path) -> tuple[list[tuple[str, str, str, str]], list[tu
                                        list[tuple[str, str, str]]]:
     """castle's allowed (src, dst, proto, port), egress (src, proto, port) and ingress
     (dst, proto, port), from the plan: the policy the peers compile too."""
-    from castle.load import load
     from castle.plan import compile_plan
-    from castle.rules import is_outside
+    from castle.spec.load import load
+    from castle.spec.rules import is_outside
     from castle.targets.iptables import shared
 
     plan = compile_plan(load(spec))
@@ -273,8 +273,12 @@ def peers(tmp: Path, services: int, n: int) -> None:
 
 def scaling(tmp: Path, sizes: list[int]) -> None:
     """Time and peak memory of all targets per stack size, and the growth between sizes."""
+    from castle.plan import clique_cover, compile_plan, cover_lower_bound
+    from castle.spec.load import load
+
     print(f"\nscaling, all targets (one run each)\n  {'services':>8} {'flows':>6} "
-          f"{'wall s':>7} {'cpu s':>6} {'peak MB':>8}  growth (size -> cpu)")
+          f"{'wall s':>7} {'cpu s':>6} {'peak MB':>8} {'networks':>8} {'/bound':>6} "
+          f"{'if/svc':>6}  growth (size -> cpu)")
     prev: tuple[int, Run] | None = None
     for n in sizes:
         spec = tmp / f"scale-{n}.toml"
@@ -283,8 +287,17 @@ def scaling(tmp: Path, sizes: list[int]) -> None:
         r = run_child(castle_argv("generate", str(spec), "-o", str(tmp / f"scale-{n}")))
         growth = (f"x{n / prev[0]:.0f} -> x{r.cpu / prev[1].cpu:.1f}, memory "
                   f"x{r.rss_mb / prev[1].rss_mb:.1f}" if prev else "")
+        # compose networks against a lower bound of the clique cover, from the plan
+        plan = compile_plan(load(spec))
+        adj: dict[str, set[str]] = {s.name: set() for s in plan.services}
+        for c in plan.internal_conns:
+            adj[c.src].add(c.dst)
+            adj[c.dst].add(c.src)
+        cover = len(clique_cover([s.name for s in plan.services], adj))
+        ifs = max(len(s.networks) for s in plan.services)
         print(f"  {n:>8} {text.count('[[flows]]'):>6} {r.wall:>7.2f} {r.cpu:>6.2f} "
-              f"{r.rss_mb:>8.0f}  {growth}")
+              f"{r.rss_mb:>8.0f} {len(plan.networks):>8} "
+              f"{cover / max(cover_lower_bound(adj), 1):>6.2f} {ifs:>6}  {growth}")
         prev = (n, r)
     print("  targets: 1,000 services < 0.5 s and 150 MB; 10,000 at most ~10x that, < 400 MB")
 

@@ -45,7 +45,7 @@ def fast_check(argv: list[str]) -> bool:
     parsed = parse_check(argv)
     if parsed is None:
         return False
-    from castle.manifest import answer
+    from castle.io.manifest import answer
 
     spec, out, targets = parsed
     done = answer(spec, out, targets)

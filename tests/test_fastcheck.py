@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from castle import manifest
+from castle.io import manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "zones.example.toml"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench import synthetic_spec
-from castle.generate import generate
-from castle.netns import netns_available
+from castle.lab.netns import netns_available
 from castle.targets import iptables
+from castle.targets.generate import generate
 
 NFT_LIMIT = 16  # chains on one jump path, the base chain included (NFT_JUMP_STACK_SIZE)
 ABOVE = ("FORWARD", "DOCKER-USER")  # the chains above castle's own on the hooked path

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from castle import targets
-from castle.load import load
 from castle.plan import compile_plan
+from castle.spec.load import load
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = [ROOT / "zones.example.toml", *sorted((ROOT / "tests/data/specs").glob("*.toml"))]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from castle.io.write import Output
 from castle.plan import Plan
-from castle.write import Output
 
 MODULES = {
     "compose": "castle.targets.compose",

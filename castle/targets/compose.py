@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from castle import tlsplan
-from castle.model import span
+from castle.io.render import render
+from castle.io.write import Output, header
 from castle.plan import Plan, PlanService
-from castle.render import render
-from castle.write import Output, header
+from castle.spec.model import span
+from castle.tls import plan as tlsplan
 
 PATH = "compose.yaml"
 

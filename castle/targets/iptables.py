@@ -11,6 +11,7 @@ allowed packet RETURNs, it is never ACCEPTed past Docker's isolation.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 from collections.abc import Iterable
@@ -18,10 +19,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses, summarize_address_range
 
 from castle.errors import CastleError
+from castle.io.render import comment, quoted_comment, render
+from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, Published
-from castle.render import comment, quoted_comment, render
-from castle.rules import is_outside
-from castle.write import Output, header
+from castle.spec.rules import is_outside
 
 PATH = "firewall/iptables.sh"
 MAX_CHAIN = 28  # iptables' limit on chain names (29 bytes with the NUL)
@@ -88,14 +89,17 @@ class Ruleset:
         return out
 
 
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:4]
+def _hash(text: str, size: int = 4) -> str:
+    """`size` base-32 characters (5 bits each) of the text's SHA-256."""
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:size].lower()
 
 
 def main_chain(stack: str) -> str:
-    """CASTLE-<stack>, shortened with a hash so that every sub-chain still fits 28 chars."""
+    """CASTLE-<stack>, or for long names CASTLE-<4 chars>~<40-bit hash>, so that every
+    sub-chain still fits 28 chars and two long names practically never meet (the script
+    also refuses a chain whose first rule names another stack)."""
     name = f"CASTLE-{stack}"
-    return name if len(name) <= 20 else f"CASTLE-{stack[:8]}~{_hash(stack)}"
+    return name if len(name) <= 20 else f"CASTLE-{stack[:4]}~{_hash(stack, 8)}"
 
 
 def sub_chain(tag: str, suffix: str) -> str:
@@ -217,13 +221,20 @@ def dispatch(rs: Ruleset, kind: str, opt: str, leaves: list[tuple[IPv4Address, s
 
 def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) -> None:
     """The DOCKER-USER side: replies, then per-destination and per-source (egress) chains."""
-    rs.add(main, f"{ESTABLISHED} -j RETURN", "castle: replies of allowed connections")
+    # The stack's name in the first rule lets the script tell its chains from a colliding
+    # stack's (see check_owner in the template).
+    rs.add(main, f"{ESTABLISHED} -j RETURN",
+           f"castle stack {plan.stack}: replies of allowed connections")
     if not own:
         return
     svc_chain = {s.name: rs.chain(s.name, f"what may reach {s.name}") for s in plan.services}
     egress_svcs = sorted({c.src for c in plan.egress})
     out_chain = {s: rs.chain(f"O-{s}", f"where {s} may connect outside the stack")
                  for s in egress_svcs}
+    drop_in, drop_out = _log_chains(plan, rs)
+    # with logging, services without egress get a leaf too: their drops are logged by name
+    out_chain |= {s: drop_out[s] for s in drop_out if s not in out_chain}
+    egress_svcs = sorted(out_chain)
     leaves = [(ip, svc_chain[s.name]) for s in plan.services for ip in s.addresses]
     if leaves:
         to_tree = dispatch(rs, "T", "-d", leaves)
@@ -246,23 +257,56 @@ def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) ->
         pubs.setdefault(p.service, []).append(p)
     for svc in plan.services:
         _destination(plan, rs, svc, svc_chain[svc.name], own, into.get(svc.name, []),
-                     pubs.get(svc.name, []))
+                     pubs.get(svc.name, []), drop_in.get(svc.name, "DROP"))
     outgoing: dict[str, list[Conn]] = {}
     for c in plan.egress:
         outgoing.setdefault(c.src, []).append(c)
     for s in egress_svcs:
+        if s not in outgoing:
+            continue  # a log-and-drop leaf only
         chain = out_chain[s]
-        for c in outgoing[s]:
-            if c.src == s:
-                net = cidr(c.dst)
-                dst = f"-d {net} " if net else ""
-                rs.add(chain, f"{dst}{ports(c.proto, c.lo, c.hi)} -j RETURN", describe(plan, c),
-                       c.src, c.dst)
-        rs.add(chain, "-j DROP", f"castle: nothing else leaves {s}")
+        drop = drop_out.get(s, "DROP")
+        # Flows naming a CIDR first; then "internet", which means public addresses only.
+        named = [c for c in outgoing[s] if cidr(c.dst)]
+        public = [c for c in outgoing[s] if not cidr(c.dst)]
+        for c in named:
+            rs.add(chain, f"-d {cidr(c.dst)} {ports(c.proto, c.lo, c.hi)} -j RETURN",
+                   describe(plan, c), c.src, c.dst)
+        if public:
+            for net in plan.internet_except:
+                rs.add(chain, f"-d {net} -j {drop}",
+                       f"castle: {net} is not internet (only a flow naming it opens it)")
+        for c in public:
+            rs.add(chain, f"{ports(c.proto, c.lo, c.hi)} -j RETURN", describe(plan, c),
+                   c.src, c.dst)
+        rs.add(chain, f"-j {drop}", f"castle: nothing else leaves {s}")
+
+
+def _log_chains(plan: Plan, rs: Ruleset) -> tuple[dict[str, str], dict[str, str]]:
+    """With [firewall] log_drops: per service, a chain that logs (rate-limited) then drops
+    what may not reach it, and one for what it may not send out. Empty maps without."""
+    if not plan.spec.firewall.log_drops:
+        return {}, {}
+    from castle.targets import droplog  # only specs that log need it
+
+    names = droplog.prefixes(plan)
+    drop_in: dict[str, str] = {}
+    drop_out: dict[str, str] = {}
+    for svc in plan.services:
+        for kind, table, text in (("L-", drop_in, names[svc.name]),
+                                  ("LO-", drop_out, droplog.prefix(plan.stack, svc.name, True))):
+            what = "to" if kind == "L-" else "from"
+            chain = rs.chain(kind + svc.name, f"log, then drop, what {what} {svc.name} no flow "
+                                              "allows")
+            rs.add(chain, droplog.iptables_target(plan, text))
+            rs.add(chain, "-j DROP")
+            table[svc.name] = chain
+    return drop_in, drop_out
 
 
 def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
-                 own: list[IPv4Network], conns: list[Conn], pubs: list[Published]) -> None:
+                 own: list[IPv4Network], conns: list[Conn], pubs: list[Published],
+                 drop: str = "DROP") -> None:
     for c in conns:
         if is_outside(c.src):
             continue
@@ -271,7 +315,7 @@ def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
                    describe(plan, c), c.src, c.dst)
     if pubs:
         for b in own:
-            rs.add(chain, f"-s {b} -j DROP",
+            rs.add(chain, f"-s {b} -j {drop}",
                    "castle: the stack's own containers never come in through published ports")
     for p in pubs:
         h, cp = p.host, p.container
@@ -287,7 +331,13 @@ def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
             what = describe(plan, conn) if conn else f"castle: {src} -> {svc.name} {cp}"
             rs.add(chain, f"{'-s ' + str(net) + ' ' if net else ''}"
                    f"{ports(cp.proto, cp.lo, cp.hi)} {ct} -j RETURN", what, src, svc.name)
-    rs.add(chain, "-j DROP", f"castle: nothing else reaches {svc.name}")
+    rs.add(chain, f"-j {drop}", f"castle: nothing else reaches {svc.name}")
+
+
+def ssh_narrowed(plan: Plan) -> bool:
+    """True when [firewall] ssh_sources limits SSH (anything but 0.0.0.0/0)."""
+    sources = plan.spec.firewall.ssh_sources
+    return bool(sources) and not any(n.prefixlen == 0 for n in sources)
 
 
 def input_rules(plan: Plan, rs: Ruleset, chain: str, own: list[IPv4Network]) -> None:
@@ -374,6 +424,9 @@ def script(plan: Plan, rs: Ruleset, *, container: str = "") -> str:
         bridge=not container,
         ssh=f"{fw.ssh_port}/tcp from {', '.join(str(n) for n in fw.ssh_sources)}",
         manage_input=fw.manage_input,
+        in_chain=sub_chain(rs.tag, "IN"),
+        ssh6=fw.manage_input and ssh_narrowed(plan),
+        ssh_port=fw.ssh_port,
     )
 
 
@@ -383,12 +436,17 @@ def _opted_in(plan: Plan) -> list[PlanService]:
 
 def paths(plan: Plan) -> list[str]:
     """The files `outputs` writes, without rendering them."""
-    return [PATH] + [f"firewall/container-{svc.name}.sh" for svc in _opted_in(plan)]
+    from castle.targets.systemd import unit_path
+
+    return [PATH, unit_path(plan.stack, "iptables")] + [
+        f"firewall/container-{svc.name}.sh" for svc in _opted_in(plan)]
 
 
 def outputs(plan: Plan) -> list[Output]:
     """The host script and, for services that opt in, their container scripts."""
-    files = [Output(PATH, script(plan, host_ruleset(plan)), 0o755)]
+    from castle.targets.systemd import unit  # imports this module's siblings only when used
+
+    files = [Output(PATH, script(plan, host_ruleset(plan)), 0o755), unit(plan, "iptables")]
     for svc in _opted_in(plan):
         files.append(Output(f"firewall/container-{svc.name}.sh",
                             script(plan, container_ruleset(plan, svc), container=svc.name),

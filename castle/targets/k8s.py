@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from castle import tlsplan
 from castle.errors import UsageError
+from castle.io.render import render
+from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, select_targets
-from castle.render import render
-from castle.rules import INTERNET, is_outside
-from castle.write import Output, header
+from castle.spec.rules import INTERNET, is_outside
+from castle.tls import plan as tlsplan
 
 POLICIES = "k8s/networkpolicies.yaml"
 KUSTOMIZATION = "k8s/kustomization.yaml"
@@ -94,7 +94,7 @@ def outside_peer(plan: Plan, peer: str, ingress: bool) -> Peer:
         return Peer(ns_labels=[(NS_LABEL, k.ingress_namespace)],
                     pod_labels=sorted(k.ingress_pod_labels.items()) or None)
     if peer == INTERNET:
-        excepts = () if ingress else tuple(str(n) for n in k.egress_except)
+        excepts = () if ingress else tuple(str(n) for n in plan.internet_except)
         return Peer(cidr=EVERYWHERE, excepts=excepts)
     return Peer(cidr=peer.removeprefix("cidr:"))
 

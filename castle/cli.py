@@ -380,4 +380,15 @@ def schema() -> None:
 
 def main() -> None:
     """Console entry point."""
-    app()
+    # typer turns every registered command into a click command on each run (signatures,
+    # type hints, a pydantic TypeAdapter per parameter): build only the one invoked
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    chosen = [c for c in app.registered_commands
+              if (c.name or getattr(c.callback, "__name__", "").replace("_", "-")) == name]
+    if not chosen:
+        app()
+        return
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=app.info.help)
+    one.registered_commands = chosen
+    one.registered_callback = app.registered_callback  # the same group options (--version)
+    one()

@@ -17,6 +17,16 @@ MODULES = {
 }
 
 
+def paths(plan: Plan) -> list[str]:
+    """The paths `outputs(plan)` produces, without rendering where a target can list them."""
+    found: list[str] = []
+    for name in plan.targets:
+        module = importlib.import_module(MODULES[name])
+        listing: Callable[[Plan], list[str]] | None = getattr(module, "paths", None)
+        found.extend(listing(plan) if listing else [o.path for o in module.outputs(plan)])
+    return sorted(found)
+
+
 def outputs(plan: Plan) -> list[Output]:
     """Every file the plan's targets produce, in a stable order."""
     files: list[Output] = []

@@ -72,6 +72,11 @@ def context(plan: Plan) -> dict[str, Any]:
     }
 
 
+def paths(plan: Plan) -> list[str]:
+    """The files `outputs` writes, without rendering them."""
+    return [PATH]
+
+
 def outputs(plan: Plan) -> list[Output]:
     """The compose target's files."""
     return [Output(PATH, render("compose.yaml.j2", **context(plan)))]

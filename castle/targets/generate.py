@@ -73,9 +73,8 @@ def full_paths(loaded: Loaded, plan: Plan, outputs: list[Output], *,
     mine = frozenset(o.path for o in outputs)
     if not narrowed:  # this run already built the full set
         return mine
-    # the same plan with the spec's own targets: no second load (the file may change between
-    # two reads) and no second compile (the targets change nothing else in a plan)
-    full = replace(plan, targets=select_targets(loaded.spec, None))
-    if full.targets == plan.targets:
+    # the same plan with the spec's own targets: only the file names, nothing rendered
+    everything = select_targets(loaded.spec, None)
+    if everything == plan.targets:
         return mine
-    return mine | frozenset(o.path for o in target_registry.outputs(full))
+    return mine | frozenset(target_registry.paths(replace(plan, targets=everything)))

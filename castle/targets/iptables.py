@@ -430,19 +430,30 @@ def script(plan: Plan, rs: Ruleset, *, container: str = "") -> str:
     )
 
 
+def _opted_in(plan: Plan) -> list[PlanService]:
+    return [s for s in plan.services if s.spec.container_firewall and s.networks]
+
+
+def paths(plan: Plan) -> list[str]:
+    """The files `outputs` writes, without rendering them."""
+    from castle.targets.systemd import unit_path
+
+    return [PATH, unit_path(plan.stack, "iptables")] + [
+        f"firewall/container-{svc.name}.sh" for svc in _opted_in(plan)]
+
+
 def outputs(plan: Plan) -> list[Output]:
     """The host script and, for services that opt in, their container scripts."""
     from castle.targets.systemd import unit  # imports this module's siblings only when used
 
     files = [Output(PATH, script(plan, host_ruleset(plan)), 0o755), unit(plan, "iptables")]
-    for svc in plan.services:
-        if svc.spec.container_firewall and svc.networks:
-            files.append(Output(f"firewall/container-{svc.name}.sh",
-                                script(plan, container_ruleset(plan, svc), container=svc.name),
-                                0o755))
+    for svc in _opted_in(plan):
+        files.append(Output(f"firewall/container-{svc.name}.sh",
+                            script(plan, container_ruleset(plan, svc), container=svc.name),
+                            0o755))
     return files
 
 
 __all__ = ["PATH", "Rule", "Ruleset", "blocks", "cidr", "container_ruleset", "cover",
-           "host_ruleset", "ipt_comment", "is_outside", "main_chain", "outputs", "shared",
+           "host_ruleset", "ipt_comment", "is_outside", "main_chain", "outputs", "paths", "shared",
            "sub_chain"]

@@ -254,6 +254,11 @@ def kustomization_context(plan: Plan) -> dict[str, Any]:
     }
 
 
+def paths(plan: Plan) -> list[str]:
+    """The files `outputs` writes, without rendering them."""
+    return [POLICIES, KUSTOMIZATION]
+
+
 def outputs(plan: Plan) -> list[Output]:
     """The k8s target's files."""
     pols = render("networkpolicies.yaml.j2", header=header(plan.source_name, plan.sha256),

@@ -139,6 +139,11 @@ def context(plan: Plan) -> dict[str, Any]:
     }
 
 
+def paths(plan: Plan) -> list[str]:
+    """The files `outputs` writes, without rendering them."""
+    return [] if plan.spec.mesh.kind == "none" else [MESH]
+
+
 def outputs(plan: Plan) -> list[Output]:
     """The mesh target's file (none when [mesh] kind is none)."""
     kind = plan.spec.mesh.kind

@@ -132,6 +132,13 @@ def context(plan: Plan) -> dict[str, object]:
     }
 
 
+def paths(plan: Plan) -> list[str]:
+    """The files `outputs` writes, without rendering them."""
+    from castle.targets.systemd import unit_path
+
+    return [PATH, unit_path(plan.stack, "nftables")]
+
+
 def outputs(plan: Plan) -> list[Output]:
     """The nftables target's file."""
     from castle.targets.systemd import unit

@@ -20,6 +20,11 @@ def unit_name(stack: str, firewall: str) -> str:
     return f"castle-{stack}-{firewall}.service"
 
 
+def unit_path(stack: str, firewall: str) -> str:
+    """Where the unit is written in the output folder."""
+    return f"firewall/{unit_name(stack, firewall)}"
+
+
 def installed(stack: str, firewall: str) -> str:
     """The absolute path the unit loads the firewall file from."""
     return f"{INSTALL_DIR}/{stack}/{FIREWALLS[firewall]}"
@@ -54,4 +59,4 @@ def unit(plan: Plan, firewall: str) -> Output:
         start=start,
         stop=stop,
     )
-    return Output(f"firewall/{unit_name(plan.stack, firewall)}", text)
+    return Output(unit_path(plan.stack, firewall), text)

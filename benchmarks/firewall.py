@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from castle.generate import generate  # noqa: E402  (after the path is set)
 from castle.targets import iptables  # noqa: E402
+from castle.targets.generate import generate  # noqa: E402  (after the path is set)
 
 
 def synthetic(n: int, seed: int = 1) -> str:

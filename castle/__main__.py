@@ -1,5 +1,5 @@
 """python -m castle."""
 
-from castle.cli import main
+from castle.entry import main
 
 main()

@@ -24,6 +24,22 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _version(value: bool) -> None:
+    if value:
+        from castle import __version__
+
+        print(f"castle {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print castle's version and exit")] = False,
+) -> None:
+    """castle: one concentric-walls spec, every wall that enforces it."""
+
+
 def err(text: str) -> None:
     """Print to stderr."""
     sys.stderr.write(text if text.endswith("\n") else text + "\n")
@@ -40,7 +56,7 @@ def handled(fn: F) -> F:
             for d in exc.diagnostics:
                 err(str(d))
             n = len(exc.errors)
-            err(f"castle: {n} error{'s' if n != 1 else ''}; nothing was written")
+            err(f"castle: {_n(n, 'error')}; nothing was written")
             raise typer.Exit(2) from None
         except CastleError as exc:
             err(f"castle: {exc}")
@@ -73,9 +89,11 @@ def _folder(out: Path | None) -> None:
         raise UsageError(f"-o {out}: is a file, not a folder")
 
 
-def _n(count: int, noun: str) -> str:
+def _n(n: int, noun: str) -> str:
     """3 services, 1 tier."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+    from castle.words import count
+
+    return count(n, noun)
 
 
 def _warn(loaded: Any) -> None:
@@ -102,7 +120,7 @@ def init(
                                         "zones.toml")] = False,
 ) -> None:
     """Write a commented zones.toml to start from."""
-    from castle.starter import write_starter
+    from castle.spec.starter import write_starter
 
     path = write_starter(folder, force=force)
     print(f"wrote {path}; next: castle validate {path}")
@@ -112,13 +130,13 @@ def init(
 @handled
 def validate(spec: SpecArg) -> None:
     """Check a spec against the wall rules: errors (exit 2), warnings, or a summary."""
-    from castle.generate import build
+    from castle.targets.generate import build
 
     # render every target in memory too: whatever generate would refuse, validate refuses
     loaded, plan, _ = build(spec)
     _warn(loaded)
     n = len(loaded.warnings)
-    warned = f" ({n} warning{'s' if n != 1 else ''})" if n else ""
+    warned = f" ({_n(n, 'warning')})" if n else ""
     print(f"{spec}: valid: {_n(len(plan.services), 'service')} in "
           f"{_n(len(plan.tiers), 'tier')}, {_n(len(plan.spec.flows), 'flow')} -> "
           f"{_n(len(plan.conns), 'connection')}, {_n(len(plan.networks), 'network')}{warned}")
@@ -138,20 +156,23 @@ def generate(
                                         "generate")] = False,
 ) -> None:
     """Write every artifact of a spec (atomically), or --check that they are up to date."""
-    from castle.generate import generate as run
+    from castle.targets.generate import generate as run
 
     _folder(out)
     result = run(spec, out, targets=target, check=check, force=force)
     _warn(result.loaded)
+    for note in result.notes:
+        err(f"castle: warning: {note}")
     if check:
         if result.diffs:
             sys.stdout.write("".join(result.diffs))
-            err(f"castle: {len(result.diffs)} file(s) in {result.out} drift from {spec}; "
+            drift = "drifts" if len(result.diffs) == 1 else "drift"
+            err(f"castle: {_n(len(result.diffs), 'file')} in {result.out} {drift} from {spec}; "
                 f"run: castle generate {spec} -o {result.out}")
             raise typer.Exit(1)
-        print(f"{result.out}: {len(result.outputs)} files up to date with {spec}")
+        print(f"{result.out}: {_n(len(result.outputs), 'file')} up to date with {spec}")
         return
-    print(f"{result.out}: {len(result.outputs)} files, {len(result.changed)} changed "
+    print(f"{result.out}: {_n(len(result.outputs), 'file')}, {len(result.changed)} changed "
           f"({', '.join(result.plan.targets)})"
           + (f"; removed {', '.join(result.removed)}" if result.removed else ""))
     if any(s.spec.container_firewall for s in result.plan.services):
@@ -168,15 +189,15 @@ def matrix(
                          "from the generated files in this folder and mark differences")] = None,
 ) -> None:
     """Who may reach whom on which ports."""
-    from castle.load import load
-    from castle.matrix import render_matrix, spec_matrix
     from castle.plan import compile_plan
+    from castle.spec.load import load
+    from castle.views.matrix import render_matrix, spec_matrix
 
     plan = compile_plan(load(spec))
     if artifacts is None:
         sys.stdout.write(render_matrix(spec_matrix(plan), fmt.value))
         return
-    from castle.artifacts import compare_artifacts
+    from castle.views.artifacts import compare_artifacts
 
     report, differs = compare_artifacts(plan, artifacts, fmt.value)
     sys.stdout.write(report)
@@ -220,15 +241,9 @@ def _emit(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
         return
-    from castle.errors import UsageError
+    from castle.io.write import write_file
 
-    if not out.parent.is_dir():
-        raise UsageError(f"{out.parent}: no such folder")
-    if out.is_dir():
-        raise UsageError(f"{out}: is a folder; give a file name")
-    tmp = out.with_name(f".{out.name}.castle-tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    write_file(out, text)
     err(f"wrote {out}")
 
 
@@ -242,12 +257,12 @@ def prove(
                         "apply")] = Firewall.both,
 ) -> None:
     """Build the stack in throwaway network namespaces, probe every pair and port, compare."""
-    from castle.prove import prove as run
+    from castle.lab.prove import prove as run
 
     def progress(done: int, total: int) -> None:
         width = 30
         filled = width * done // max(total, 1)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} probes")
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{_n(total, 'probe')}")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -272,7 +287,7 @@ def certs(
                      "certificate is missing, wrong for the spec or expiring")] = False,
 ) -> None:
     """Make the private CA and the certificates tls flows need (never overwrites a key)."""
-    from castle.certs import certs as run
+    from castle.tls.certs import certs as run
 
     _folder(out)
     result = run(spec, out, days=days, check=check)
@@ -290,7 +305,7 @@ def audit(
     fmt: Annotated[AuditFormat, typer.Option("--format", "-f")] = AuditFormat.text,
 ) -> None:
     """Who can reach whom in an existing compose file, and what should not."""
-    from castle.audit import audit as run
+    from castle.views.audit import audit as run
 
     result = run(compose, spec, fmt.value)
     sys.stdout.write(result.report)
@@ -306,7 +321,7 @@ def import_(
                    "(default: stdout)")] = None,
 ) -> None:
     """Draft a zones.toml that reproduces a compose file's current reachability."""
-    from castle.importer import import_compose
+    from castle.views.importer import import_compose
 
     _emit(import_compose(compose), out)
 
@@ -319,7 +334,7 @@ def explain(
     dst: Annotated[str, typer.Argument(metavar="TO", help="a service, internet or cidr:X")],
 ) -> None:
     """Why FROM can or cannot reach TO: the flow, network, rule and policy that carry it."""
-    from castle.explain import explain as run
+    from castle.views.explain import explain as run
 
     sys.stdout.write(run(spec, src, dst))
 
@@ -332,7 +347,7 @@ def diff(
     fmt: Annotated[DiffFormat, typer.Option("--format", "-f")] = DiffFormat.text,
 ) -> None:
     """The connections a spec change opens and closes; exit 1 when anything opens."""
-    from castle.specdiff import diff_specs
+    from castle.views.specdiff import diff_specs
 
     result = diff_specs(old, new, fmt.value)
     sys.stdout.write(result.report)
@@ -349,7 +364,7 @@ def draw(
     fmt: Annotated[DrawFormat, typer.Option("--format", "-f")] = DrawFormat.svg,
 ) -> None:
     """The castle as concentric rings, with flows as arrows."""
-    from castle.draw import draw as run
+    from castle.views.draw import draw as run
 
     _emit(run(spec, fmt.value), out)
 
@@ -358,11 +373,22 @@ def draw(
 @handled
 def schema() -> None:
     """Print the JSON Schema of zones.toml (for editors)."""
-    from castle.starter import json_schema
+    from castle.spec.starter import json_schema
 
     print(json_schema())
 
 
 def main() -> None:
     """Console entry point."""
-    app()
+    # typer turns every registered command into a click command on each run (signatures,
+    # type hints, a pydantic TypeAdapter per parameter): build only the one invoked
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    chosen = [c for c in app.registered_commands
+              if (c.name or getattr(c.callback, "__name__", "").replace("_", "-")) == name]
+    if not chosen:
+        app()
+        return
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=app.info.help)
+    one.registered_commands = chosen
+    one.registered_callback = app.registered_callback  # the same group options (--version)
+    one()

@@ -6,15 +6,17 @@ Pure: no Jinja, no I/O. Everything is sorted so that output is byte-identical ac
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, collapse_addresses
 from typing import Any
 
 from castle.errors import SpecError
-from castle.load import Loaded, to_diagnostic
-from castle.model import TARGETS, PortRange, Service, Spec, span
-from castle.rules import INTERNET, Edge, Finding, is_outside, publish_ranges
+from castle.spec.load import Loaded, to_diagnostic
+from castle.spec.model import METADATA, TARGETS, PortRange, Service, Spec, span
+from castle.spec.rules import INTERNET, Edge, Finding, is_outside, publish_ranges
+from castle.words import count
 
 
 @dataclass(frozen=True, order=True)
@@ -154,6 +156,13 @@ class Plan:
         return tuple(sorted({(c.src, c.dst) for c in self.internal_conns if c.tls}))
 
     @functools.cached_property
+    def internet_except(self) -> tuple[IPv4Network, ...]:
+        """Where "internet" egress never goes, in every target: [kubernetes] egress_except
+        (private and link-local ranges by default) and always the cloud metadata address."""
+        nets = [*self.spec.kubernetes.egress_except, IPv4Network(METADATA)]
+        return tuple(collapse_addresses(nets))
+
+    @functools.cached_property
     def subnets(self) -> tuple[IPv4Network, ...]:
         """Every compose subnet of the stack."""
         return tuple(n.subnet for n in self.networks)
@@ -261,31 +270,41 @@ def _name_networks(groups: list[tuple[tuple[str, ...], bool]],
     return names
 
 
-def allocate(pool: IPv4Network, sizes: list[int]) -> list[IPv4Network]:
+def allocate(pool: IPv4Network, sizes: list[int],
+             avoid: Iterable[IPv4Network] = ()) -> list[IPv4Network]:
     """One equal-sized subnet per network from `pool`: /24 when they fit, smaller when not.
 
     `sizes` are member counts; each subnet also needs the network, gateway and broadcast
-    addresses. Raises ValueError when the pool is too small.
+    addresses. Subnets skip the `avoid` ranges that lie inside the pool (the SSH sources:
+    an operator network handed to a bridge could no longer reach the host). Raises
+    ValueError when the pool is too small.
     """
     if not sizes:
         return []
+    holes = [(int(n.network_address), int(n.broadcast_address)) for n in avoid
+             if n.overlaps(pool) and not n.supernet_of(pool)]
     need = max(sizes) + 3
     smallest = 32 - (need - 1).bit_length()  # longest prefix that still holds the largest
     for prefix in range(min(24, smallest), smallest + 1):
         if prefix < pool.prefixlen:
             continue
         if 2 ** (prefix - pool.prefixlen) >= len(sizes):
-            return list(_take(pool, prefix, len(sizes)))
+            got = list(itertools.islice(_take(pool, prefix, holes), len(sizes)))
+            if len(got) == len(sizes):
+                return got
     raise ValueError(
-        f"cannot fit {len(sizes)} networks of up to {max(sizes)} services in {pool}"
+        f"cannot fit {count(len(sizes), 'network')} of up to {count(max(sizes), 'service')} "
+        f"in {pool}" + (" outside [firewall] ssh_sources" if holes else "")
     )
 
 
-def _take(pool: IPv4Network, prefix: int, count: int) -> Iterable[IPv4Network]:
+def _take(pool: IPv4Network, prefix: int, holes: list[tuple[int, int]]) -> Iterable[IPv4Network]:
     base = int(pool.network_address)
     step = 2 ** (32 - prefix)
-    for i in range(count):
-        yield IPv4Network((base + i * step, prefix))
+    for i in range(2 ** (prefix - pool.prefixlen)):
+        lo = base + i * step
+        if not any(lo <= h_hi and h_lo <= lo + step - 1 for h_lo, h_hi in holes):
+            yield IPv4Network((lo, prefix))
 
 
 def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None) -> Plan:
@@ -321,7 +340,8 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None) -> Plan:
     names = _name_networks(groups, tier_of)
 
     try:
-        subnets = allocate(spec.stack.subnet_pool, [len(m) for m, _ in groups])
+        subnets = allocate(spec.stack.subnet_pool, [len(m) for m, _ in groups],
+                           spec.firewall.ssh_sources)
     except ValueError as exc:
         finding = Finding("error", ("stack", "subnet_pool"), str(exc),
                           "use a larger subnet_pool (for example a /16)")

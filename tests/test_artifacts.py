@@ -18,11 +18,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from castle.artifacts import compare_artifacts, compare_compose
 from castle.cli import app
-from castle.compose_read import compose_binary
-from castle.generate import generate
 from castle.plan import Plan
+from castle.readers.compose import compose_binary
+from castle.targets.generate import generate
+from castle.views.artifacts import compare_artifacts, compare_compose
 from tests.oracles import compose_reach
 
 REPO = Path(__file__).resolve().parents[1]

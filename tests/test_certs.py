@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
-from castle.certs import certs
 from castle.cli import app
 from castle.errors import WriteRefused
+from castle.tls.certs import certs
 
 REPO = Path(__file__).resolve().parents[1]
 OPENSSL = shutil.which("openssl")

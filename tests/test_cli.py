@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from castle.cli import app
+from castle.io import manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "zones.example.toml"
@@ -42,6 +44,21 @@ def test_init_then_validate_then_generate(tmp_path: Path) -> None:
     result = runner.invoke(app, ["generate", str(spec), "-t", "compose"])
     assert result.exit_code == 0, result.output
     assert (folder / "compose.yaml").is_file()
+
+
+def test_init_header_names_the_file_it_wrote(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The starter's header command names zones.toml, and runs as written in its folder."""
+    assert runner.invoke(app, ["init", str(tmp_path)]).exit_code == 0
+    text = (tmp_path / "zones.toml").read_text()
+    assert "zones.example.toml" not in text
+    (command,) = [line.split(":  ", 1)[1] for line in text.splitlines()[:5]
+                  if "castle generate" in line]
+    assert command == "castle generate zones.toml -o out"
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, command.split()[1:])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "compose.yaml").is_file()
 
 
 def test_generate_check_and_drift(tmp_path: Path) -> None:
@@ -101,14 +118,52 @@ def test_matrix_formats(fmt: str) -> None:
     assert result.exit_code == 0, result.output
     if fmt == "json":
         rows = json.loads(result.output)["allowed"]
-        assert {(r["from"], r["to"], r["ports"]) for r in rows} == {
-            ("internet", "web", "80/tcp 443/tcp"), ("web", "app", "8000/tcp"),
-            ("admin", "app", "8000/tcp"), ("app", "db", "5432/tcp tls")}
+        assert {(r["from"], r["to"], r["ports"], r["tls"]) for r in rows} == {
+            ("internet", "web", "80/tcp 443/tcp", False), ("web", "app", "8000/tcp", False),
+            ("admin", "app", "8000/tcp", False), ("app", "db", "5432/tcp", True)}
     elif fmt == "csv":
-        assert result.output.splitlines()[0] == "from,to,ports"
+        assert result.output.splitlines()[0] == "from,to,ports,tls"
+        assert "app,db,5432/tcp,true" in result.output.splitlines()
+        assert "web,app,8000/tcp,false" in result.output.splitlines()
         assert len(result.output.splitlines()) == 5
     else:
         assert "5432/tcp tls" in result.output and "web" in result.output.splitlines()[0]
+
+
+def test_matrix_json_keeps_tls_apart_from_ports(tmp_path: Path) -> None:
+    """TLS is a field of its own: `ports` holds ports only, for a TLS pair and a plain one."""
+    spec = tmp_path / "zones.toml"
+    spec.write_text('version = 1\n[stack]\nname = "s"\n[[tiers]]\nname = "a"\n'
+                    '[services.x]\ntier = "a"\nimage = "x"\nlisten = [1]\n'
+                    '[services.y]\ntier = "a"\nimage = "y"\nlisten = [2]\n'
+                    '[[flows]]\nfrom = "x"\nto = "y"\ntls = true\n'
+                    '[[flows]]\nfrom = "y"\nto = "x"\n')
+    result = runner.invoke(app, ["matrix", str(spec), "-f", "json"])
+    assert json.loads(result.output)["allowed"] == [
+        {"from": "x", "to": "y", "ports": "2/tcp", "tls": True},
+        {"from": "y", "to": "x", "ports": "1/tcp", "tls": False}]
+    table = runner.invoke(app, ["matrix", str(spec)]).output
+    assert "2/tcp tls" in table and "1/tcp tls" not in table
+
+
+def test_version() -> None:
+    """`castle --version` prints the version the package was built with."""
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"castle {importlib.metadata.version('castle')}\n"
+
+
+def test_plurals_count_one_thing_as_one(tmp_path: Path) -> None:
+    """One file is "1 file", never "1 files", in generate and generate --check."""
+    spec = spec_in(tmp_path)
+    result = runner.invoke(app, ["generate", str(spec), "-t", "compose"])
+    assert ": 1 file, 1 changed" in result.output, result.output
+    result = runner.invoke(app, ["generate", str(spec), "-t", "compose", "--check"])
+    assert ": 1 file up to date" in result.output, result.output
+    (tmp_path / "compose.yaml").write_text((tmp_path / "compose.yaml").read_text() + "# x\n")
+    result = runner.invoke(app, ["generate", str(spec), "-t", "compose", "--check"])
+    assert result.exit_code == 1 and "castle: 1 file in" in result.output, result.output
+    assert "files" not in result.output.splitlines()[-1]
 
 
 def test_schema_validates_the_example() -> None:
@@ -157,6 +212,7 @@ def test_built_wheel_carries_templates(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert "castle/_templates/compose.yaml.j2" in names
+        assert "castle/spec/schemas/compose-spec.json" in names  # needed at run time
         zf.extractall(tmp_path / "site")
     spec = spec_in(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
@@ -165,6 +221,13 @@ def test_built_wheel_carries_templates(tmp_path: Path) -> None:
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "compose.yaml").is_file()
+    # the vendored Compose schema is read from the wheel: a misspelt passthrough key fails
+    bad = tmp_path / "bad.toml"
+    bad.write_text(spec.read_text() + '\n[services.web.compose]\nrestrat = "always"\n')
+    proc = subprocess.run([sys.executable, "-m", "castle", "validate", str(bad)],
+                          capture_output=True, text=True, cwd=tmp_path / "site", env=env,
+                          timeout=60, check=False)
+    assert proc.returncode == 2 and "did you mean 'restart'?" in proc.stderr, proc.stderr
 
 
 def test_pre_commit_hooks_run() -> None:
@@ -191,7 +254,7 @@ def test_hostile_spec_file_name_stays_in_one_comment(tmp_path: Path) -> None:
     script = (out / "firewall" / "iptables.sh").read_text()
     assert "\ntouch PWNED" not in script
     for path in out.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.name != manifest.NAME:
             header = path.read_text().splitlines()[:3]
             assert any("Generated by castle from x touch PWNED #.toml" in h for h in header)
 
@@ -203,3 +266,32 @@ def test_partial_target_check_agrees_with_a_full_run(tmp_path: Path) -> None:
     assert runner.invoke(app, ["generate", str(spec)]).exit_code == 0
     result = runner.invoke(app, ["generate", str(spec), "--target", "k8s", "--check"])
     assert result.exit_code == 0, result.output
+
+
+def test_counted_nouns() -> None:
+    """castle.words.count: singular for exactly one, the plural otherwise."""
+    from castle.words import count
+
+    assert [count(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
+    assert count(1, "more day") == "1 more day" and count(2, "entry", "entries") == "2 entries"
+
+
+def test_a_target_run_compiles_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`generate --target` compiles the spec once and still keeps the other targets' files."""
+    import castle.plan
+    import castle.targets.generate
+
+    calls: list[object] = []
+
+    def counted(*args: object, **kwargs: object) -> castle.plan.Plan:
+        calls.append(args)
+        return castle.plan.compile_plan(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(castle.targets.generate, "compile_plan", counted)
+    spec = spec_in(tmp_path)
+    assert runner.invoke(app, ["generate", str(spec)]).exit_code == 0
+    calls.clear()
+    result = runner.invoke(app, ["generate", str(spec), "-t", "compose"])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
+    assert (tmp_path / "k8s" / "networkpolicies.yaml").is_file()  # not taken for stale

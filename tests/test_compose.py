@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from castle.generate import build
 from castle.plan import clique_cover, cover_lower_bound
+from castle.targets.generate import build
 from tests.oracles import compose_go
 from tests.oracles.compose_reach import check_addresses, reach
 from tests.oracles.reference import expected

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from castle.cli import app
-from castle.draw import draw, xml_comment
+from castle.views.draw import draw, xml_comment
 from tests.oracles.reference import expected_from_toml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from castle.errors import SpecError, UsageError
-from castle.firewall_read import compare_firewall, parse_payload, rule_lines
-from castle.generate import build, generate
-from castle.load import load
 from castle.plan import compile_plan
+from castle.readers.firewall import compare_firewall, parse_payload, rule_lines
+from castle.spec.load import load
 from castle.targets import iptables
+from castle.targets.generate import build, generate
 from tests.oracles import reference
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from castle.generate import generate
-from castle.netns import OUTSIDE, Lab, Probe, Topology, netns_available
+from castle.lab.netns import OUTSIDE, Lab, Probe, Topology, netns_available
+from castle.targets.generate import generate
 from tests.oracles import reference
 
 pytestmark = pytest.mark.netns

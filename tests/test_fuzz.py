@@ -249,12 +249,12 @@ def test_real_process_exit_codes(name: str, tmp_path: Path) -> None:
 
 def test_front_door_negative_control(monkeypatch: pytest.MonkeyPatch) -> None:
     """The harness notices a crash: a bug inside load becomes "internal error" and fails it."""
-    import castle.load
+    import castle.spec.load
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr(castle.load, "parse", boom)
+    monkeypatch.setattr(castle.spec.load, "parse", boom)
     with pytest.raises(AssertionError, match="internal error"):
         front_door(EXAMPLE)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from castle.generate import build
+from castle.targets.generate import build
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"

@@ -17,13 +17,13 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from castle.audit import analyze
 from castle.cli import app
 from castle.errors import SpecError
-from castle.generate import build
-from castle.importer import dns_name, import_compose, toml_value
-from castle.load import parse
-from castle.model import OWNED_COMPOSE_KEYS
+from castle.spec.load import parse
+from castle.spec.model import OWNED_COMPOSE_KEYS
+from castle.targets.generate import build
+from castle.views.audit import analyze
+from castle.views.importer import dns_name, import_compose, toml_value
 from tests.oracles import compose_go, compose_reach
 from tests.strategies import examples, specs
 

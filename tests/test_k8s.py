@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from castle.errors import SpecError
-from castle.generate import build
-from castle.k8s_read import compare_k8s, policy_names
-from castle.write import write_outputs
+from castle.io.write import write_outputs
+from castle.readers.k8s import compare_k8s, policy_names
+from castle.targets.generate import build
 from tests import strategies
 from tests.oracles import crd, kube, reference
 
@@ -25,7 +25,10 @@ SPECS = REPO / "tests" / "data" / "specs"
 EXAMPLE = REPO / "zones.example.toml"
 CORPUS = [EXAMPLE, *sorted(SPECS.glob("*.toml"))]
 VERSIONS = ("1.28", "1.37")
-PRIVATE = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+# "internet" egress is public addresses only: private and link-local ranges, and always the
+# cloud metadata address, are excepted (docs/firewall-semantics.md).
+NOT_INTERNET = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"]
+METADATA = "169.254.169.254/32"
 CONTROLLER = "controller"
 STRANGER = "elsewhere/stranger"
 
@@ -81,7 +84,7 @@ def expected(raw: dict[str, Any]) -> kube.Connectivity:
     dns_pod = f"{k.get('dns_namespace', 'kube-system')}/kube-dns"
     got = kube.expected_connectivity(inward, services, kube.ip_ranges(["0.0.0.0/0"]),
                                      dns_pod=dns_pod)
-    excepts = k.get("egress_except", PRIVATE)
+    excepts = [*k.get("egress_except", NOT_INTERNET), METADATA]
     out = kube.expected_connectivity(sorted(exp.egress_conns), services,
                                      kube.ip_ranges(["0.0.0.0/0"], excepts), dns=())
     got.ip.update(out.ip)
@@ -159,7 +162,7 @@ def test_kustomization_matches_schema_and_lists_files(spec: Path, tmp_path: Path
 
 def _dummy_tls(plan: Any, out: Path) -> list[str]:
     """Create the TLS files the kustomization reads; return the secret names expected."""
-    from castle import tlsplan
+    from castle.tls import plan as tlsplan
 
     files = tlsplan.secret_files(plan)
     folder = out / plan.spec.tls.dir

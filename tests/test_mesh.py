@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from castle.generate import build
-from castle.write import write_outputs
+from castle.io.write import write_outputs
+from castle.targets.generate import build
 from tests.oracles import crd, kube, reference
 from tests.test_k8s import CORPUS, EXAMPLE, SPECS, namespaces_of
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from castle.netns import (
+from castle.lab.netns import (
     Lab,
     LabError,
     Probe,
@@ -332,7 +332,7 @@ def test_a_signal_tears_the_lab_down(tmp_path: Path, signum: int) -> None:
     script = tmp_path / "hold.py"
     script.write_text(
         "import json, sys, time\n"
-        "from castle.netns import Lab, Topology\n"
+        "from castle.lab.netns import Lab, Topology\n"
         "with Lab(Topology.from_compose(json.loads(sys.argv[1]))) as lab:\n"
         "    print(' '.join(lab.namespaces), flush=True)\n"
         "    time.sleep(60)\n")

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from castle.cli import app
-from castle.generate import build
-from castle.netns import Lab, Topology, netns_available
+from castle.lab.netns import Lab, Topology, netns_available
+from castle.targets.generate import build
 from tests.oracles import compose_go, compose_reach, kube, reference
 from tests.strategies import dump_toml, examples, reorder, specs
 from tests.test_firewall_kernel import apply, differences, questions

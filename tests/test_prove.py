@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import castle.netns
-from castle import prove as prove_mod
+import castle.lab.netns
 from castle.errors import UsageError
-from castle.load import load
+from castle.lab import prove as prove_mod
 from castle.plan import compile_plan
+from castle.spec.load import load
 from castle.targets import iptables
 from tests.oracles import reference
 
@@ -45,6 +45,12 @@ def test_cases_answers_agree_with_reference(spec: Path) -> None:
         elif c.dst == "outside":
             want = any(covers(d, prove_mod.OUTSIDE) for s, d, p, n in ref.egress_conns
                        if (s, p, n) == (c.src, c.proto, c.port))
+        elif c.dst.startswith("outside:"):  # the metadata address: only a CIDR flow names it
+            addr = IPv4Address(c.dst[8:])
+            assert addr == IPv4Address("169.254.169.254")
+            want = any(d.startswith("cidr:") and addr in IPv4Network(d[5:])
+                       for s, d, p, n in ref.egress_conns
+                       if (s, p, n) == (c.src, c.proto, c.port))
         else:
             want = False  # the host itself
         assert c.want == want, c
@@ -55,7 +61,7 @@ def test_cases_answers_agree_with_reference(spec: Path) -> None:
 
 def test_prove_needs_root_and_namespaces(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Without namespaces: a clear usage error (exit 2), and nothing is written."""
-    monkeypatch.setattr(castle.netns, "netns_available", lambda: "network namespaces need root")
+    monkeypatch.setattr(castle.lab.netns, "netns_available", lambda: "network namespaces need root")
     with pytest.raises(UsageError, match="need root") as err:
         prove_mod.prove(ROOT / "zones.example.toml", tmp_path, ["iptables"])
     assert err.value.exit_code == 2
@@ -63,13 +69,13 @@ def test_prove_needs_root_and_namespaces(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_prove_rejects_unknown_firewall(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(castle.netns, "netns_available", lambda: None)
+    monkeypatch.setattr(castle.lab.netns, "netns_available", lambda: None)
     with pytest.raises(UsageError, match="unknown firewall"):
         prove_mod.prove(ROOT / "zones.example.toml", None, ["pf"])
 
 
 def _skip_without_netns() -> None:
-    reason = castle.netns.netns_available()
+    reason = castle.lab.netns.netns_available()
     if reason:
         pytest.skip(reason)
 

@@ -290,3 +290,49 @@ def test_acceptance_findings(tmp_path: Path, text: str, expected: list[str]) -> 
     assert result.exit_code == 2, result.output
     for fragment in expected:
         assert fragment in result.output, result.output
+
+
+QUOTED: list[tuple[str, str, int, list[str]]] = [
+    # (id, spec text, line, the user's own text the message must quote, as written there)
+    ("publish-renamed-without-flow",
+     BASE.replace("ports = [80, 443]", "ports = [80]")
+     .replace("listen = [80, 443]", 'listen = [80, 443]\npublish = ["8443:443"]'), 14,
+     ['"8443:443"']),
+    ("publish-renamed-twice",
+     BASE.replace("listen = [80, 443]", 'listen = [80, 443]\npublish = ["8080:80", "8081:80"]'),
+     14, ['"8081:80"', '"8080:80"']),
+    ("tier-selector-skips-a-wall", flow("tier:public", "db"), 33,
+     ['from = "tier:public"', 'to = "db"']),
+    ("publish-clash",
+     BASE.replace("listen = [80, 443]", 'listen = [80, 443]\npublish = ["80:80", "80:443"]'), 14,
+     ['"80:80"', '"80:443"']),
+    ("list-goes-outward", BASE + '[[flows]]\nfrom = "db"\nto = ["app", "web"]\n', 33,
+     ['from = "db"', 'to = ["app", "web"]']),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "line", "quoted"), QUOTED, ids=[c[0] for c in QUOTED])
+def test_error_quotes_the_users_text(tmp_path: Path, case: str, text: str, line: int,
+                                     quoted: list[str]) -> None:
+    """The message quotes the entry or flow as the user wrote it, at the line castle names:
+    each quoted piece is in the message and verbatim in the spec's table at that line."""
+    spec = tmp_path / "zones.toml"
+    spec.write_text(text)
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2, result.output
+    message = next(m for m in result.output.splitlines() if m.startswith(f"{spec}:{line}: error"))
+    table = spec.read_text().splitlines()[line - 1:line + 3]
+    for piece in quoted:
+        assert piece in message, (piece, message)
+        assert any(piece in row for row in table), (piece, table)
+
+
+def test_publish_error_names_the_host_port(tmp_path: Path) -> None:
+    """publish = ["8443:443"] without a flow to 443: the message names 8443, which a search of
+    the file finds; the old reading ("publishes 443/tcp") alone would not (negative control)."""
+    spec = tmp_path / "zones.toml"
+    spec.write_text(QUOTED[0][1])
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    (message,) = [m for m in result.output.splitlines() if ":14: error:" in m]
+    assert "8443" in message and "8443" in spec.read_text().splitlines()[13]
+    assert "8443" not in "publishes 443/tcp but no flow from internet or a CIDR reaches 'web'"

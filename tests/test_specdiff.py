@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from castle.cli import app
-from castle.specdiff import diff_specs, intersect, subtract
+from castle.views.specdiff import diff_specs, intersect, subtract
 from tests.oracles.reference import expected_from_toml
 
 BASE = """\

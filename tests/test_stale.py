@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from castle import write
 from castle.cli import app
-from castle.generate import generate
+from castle.io import write
+from castle.targets.generate import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "zones.example.toml"

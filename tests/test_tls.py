@@ -21,12 +21,12 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from typer.testing import CliRunner
 
-from castle import tlsplan
-from castle.certs import certs
 from castle.cli import app
-from castle.generate import build
-from castle.load import load
 from castle.plan import compile_plan
+from castle.spec.load import load
+from castle.targets.generate import build
+from castle.tls import plan as tlsplan
+from castle.tls.certs import certs
 from tests.oracles import compose_go
 from tests.test_certs import foreign_leaf
 

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from castle.errors import SpecError
-from castle.generate import build
-from castle.generate import generate as castle_generate
-from castle.k8s_read import compare_k8s
-from castle.write import write_outputs
+from castle.io.write import write_outputs
+from castle.readers.k8s import compare_k8s
+from castle.targets.generate import build
+from castle.targets.generate import generate as castle_generate
 from tests.oracles import kube, reference
 from tests.strategies import dump_toml
 from tests.test_injection import CONTROL, PAYLOADS

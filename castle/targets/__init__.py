@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from castle.io.write import Output
 from castle.plan import Plan
-from castle.write import Output
 
 MODULES = {
     "compose": "castle.targets.compose",
@@ -15,6 +15,16 @@ MODULES = {
     "k8s": "castle.targets.k8s",
     "mesh": "castle.targets.mesh",
 }
+
+
+def paths(plan: Plan) -> list[str]:
+    """The paths `outputs(plan)` produces, without rendering where a target can list them."""
+    found: list[str] = []
+    for name in plan.targets:
+        module = importlib.import_module(MODULES[name])
+        listing: Callable[[Plan], list[str]] | None = getattr(module, "paths", None)
+        found.extend(listing(plan) if listing else [o.path for o in module.outputs(plan)])
+    return sorted(found)
 
 
 def outputs(plan: Plan) -> list[Output]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from castle import tlsplan
-from castle.model import span
+from castle.io.render import render
+from castle.io.write import Output, header
 from castle.plan import Plan, PlanService
-from castle.render import render
-from castle.write import Output, header
+from castle.spec.model import span
+from castle.tls import plan as tlsplan
 
 PATH = "compose.yaml"
 
@@ -70,6 +70,11 @@ def context(plan: Plan) -> dict[str, Any]:
         "volumes": dict(sorted(plan.spec.compose.volumes.items())),
         "configs": dict(sorted(plan.spec.compose.configs.items())),
     }
+
+
+def paths(plan: Plan) -> list[str]:
+    """The files `outputs` writes, without rendering them."""
+    return [PATH]
 
 
 def outputs(plan: Plan) -> list[Output]:

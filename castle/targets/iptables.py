@@ -1,8 +1,9 @@
 """firewall/iptables.sh: DOCKER-USER and INPUT rules, plus opt-in per-container firewalls.
 
 The host script hands the stack's forwarded traffic to castle's own chains: replies first,
-then a binary dispatch on the destination address into one chain per service (so a packet
-walks about 2*log2(addresses) dispatch rules plus the flows of its one destination), where
+then a prefix-tree dispatch on the destination address into one chain per service (so a
+packet walks a few rules per level of a tree at most MAX_TREE chains deep, plus the flows
+of its one destination), where
 exactly the spec's (source, destination, proto, port) return to Docker's chains and the rest
 is dropped. castle only ever narrows what Docker (or the host's own INPUT rules) allow: an
 allowed packet RETURNs, it is never ACCEPTed past Docker's isolation.
@@ -10,6 +11,7 @@ allowed packet RETURNs, it is never ACCEPTed past Docker's isolation.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 from collections.abc import Iterable
@@ -17,15 +19,19 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses, summarize_address_range
 
 from castle.errors import CastleError
+from castle.io.render import comment, quoted_comment, render
+from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, Published
-from castle.render import comment, quoted_comment, render
-from castle.rules import is_outside
-from castle.write import Output, header
+from castle.spec.rules import is_outside
 
 PATH = "firewall/iptables.sh"
 MAX_CHAIN = 28  # iptables' limit on chain names (29 bytes with the NUL)
 MAX_COMMENT = 255  # the comment match keeps at most 256 bytes with the NUL
 LEAF = 8  # dispatch chains end in at most this many per-address jumps
+# nf_tables refuses a jump path deeper than 16 chains (base chain included): FORWARD,
+# DOCKER-USER, castle's main chain, the dispatch tree, the service's chain, and two spare
+# levels for hosts that reach DOCKER-USER from a chain of their own
+MAX_TREE = 10
 ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED"
 
 
@@ -83,14 +89,17 @@ class Ruleset:
         return out
 
 
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:4]
+def _hash(text: str, size: int = 4) -> str:
+    """`size` base-32 characters (5 bits each) of the text's SHA-256."""
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:size].lower()
 
 
 def main_chain(stack: str) -> str:
-    """CASTLE-<stack>, shortened with a hash so that every sub-chain still fits 28 chars."""
+    """CASTLE-<stack>, or for long names CASTLE-<4 chars>~<40-bit hash>, so that every
+    sub-chain still fits 28 chars and two long names practically never meet (the script
+    also refuses a chain whose first rule names another stack)."""
     name = f"CASTLE-{stack}"
-    return name if len(name) <= 20 else f"CASTLE-{stack[:8]}~{_hash(stack)}"
+    return name if len(name) <= 20 else f"CASTLE-{stack[:4]}~{_hash(stack, 8)}"
 
 
 def sub_chain(tag: str, suffix: str) -> str:
@@ -168,42 +177,64 @@ def describe(plan: Plan, conn: Conn) -> str:
     return "; ".join(parts)
 
 
+def stride(items: list[tuple[int, IPv4Address, str]]) -> int:
+    """Bits each dispatch level consumes, so that the tree is at most MAX_TREE chains deep.
+
+    A chain that holds more than LEAF addresses spans a prefix of at most /28, and every
+    level below lengthens the prefix by at least the stride: from a root at /p a path has at
+    most (28 - p) // stride inner chains plus its leaf. The smallest stride that fits keeps
+    each level's walk short (at most 2**stride rules).
+    """
+    plen = 32 - (items[0][0] ^ items[-1][0]).bit_length()
+    return next(s for s in range(1, 33) if (28 - plen) // s + 2 <= MAX_TREE)
+
+
 def dispatch(rs: Ruleset, kind: str, opt: str, leaves: list[tuple[IPv4Address, str]]) -> str:
-    """A binary tree of chains that goes to leaves[addr] on `opt` (-d or -s); misses DROP.
+    """A tree of chains that goes to leaves[addr] on `opt` (-d or -s); misses DROP.
 
     Every hop is a goto, so a RETURN in a leaf goes straight back to the hooked chain's
-    caller; each level halves the addresses left, so a packet walks O(log n) rules.
+    caller. Each level splits the addresses left by the next `stride` bits of their common
+    prefix (each part then narrowed to its own prefix), so a packet walks at most 2**stride
+    rules a level and the longest jump path fits nf_tables' limit at any size.
     """
     counter = itertools.count()
+    items = sorted((int(a), a, leaf) for a, leaf in leaves)
+    bits = stride(items)
 
-    def build(items: list[tuple[int, IPv4Address, str]]) -> str:
-        name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (binary tree)")
-        if len(items) <= LEAF:
-            for _, addr, leaf in items:
+    def build(part: list[tuple[int, IPv4Address, str]]) -> str:
+        name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (prefix tree)")
+        if len(part) <= LEAF:
+            for _, addr, leaf in part:
                 rs.add(name, f"{opt} {addr}/32 -g {leaf}")
         else:
-            # items are sorted: split the covering prefix in two halves at its next bit
-            plen = 32 - (items[0][0] ^ items[-1][0]).bit_length()
-            bit = 1 << (31 - plen)
-            cut = next(i for i, item in enumerate(items) if item[0] & bit)
-            for sub in (items[:cut], items[cut:]):
+            # part is sorted: group it by the `bits` bits after its common prefix
+            shift = max(0, (part[0][0] ^ part[-1][0]).bit_length() - bits)
+            for _, group in itertools.groupby(part, key=lambda item: item[0] >> shift):
+                sub = list(group)
                 rs.add(name, f"{opt} {cover(a for _, a, _ in (sub[0], sub[-1]))} "
                              f"-g {build(sub)}")
         rs.add(name, "-j DROP")
         return name
 
-    return build(sorted((int(a), a, leaf) for a, leaf in leaves))
+    return build(items)
 
 
 def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) -> None:
     """The DOCKER-USER side: replies, then per-destination and per-source (egress) chains."""
-    rs.add(main, f"{ESTABLISHED} -j RETURN", "castle: replies of allowed connections")
+    # The stack's name in the first rule lets the script tell its chains from a colliding
+    # stack's (see check_owner in the template).
+    rs.add(main, f"{ESTABLISHED} -j RETURN",
+           f"castle stack {plan.stack}: replies of allowed connections")
     if not own:
         return
     svc_chain = {s.name: rs.chain(s.name, f"what may reach {s.name}") for s in plan.services}
     egress_svcs = sorted({c.src for c in plan.egress})
     out_chain = {s: rs.chain(f"O-{s}", f"where {s} may connect outside the stack")
                  for s in egress_svcs}
+    drop_in, drop_out = _log_chains(plan, rs)
+    # with logging, services without egress get a leaf too: their drops are logged by name
+    out_chain |= {s: drop_out[s] for s in drop_out if s not in out_chain}
+    egress_svcs = sorted(out_chain)
     leaves = [(ip, svc_chain[s.name]) for s in plan.services for ip in s.addresses]
     if leaves:
         to_tree = dispatch(rs, "T", "-d", leaves)
@@ -226,23 +257,56 @@ def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) ->
         pubs.setdefault(p.service, []).append(p)
     for svc in plan.services:
         _destination(plan, rs, svc, svc_chain[svc.name], own, into.get(svc.name, []),
-                     pubs.get(svc.name, []))
+                     pubs.get(svc.name, []), drop_in.get(svc.name, "DROP"))
     outgoing: dict[str, list[Conn]] = {}
     for c in plan.egress:
         outgoing.setdefault(c.src, []).append(c)
     for s in egress_svcs:
+        if s not in outgoing:
+            continue  # a log-and-drop leaf only
         chain = out_chain[s]
-        for c in outgoing[s]:
-            if c.src == s:
-                net = cidr(c.dst)
-                dst = f"-d {net} " if net else ""
-                rs.add(chain, f"{dst}{ports(c.proto, c.lo, c.hi)} -j RETURN", describe(plan, c),
-                       c.src, c.dst)
-        rs.add(chain, "-j DROP", f"castle: nothing else leaves {s}")
+        drop = drop_out.get(s, "DROP")
+        # Flows naming a CIDR first; then "internet", which means public addresses only.
+        named = [c for c in outgoing[s] if cidr(c.dst)]
+        public = [c for c in outgoing[s] if not cidr(c.dst)]
+        for c in named:
+            rs.add(chain, f"-d {cidr(c.dst)} {ports(c.proto, c.lo, c.hi)} -j RETURN",
+                   describe(plan, c), c.src, c.dst)
+        if public:
+            for net in plan.internet_except:
+                rs.add(chain, f"-d {net} -j {drop}",
+                       f"castle: {net} is not internet (only a flow naming it opens it)")
+        for c in public:
+            rs.add(chain, f"{ports(c.proto, c.lo, c.hi)} -j RETURN", describe(plan, c),
+                   c.src, c.dst)
+        rs.add(chain, f"-j {drop}", f"castle: nothing else leaves {s}")
+
+
+def _log_chains(plan: Plan, rs: Ruleset) -> tuple[dict[str, str], dict[str, str]]:
+    """With [firewall] log_drops: per service, a chain that logs (rate-limited) then drops
+    what may not reach it, and one for what it may not send out. Empty maps without."""
+    if not plan.spec.firewall.log_drops:
+        return {}, {}
+    from castle.targets import droplog  # only specs that log need it
+
+    names = droplog.prefixes(plan)
+    drop_in: dict[str, str] = {}
+    drop_out: dict[str, str] = {}
+    for svc in plan.services:
+        for kind, table, text in (("L-", drop_in, names[svc.name]),
+                                  ("LO-", drop_out, droplog.prefix(plan.stack, svc.name, True))):
+            what = "to" if kind == "L-" else "from"
+            chain = rs.chain(kind + svc.name, f"log, then drop, what {what} {svc.name} no flow "
+                                              "allows")
+            rs.add(chain, droplog.iptables_target(plan, text))
+            rs.add(chain, "-j DROP")
+            table[svc.name] = chain
+    return drop_in, drop_out
 
 
 def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
-                 own: list[IPv4Network], conns: list[Conn], pubs: list[Published]) -> None:
+                 own: list[IPv4Network], conns: list[Conn], pubs: list[Published],
+                 drop: str = "DROP") -> None:
     for c in conns:
         if is_outside(c.src):
             continue
@@ -251,7 +315,7 @@ def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
                    describe(plan, c), c.src, c.dst)
     if pubs:
         for b in own:
-            rs.add(chain, f"-s {b} -j DROP",
+            rs.add(chain, f"-s {b} -j {drop}",
                    "castle: the stack's own containers never come in through published ports")
     for p in pubs:
         h, cp = p.host, p.container
@@ -267,7 +331,13 @@ def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
             what = describe(plan, conn) if conn else f"castle: {src} -> {svc.name} {cp}"
             rs.add(chain, f"{'-s ' + str(net) + ' ' if net else ''}"
                    f"{ports(cp.proto, cp.lo, cp.hi)} {ct} -j RETURN", what, src, svc.name)
-    rs.add(chain, "-j DROP", f"castle: nothing else reaches {svc.name}")
+    rs.add(chain, f"-j {drop}", f"castle: nothing else reaches {svc.name}")
+
+
+def ssh_narrowed(plan: Plan) -> bool:
+    """True when [firewall] ssh_sources limits SSH (anything but 0.0.0.0/0)."""
+    sources = plan.spec.firewall.ssh_sources
+    return bool(sources) and not any(n.prefixlen == 0 for n in sources)
 
 
 def input_rules(plan: Plan, rs: Ruleset, chain: str, own: list[IPv4Network]) -> None:
@@ -354,20 +424,36 @@ def script(plan: Plan, rs: Ruleset, *, container: str = "") -> str:
         bridge=not container,
         ssh=f"{fw.ssh_port}/tcp from {', '.join(str(n) for n in fw.ssh_sources)}",
         manage_input=fw.manage_input,
+        in_chain=sub_chain(rs.tag, "IN"),
+        ssh6=fw.manage_input and ssh_narrowed(plan),
+        ssh_port=fw.ssh_port,
     )
+
+
+def _opted_in(plan: Plan) -> list[PlanService]:
+    return [s for s in plan.services if s.spec.container_firewall and s.networks]
+
+
+def paths(plan: Plan) -> list[str]:
+    """The files `outputs` writes, without rendering them."""
+    from castle.targets.systemd import unit_path
+
+    return [PATH, unit_path(plan.stack, "iptables")] + [
+        f"firewall/container-{svc.name}.sh" for svc in _opted_in(plan)]
 
 
 def outputs(plan: Plan) -> list[Output]:
     """The host script and, for services that opt in, their container scripts."""
-    files = [Output(PATH, script(plan, host_ruleset(plan)), 0o755)]
-    for svc in plan.services:
-        if svc.spec.container_firewall and svc.networks:
-            files.append(Output(f"firewall/container-{svc.name}.sh",
-                                script(plan, container_ruleset(plan, svc), container=svc.name),
-                                0o755))
+    from castle.targets.systemd import unit  # imports this module's siblings only when used
+
+    files = [Output(PATH, script(plan, host_ruleset(plan)), 0o755), unit(plan, "iptables")]
+    for svc in _opted_in(plan):
+        files.append(Output(f"firewall/container-{svc.name}.sh",
+                            script(plan, container_ruleset(plan, svc), container=svc.name),
+                            0o755))
     return files
 
 
 __all__ = ["PATH", "Rule", "Ruleset", "blocks", "cidr", "container_ruleset", "cover",
-           "host_ruleset", "ipt_comment", "is_outside", "main_chain", "outputs", "shared",
+           "host_ruleset", "ipt_comment", "is_outside", "main_chain", "outputs", "paths", "shared",
            "sub_chain"]

@@ -5,16 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from castle import tlsplan
 from castle.errors import UsageError
+from castle.io.render import render
+from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, select_targets
-from castle.render import render
-from castle.rules import INTERNET, is_outside
-from castle.write import Output, header
+from castle.spec.rules import INTERNET, is_outside
+from castle.tls import plan as tlsplan
 
 POLICIES = "k8s/networkpolicies.yaml"
 KUSTOMIZATION = "k8s/kustomization.yaml"
 MESH = "k8s/mesh.yaml"
+NAMESPACES = "k8s/namespaces.yaml"  # written by castle.targets.workloads
+WORKLOADS = "k8s/workloads.yaml"
 NS_LABEL = "kubernetes.io/metadata.name"
 MANAGED = ("app.kubernetes.io/managed-by", "castle")
 DENY = "castle-default-deny"
@@ -94,7 +96,7 @@ def outside_peer(plan: Plan, peer: str, ingress: bool) -> Peer:
         return Peer(ns_labels=[(NS_LABEL, k.ingress_namespace)],
                     pod_labels=sorted(k.ingress_pod_labels.items()) or None)
     if peer == INTERNET:
-        excepts = () if ingress else tuple(str(n) for n in k.egress_except)
+        excepts = () if ingress else tuple(str(n) for n in plan.internet_except)
         return Peer(cidr=EVERYWHERE, excepts=excepts)
     return Peer(cidr=peer.removeprefix("cidr:"))
 
@@ -275,6 +277,12 @@ def kustomization_context(plan: Plan) -> dict[str, Any]:
         "tls_outside": not contained,
         "managed": MANAGED,
     }
+
+
+def paths(plan: Plan) -> list[str]:
+    """The files `outputs` writes, without rendering them."""
+    scaffold = [NAMESPACES, WORKLOADS] if plan.spec.kubernetes.workloads else []
+    return [POLICIES, KUSTOMIZATION, *scaffold]
 
 
 def outputs(plan: Plan) -> list[Output]:

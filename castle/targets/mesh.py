@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castle.errors import UsageError
+from castle.io.render import render
+from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService
-from castle.render import render
-from castle.rules import INTERNET, is_outside
+from castle.spec.rules import INTERNET, is_outside
 from castle.targets.k8s import EVERYWHERE, MANAGED, MESH, namespace_of, used_namespaces
-from castle.write import Output, header
 
 # Meshes authorize TCP only (neither proxies UDP); Istio and Linkerd name single ports, so a
 # range is listed port by port, up to this many per destination.
@@ -169,6 +169,11 @@ def context(plan: Plan) -> dict[str, Any]:
         "ingress_namespace": plan.spec.kubernetes.ingress_namespace or "",
         "ingress_account": plan.spec.kubernetes.ingress_service_account or "",
     }
+
+
+def paths(plan: Plan) -> list[str]:
+    """The files `outputs` writes, without rendering them."""
+    return [] if plan.spec.mesh.kind == "none" else [MESH]
 
 
 def outputs(plan: Plan) -> list[Output]:

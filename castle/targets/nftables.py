@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from castle.model import span
+from castle.io.render import render
+from castle.io.write import Output, header
 from castle.plan import Plan
-from castle.render import render
+from castle.spec.model import span
 from castle.targets.iptables import blocks, cidr, describe, shared
-from castle.write import Output, header
 
 PATH = "firewall/castle.nft"
 
@@ -70,14 +70,48 @@ def elements(plan: Plan) -> dict[str, list[Element]]:
     ]
     published = [Element(f"{net} . {ip} . {proto} . {span(lo, hi)}", note)
                  for ip, proto, net, lo, hi, note in _carve(ingress)]
+    # "internet" egress is its own set, looked up only for public destinations: a CIDR flow
+    # may open a private or link-local range, "internet" never does.
     outgoing: list[Row] = [
         (str(ip), c.proto, cidr(c.dst) or anywhere, c.lo, c.hi, describe(plan, c))
         for c in plan.egress for ip in plan.service(c.src).addresses
     ]
     egress = [Element(f"{ip} . {net} . {proto} . {span(lo, hi)}", note)
-              for ip, proto, net, lo, hi, note in _carve(outgoing)]
+              for ip, proto, net, lo, hi, note in _carve([r for r in outgoing if r[2] != anywhere])]
+    public = [Element(f"{ip} . {proto} . {span(lo, hi)}", note)
+              for ip, proto, _, lo, hi, note in _carve([r for r in outgoing if r[2] == anywhere])]
     return {"internal": sorted(set(internal)), "published": sorted(set(published)),
-            "egress": sorted(set(egress))}
+            "egress": sorted(set(egress)), "internet": sorted(set(public))}
+
+
+@dataclass(frozen=True)
+class LogChain:
+    """A chain that logs (rate-limited) and drops; `addrs` are the service's addresses."""
+
+    name: str
+    statement: str
+    addrs: tuple[str, ...]
+
+
+def log_chains(plan: Plan) -> dict[str, list[LogChain]]:
+    """With [firewall] log_drops: per service, log-and-drop chains for what may not reach
+    it ("to") and what it may not send out ("from"); empty lists without."""
+    if not plan.spec.firewall.log_drops:
+        return {"to": [], "from": []}
+    from castle.targets import droplog  # only specs that log need it
+
+    names = droplog.prefixes(plan)
+    out: dict[str, list[LogChain]] = {"to": [], "from": []}
+    for i, svc in enumerate(plan.services):
+        addrs = tuple(str(a) for a in svc.addresses)
+        if not addrs:
+            continue
+        out["to"].append(LogChain(f"log_to_{i}", droplog.nft_statement(plan, names[svc.name]),
+                                  addrs))
+        out["from"].append(LogChain(
+            f"log_from_{i}", droplog.nft_statement(plan, droplog.prefix(plan.stack, svc.name,
+                                                                        True)), addrs))
+    return out
 
 
 def context(plan: Plan) -> dict[str, object]:
@@ -89,6 +123,8 @@ def context(plan: Plan) -> dict[str, object]:
         "stack": plan.stack,
         "table": table_name(plan.stack),
         "nets": [str(b) for b in blocks(plan)],
+        "not_internet": [str(n) for n in plan.internet_except],
+        "log": log_chains(plan),
         "sets": elements(plan),
         "manage_input": fw.manage_input,
         "ssh_port": fw.ssh_port,
@@ -96,6 +132,15 @@ def context(plan: Plan) -> dict[str, object]:
     }
 
 
+def paths(plan: Plan) -> list[str]:
+    """The files `outputs` writes, without rendering them."""
+    from castle.targets.systemd import unit_path
+
+    return [PATH, unit_path(plan.stack, "nftables")]
+
+
 def outputs(plan: Plan) -> list[Output]:
     """The nftables target's file."""
-    return [Output(PATH, render("castle.nft.j2", **context(plan)))]
+    from castle.targets.systemd import unit
+
+    return [Output(PATH, render("castle.nft.j2", **context(plan))), unit(plan, "nftables")]

@@ -3,7 +3,7 @@
 Every Deployment carries exactly the labels the NetworkPolicies and mesh policies select,
 runs as the service account the mesh authorizes, declares a containerPort per listen port,
 and mounts the TLS Secrets of the kustomization at the very paths compose uses
-(/run/secrets/<name>), with the same variables (castle.tlsplan). `[kubernetes] workloads =
+(/run/secrets/<name>), with the same variables (castle.tls.plan). `[kubernetes] workloads =
 false` leaves all of this out and keeps only the policies.
 """
 
@@ -14,15 +14,21 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from castle import tlsplan
+from castle.io.render import render
+from castle.io.write import Output, header
 from castle.plan import Plan, PlanService
-from castle.render import render
-from castle.rules import MAX_DECLARED_PORTS, listen_count
-from castle.targets.k8s import MANAGED, mesh_kind, namespace_of, secret_item, used_namespaces
-from castle.write import Output, header
+from castle.spec.rules import MAX_DECLARED_PORTS, listen_count
+from castle.targets.k8s import (
+    MANAGED,
+    NAMESPACES,
+    WORKLOADS,
+    mesh_kind,
+    namespace_of,
+    secret_item,
+    used_namespaces,
+)
+from castle.tls import plan as tlsplan
 
-NAMESPACES = "k8s/namespaces.yaml"
-WORKLOADS = "k8s/workloads.yaml"
 SECRETS_DIR = "/run/secrets"  # where compose mounts secrets; the Deployments use the same
 TLS_VOLUME = "castle-tls"
 LINKERD_POD = (("config.linkerd.io/default-inbound-policy", "deny"),

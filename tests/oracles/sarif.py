@@ -1,35 +1,22 @@
-"""Oracle: validate a SARIF log against the OASIS SARIF 2.1.0 JSON Schema in shared/schemas."""
+"""Oracle: validate a SARIF log against the OASIS SARIF 2.1.0 JSON Schema kept in tests/data."""
 
 from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 
-from . import OracleUnavailable, shared_dir
+from . import REPO_ROOT
 
-
-def schema_path() -> Path | None:
-    """shared/schemas/sarif/sarif-schema-2.1.0.json, if present."""
-    shared = shared_dir()
-    path = shared / "schemas" / "sarif" / "sarif-schema-2.1.0.json" if shared else None
-    return path if path and path.is_file() else None
-
-
-def skip_reason() -> str | None:
-    """Why the SARIF oracle cannot run here, or None when it can."""
-    return None if schema_path() else "shared/schemas/sarif/sarif-schema-2.1.0.json not found"
+# Vendored byte for byte from oasis-tcs/sarif-spec (source, commit, licence: README.md beside it).
+SCHEMA = REPO_ROOT / "tests" / "data" / "sarif" / "sarif-schema-2.1.0.json"
 
 
 @cache
 def _validator() -> Any:
-    path = schema_path()
-    if path is None:
-        raise OracleUnavailable(skip_reason() or "SARIF schema missing")
-    schema = json.loads(path.read_text())
+    schema = json.loads(SCHEMA.read_text())
     cls = jsonschema.validators.validator_for(schema)  # draft-04
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 

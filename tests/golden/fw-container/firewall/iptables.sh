@@ -18,10 +18,12 @@
 #   --dry-run  print the iptables-restore input; change nothing
 #   --remove   take castle's rules and chains out; nothing else
 # Environment: IPTABLES_SAVE, IPTABLES_RESTORE name other binaries (e.g. the
-# *-legacy ones).
+# *-legacy ones); IP6TABLES_SAVE, IP6TABLES_RESTORE likewise; CASTLE_LOCK
+# the lock file that keeps two castle scripts from applying at once.
 set -eu
 
 TAG=CASTLE-fwbox
+STACK=fwbox
 CHAINS='CASTLE-fwbox CASTLE-fwbox_front CASTLE-fwbox_back CASTLE-fwbox_lonely CASTLE-fwbox_mail CASTLE-fwbox_O-mail CASTLE-fwbox_T0 CASTLE-fwbox_S0'
 IPTABLES_SAVE=${IPTABLES_SAVE:-iptables-save}
 IPTABLES_RESTORE=${IPTABLES_RESTORE:-iptables-restore}
@@ -29,11 +31,34 @@ IPTABLES_RESTORE=${IPTABLES_RESTORE:-iptables-restore}
 say() { printf 'castle: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
+# One castle script at a time reads and rewrites the ruleset: two stacks applied at once
+# (e.g. by their systemd units at boot) would otherwise both create DOCKER-USER.
+take_lock() {
+	lock=${CASTLE_LOCK:-/run/castle-iptables.lock}
+	if ! command -v flock >/dev/null 2>&1 || ! { : >>"$lock"; } 2>/dev/null; then
+		say "warning: cannot lock $lock (flock missing?): do not apply two stacks at once"
+		return 0
+	fi
+	exec 9>>"$lock"
+	flock -w 60 9 || die "another castle script holds $lock; nothing changed"
+}
+
+# The main chain's first rule names its stack: a chain of the same name that names
+# another stack (a shortened name that happens to collide) is never taken over.
+check_owner() {
+	other=$(printf '%s\n' "$STATE" | awk -v c="$TAG" '$1 == "-A" && $2 == c' |
+		sed -n 's/.*--comment "castle stack \([^ :"]*\):.*/\1/p' |
+		grep -v -x -F -e "$STACK" | head -n 1 || :)
+	if [ -n "$other" ]; then
+		die "chain $TAG belongs to stack $other (names cut short collide); nothing changed"
+	fi
+}
+
 # castle's rules; the quoted delimiter keeps the shell from expanding anything.
 rules() {
 	cat <<'CASTLE_RULES'
 # CASTLE-fwbox: castle's entry for stack fwbox, jumped to from DOCKER-USER
--A CASTLE-fwbox -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "castle: replies of allowed connections" -j RETURN
+-A CASTLE-fwbox -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "castle stack fwbox: replies of allowed connections" -j RETURN
 -A CASTLE-fwbox -d 10.94.0.0/22 -g CASTLE-fwbox_T0
 -A CASTLE-fwbox -s 10.94.0.0/22 -g CASTLE-fwbox_S0
 # CASTLE-fwbox_front: what may reach front
@@ -50,9 +75,13 @@ rules() {
 -A CASTLE-fwbox_mail -s 10.94.2.2/32 -d 10.94.2.3/32 -p tcp -m tcp --dport 25 -m comment --comment "castle: back -> mail 25/tcp; flows[3] line 50" -j RETURN
 -A CASTLE-fwbox_mail -m comment --comment "castle: nothing else reaches mail" -j DROP
 # CASTLE-fwbox_O-mail: where mail may connect outside the stack
+-A CASTLE-fwbox_O-mail -d 10.0.0.0/8 -m comment --comment "castle: 10.0.0.0/8 is not internet (only a flow naming it opens it)" -j DROP
+-A CASTLE-fwbox_O-mail -d 169.254.0.0/16 -m comment --comment "castle: 169.254.0.0/16 is not internet (only a flow naming it opens it)" -j DROP
+-A CASTLE-fwbox_O-mail -d 172.16.0.0/12 -m comment --comment "castle: 172.16.0.0/12 is not internet (only a flow naming it opens it)" -j DROP
+-A CASTLE-fwbox_O-mail -d 192.168.0.0/16 -m comment --comment "castle: 192.168.0.0/16 is not internet (only a flow naming it opens it)" -j DROP
 -A CASTLE-fwbox_O-mail -p tcp -m tcp --dport 25 -m comment --comment "castle: mail -> internet 25/tcp; flows[2] line 45" -j RETURN
 -A CASTLE-fwbox_O-mail -m comment --comment "castle: nothing else leaves mail" -j DROP
-# CASTLE-fwbox_T0: dispatch on -d (binary tree)
+# CASTLE-fwbox_T0: dispatch on -d (prefix tree)
 -A CASTLE-fwbox_T0 -d 10.94.0.2/32 -g CASTLE-fwbox_front
 -A CASTLE-fwbox_T0 -d 10.94.0.3/32 -g CASTLE-fwbox_back
 -A CASTLE-fwbox_T0 -d 10.94.1.2/32 -g CASTLE-fwbox_front
@@ -60,7 +89,7 @@ rules() {
 -A CASTLE-fwbox_T0 -d 10.94.2.3/32 -g CASTLE-fwbox_mail
 -A CASTLE-fwbox_T0 -d 10.94.3.2/32 -g CASTLE-fwbox_mail
 -A CASTLE-fwbox_T0 -j DROP
-# CASTLE-fwbox_S0: dispatch on -s (binary tree)
+# CASTLE-fwbox_S0: dispatch on -s (prefix tree)
 -A CASTLE-fwbox_S0 -s 10.94.2.3/32 -g CASTLE-fwbox_O-mail
 -A CASTLE-fwbox_S0 -s 10.94.3.2/32 -g CASTLE-fwbox_O-mail
 -A CASTLE-fwbox_S0 -j DROP
@@ -151,6 +180,43 @@ enable_bridge_filter() {
 	say "warning: traffic between containers of one network bypasses these rules"
 }
 
+# IPv6 SSH: the stack is IPv4 only, but the host's SSH port answers on IPv6 too.
+# With ssh_sources narrowing SSH (IPv4 networks only), SSH over IPv6 is dropped, as
+# castle.nft's inet table does; replies, loopback and open sessions are kept.
+IN6=CASTLE-fwbox_IN
+IP6TABLES_SAVE=${IP6TABLES_SAVE:-ip6tables-save}
+IP6TABLES_RESTORE=${IP6TABLES_RESTORE:-ip6tables-restore}
+
+payload6() {
+	printf '%s\n' '*filter'
+	n=$(printf '%s\n' "$STATE6" | grep -c -x -F -e "-A INPUT -j $IN6" || :)
+	while [ "$n" -gt 0 ]; do
+		printf '%s\n' "-D INPUT -j $IN6"
+		n=$((n - 1))
+	done
+	printf '%s\n' ":$IN6 - [0:0]" "-X $IN6" COMMIT
+}
+
+present6() {
+	printf '%s\n' "$STATE6" | awk -v c=":$IN6" '$1 == c { f = 1 } END { exit !f }'
+}
+
+# $1: apply or remove. Without IPv6 (no ip6tables, or the kernel has none) there is
+# nothing to guard.
+ssh6() {
+	if ! STATE6=$("$IP6TABLES_SAVE" -t filter 2>/dev/null); then
+		return 0
+	fi
+	present6 || return 0
+	if [ "$MODE" = dry-run ]; then
+		printf '%s\n' "# $IP6TABLES_RESTORE --noflush:"
+		payload6 "$1"
+		return 0
+	fi
+	payload6 "$1" | "$IP6TABLES_RESTORE" --noflush --wait 10 ||
+		die "$IP6TABLES_RESTORE failed: the IPv6 SSH guard was not changed"
+}
+
 MODE=apply
 case "${1:-}" in
 	'') ;;
@@ -166,6 +232,9 @@ case "${1:-}" in
 		;;
 esac
 
+if [ "$MODE" != dry-run ]; then
+	take_lock
+fi
 if ! STATE=$("$IPTABLES_SAVE" -t filter 2>/dev/null); then
 	if [ "$MODE" != dry-run ]; then
 		die "cannot read the current ruleset with $IPTABLES_SAVE (run as root); nothing changed"
@@ -174,11 +243,15 @@ if ! STATE=$("$IPTABLES_SAVE" -t filter 2>/dev/null); then
 	STATE=
 fi
 
+check_owner
+
 case "$MODE" in
 	dry-run)
 		payload_apply
+		ssh6 apply
 		;;
 	remove)
+		ssh6 remove
 		if [ -z "$(present_chains)" ]; then
 			say "nothing to remove: no chain $TAG"
 			exit 0
@@ -193,6 +266,7 @@ case "$MODE" in
 		PAYLOAD=$(payload_apply)
 		printf '%s\n' "$PAYLOAD" | "$IPTABLES_RESTORE" --noflush --wait 10 ||
 			die "$IPTABLES_RESTORE failed: nothing was changed"
+		ssh6 apply
 		say "applied $TAG: $(rules | grep -c '^-A ') rules in 8 chains"
 		;;
 esac

@@ -1,0 +1,154 @@
+"""The one Jinja environment: template search path, strict undefined, quoting filters."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: a run that renders nothing never loads them
+    import jinja2
+
+_UNSAFE_COMMENT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff\ufffe\uffff]")
+# What YAML reads as a line break or refuses as unprintable, even inside double quotes.
+_YAML_UNSAFE = re.compile(r"[\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff\ufffe\uffff]")
+
+
+def templates_dir() -> Path:
+    """Where templates live: inside the wheel (castle/_templates) or the source tree."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_templates", package.parent / "templates"):
+        if candidate.is_dir():
+            return candidate
+    raise RuntimeError("castle's templates folder is missing from this installation")
+
+
+def yaml_scalar(value: Any) -> str:
+    """A YAML flow scalar that reads back as exactly `value` (strings always quoted)."""
+    if isinstance(value, str):
+        return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}",
+                                json.dumps(value, ensure_ascii=False))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):  # the common numbers, without the YAML writer's overhead
+        return str(value)
+    import yaml
+
+    text: str = yaml.safe_dump(value, default_flow_style=True, width=2**31).strip()
+    return text.removesuffix("...").strip()
+
+
+def yaml_block(value: Any, indent: int = 0) -> str:
+    """A YAML block for a mapping or list, indented by `indent` spaces after the first line.
+
+    Every scalar, keys included, goes through yaml_scalar: strings are always quoted, so no
+    YAML 1.1 or 1.2 reader takes `yes`, `1e3` or `0o17` for anything but a string.
+    """
+    pad = " " * indent
+    return "\n".join(pad + line if i else line for i, line in enumerate(_block(value)))
+
+
+_KEY_LIMIT = 1000
+
+
+def _block(value: Any) -> list[str]:
+    """The lines of a block mapping or sequence (keys sorted), at indentation zero."""
+    if isinstance(value, dict) and value:
+        lines: list[str] = []
+        for key in sorted(value, key=str):
+            item, name = value[key], yaml_scalar(str(key))
+            # YAML allows 1024 characters for a plain `key:`; longer ones need `? key`
+            head, colon = (f"? {name}", ":") if len(name) > _KEY_LIMIT else ("", f"{name}:")
+            lines += [head] if head else []
+            if isinstance(item, dict | list) and item:
+                lines.append(colon)
+                lines += ["  " + line for line in _block(item)]
+            else:
+                lines.append(f"{colon} {yaml_scalar(item)}")
+        return lines
+    if isinstance(value, list) and value:
+        lines = []
+        for item in value:
+            if isinstance(item, dict | list) and item:
+                inner = _block(item)
+                lines += ["- " + inner[0]] + ["  " + line for line in inner[1:]]
+            else:
+                lines.append(f"- {yaml_scalar(item)}")
+        return lines
+    return [yaml_scalar(value)]
+
+
+def shell_quote(value: Any) -> str:
+    """A single POSIX shell word that expands to exactly str(value)."""
+    return shlex.quote(str(value))
+
+
+def comment(value: Any) -> str:
+    """Text safe on one comment line of any target: control characters become spaces."""
+    return _UNSAFE_COMMENT.sub(" ", str(value))
+
+
+def quoted_comment(value: Any, limit: int) -> str:
+    """A double-quoted comment word for nft and iptables-restore: one line, no quotes or
+    backslashes (neither tool has a safe escape for them), at most `limit` bytes."""
+    text = comment(value).replace('"', "'").replace("\\", "/")
+    data = text.encode("utf-8")[:limit]
+    return '"' + data.decode("utf-8", "ignore") + '"'
+
+
+def nft_string(value: Any) -> str:
+    """An nftables quoted string (comments are limited to 128 bytes)."""
+    return quoted_comment(value, 120)
+
+
+_UNIT_WORD = re.compile(r"^[A-Za-z0-9_./:@+=-]+$")
+
+
+def unit_word(value: Any) -> str:
+    """One word of a systemd unit line: only characters systemd never interprets ('%', '$',
+    quotes, backslashes and spaces are refused rather than escaped)."""
+    text = str(value)
+    if not _UNIT_WORD.match(text):
+        raise ValueError(f"not a safe systemd unit word: {text!r}")
+    return text
+
+
+def xml_text(value: Any) -> str:
+    """Text safe inside an XML element or a double-quoted attribute."""
+    return (comment(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;"))
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """The shared, cached Jinja environment."""
+    import jinja2
+
+    try:
+        # compiling the templates is a fifth of a small run; Jinja keeps the compiled code in
+        # a per-user 0700 folder of the temp dir, checked against each template's source
+        cache: jinja2.BytecodeCache | None = jinja2.FileSystemBytecodeCache()
+    except RuntimeError:  # no private temp folder to be had: compile every time
+        cache = None
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        bytecode_cache=cache,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters.update(
+        yq=yaml_scalar, yblock=yaml_block, sh=shell_quote, comment=comment, nftstr=nft_string,
+        xml=xml_text, unit=unit_word,
+    )
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    """Render a template of templates/ with the given context."""
+    return environment().get_template(template).render(**context)

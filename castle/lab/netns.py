@@ -1,0 +1,531 @@
+"""An emulated Docker host in throwaway network namespaces, built from a compose file."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from types import FrameType, TracebackType
+from typing import Any
+
+from castle.lab.probe import (
+    EXT_IF,
+    EXT_NET,
+    HOST_EXT,
+    OUTSIDE,
+    SEQ,
+    Connect,
+    LabError,
+    Listen,
+    bridge_names,
+    cleanup_leftovers,
+    delete_namespaces,
+    docker_iptables,
+    gateway_net,
+    in_netns,
+    ip_batches,
+    mac,
+    netns_available,
+    nsexec,
+    published_targets,
+    run_cmd,
+    run_probes,
+    write_sysctls,
+)
+
+_BRIDGE_OPT = "com.docker.network.bridge.name"
+_RESERVED = frozenset({"outside", "published"})  # probe syntax
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+@dataclass(frozen=True)
+class LabNet:
+    """A compose network: one Linux bridge in the host namespace."""
+
+    name: str
+    subnet: IPv4Network
+    internal: bool
+    gateway: IPv4Address | None = None  # None: the subnet's first address, as Docker picks
+    bridge: str | None = None  # None: a short generated name (b0, b1...)
+
+    @property
+    def gw(self) -> IPv4Address:
+        """The host's own address on this network (the containers' gateway)."""
+        return self.gateway if self.gateway is not None else self.subnet.network_address + 1
+
+
+@dataclass(frozen=True)
+class LabContainer:
+    """A service: one namespace with an interface per network (empty for network_mode none)."""
+
+    name: str
+    addrs: dict[str, IPv4Address]  # network name -> address, in the service's network order
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published port: host_port on the host's address DNATed to container:container_port."""
+
+    host_port: int
+    container: str
+    container_port: int
+    proto: str
+    host_ip: IPv4Address | None = None  # None: every host address (compose's default)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Networks, containers and published ports: all the lab needs from a compose file."""
+
+    nets: tuple[LabNet, ...]
+    containers: tuple[LabContainer, ...]
+    published: tuple[Published, ...]
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_compose(cls, doc: Mapping[str, Any]) -> Topology:
+        """Read networks, static addresses and published ports from a compose document."""
+        nets = tuple(_parse_net(name, body) for name, body in _mapping(doc, "networks").items())
+        byname = {n.name: n for n in nets}
+        joins: dict[str, list[tuple[str, IPv4Address | None]]] = {}
+        published: list[Published] = []
+        for svc, body in _mapping(doc, "services").items():
+            body = body or {}
+            mode = body.get("network_mode")
+            if mode == "none":
+                joins[svc] = []
+            elif mode is not None:
+                raise LabError(f"service {svc}: network_mode {mode!r} cannot be emulated")
+            elif not body.get("networks"):
+                raise LabError(f"service {svc} is on compose's default network (no fixed subnet)")
+            else:
+                joins[svc] = _parse_joins(svc, body["networks"], byname)
+            for entry in body.get("ports") or []:
+                for host_ip, hport, cport, proto in _parse_port(svc, entry):
+                    published.append(Published(hport, svc, cport, proto, host_ip))
+        used = {n.name: {n.gw} | {a for js in joins.values() for m, a in js if m == n.name and a}
+                for n in nets}
+        containers = []
+        for svc, js in joins.items():
+            addrs: dict[str, IPv4Address] = {}
+            for net, addr in js:
+                if addr is None:  # dockerd would pick the lowest free address
+                    subnet = byname[net].subnet
+                    addr = next((a for a in subnet.hosts() if a not in used[net]), None)
+                    if addr is None:
+                        raise LabError(f"network {net}: no free address for service {svc}")
+                    used[net].add(addr)
+                addrs[net] = addr
+            containers.append(LabContainer(svc, addrs))
+        return cls(nets, tuple(containers), tuple(published))
+
+
+def _mapping(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = doc.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise LabError(f"compose: {key} must be a mapping")
+    return value
+
+
+def _parse_net(name: str, body: Any) -> LabNet:
+    body = body or {}
+    try:
+        cfg = body["ipam"]["config"][0]
+        subnet = ip_network(str(cfg["subnet"]))
+        gateway = ip_address(str(cfg["gateway"])) if cfg.get("gateway") else None
+    except (KeyError, IndexError, TypeError) as exc:
+        raise LabError(f"network {name}: no ipam.config[0].subnet") from exc
+    except ValueError as exc:
+        raise LabError(f"network {name}: {exc}") from exc
+    if not isinstance(subnet, IPv4Network) or not isinstance(gateway, IPv4Address | None):
+        raise LabError(f"network {name}: only IPv4 subnets can be emulated")
+    internal = body.get("internal", False)
+    if not isinstance(internal, bool):
+        raise LabError(f"network {name}: internal must be true or false, not {internal!r}")
+    bridge = (body.get("driver_opts") or {}).get(_BRIDGE_OPT)
+    return LabNet(name, subnet, internal, gateway, str(bridge) if bridge else None)
+
+
+def _parse_joins(svc: str, nets: Any, byname: Mapping[str, LabNet]
+                 ) -> list[tuple[str, IPv4Address | None]]:
+    items = [(n, None) for n in nets] if isinstance(nets, list) else list(nets.items())
+    out: list[tuple[int, str, IPv4Address | None]] = []
+    for net, opts in items:
+        if net not in byname:
+            raise LabError(f"service {svc}: undefined network {net!r}")
+        opts = opts or {}
+        addr = None
+        if opts.get("ipv4_address"):
+            try:
+                addr = IPv4Address(str(opts["ipv4_address"]))
+            except ValueError as exc:
+                raise LabError(f"service {svc}: network {net}: {exc}") from exc
+        out.append((-int(opts.get("gw_priority") or 0), net, addr))
+    out.sort(key=lambda t: t[0])  # stable: the compose order, unless gw_priority says otherwise
+    return [(net, addr) for _, net, addr in out]
+
+
+def _ports(svc: str, text: str) -> list[int]:
+    try:
+        lo, _, hi = text.partition("-")
+        ports = list(range(int(lo), int(hi or lo) + 1))
+    except ValueError as exc:
+        raise LabError(f"service {svc}: bad port {text!r}") from exc
+    if not ports or not all(0 < p < 65536 for p in ports):
+        raise LabError(f"service {svc}: bad port {text!r}")
+    return ports
+
+
+def _parse_port(svc: str, entry: Any) -> list[tuple[IPv4Address | None, int, int, str]]:
+    if isinstance(entry, Mapping):
+        if entry.get("published") in (None, ""):
+            return []  # dockerd would pick a random host port
+        host_ip, proto = entry.get("host_ip"), str(entry.get("protocol") or "tcp")
+        hosts, conts = _ports(svc, str(entry["published"])), _ports(svc, str(entry.get("target")))
+    elif isinstance(entry, str | int) and not isinstance(entry, bool):
+        text, _, proto = str(entry).partition("/")
+        proto = proto or "tcp"
+        if text.startswith("["):
+            return []  # bound to an IPv6 host address: not reachable over the IPv4 lab
+        parts = text.split(":")
+        if len(parts) == 1 or parts[-2] == "":
+            return []  # container port only: random host port
+        if len(parts) > 3:
+            raise LabError(f"service {svc}: bad port {entry!r}")
+        host_ip = parts[0] if len(parts) == 3 else None
+        hosts, conts = _ports(svc, parts[-2]), _ports(svc, parts[-1])
+    else:
+        raise LabError(f"service {svc}: bad port {entry!r}")
+    if proto not in ("tcp", "udp"):
+        raise LabError(f"service {svc}: protocol {proto!r} cannot be probed")
+    hip: IPv4Address | None = None
+    if host_ip not in (None, "", "0.0.0.0"):
+        try:
+            hip = IPv4Address(str(host_ip))
+        except ValueError:
+            if ":" in str(host_ip):
+                return []
+            raise LabError(f"service {svc}: bad host address {host_ip!r}") from None
+    if len(conts) == 1:
+        return [(hip, hosts[0], conts[0], proto)]
+    if len(hosts) != len(conts):
+        raise LabError(f"service {svc}: port ranges of different lengths in {entry!r}")
+    return [(hip, h, c, proto) for h, c in zip(hosts, conts, strict=True)]
+
+
+def _validate(topo: Topology) -> None:
+    names = [n.name for n in topo.nets]
+    if len(set(names)) != len(names):
+        raise LabError("duplicate network names")
+    byname = {n.name: n for n in topo.nets}
+    nets = sorted(topo.nets, key=lambda n: n.subnet)
+    for a, b in itertools.combinations(nets, 2):
+        if a.subnet.overlaps(b.subnet):
+            raise LabError(f"networks {a.name} and {b.name} overlap")
+    for n in nets:
+        if n.subnet.overlaps(EXT_NET) or n.subnet.prefixlen > 30 or n.gw not in n.subnet:
+            raise LabError(f"network {n.name}: subnet {n.subnet} cannot be emulated")
+    seen: set[IPv4Address] = set()
+    cnames = [c.name for c in topo.containers]
+    if len(set(cnames)) != len(cnames):
+        raise LabError("duplicate container names")
+    for c in topo.containers:
+        if c.name in _RESERVED:
+            raise LabError(f"service name {c.name!r} is reserved by the lab's probe syntax")
+        for net, addr in c.addrs.items():
+            on = byname.get(net)
+            if on is None:
+                raise LabError(f"container {c.name}: unknown network {net!r}")
+            bad = (on.gw, on.subnet.network_address, on.subnet.broadcast_address)
+            if addr not in on.subnet or addr in bad or addr in seen:
+                raise LabError(f"container {c.name}: address {addr} unusable on {net}")
+            seen.add(addr)
+    for p in topo.published:
+        if p.container not in cnames or p.proto not in ("tcp", "udp"):
+            raise LabError(f"bad published port {p}")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One connection attempt: src (container, 'outside', 'outside:IP') to dst on proto/port."""
+
+    src: str
+    dst: str  # a container, "published", "outside", "outside:IP", "host" or "host:<network>"
+    proto: str
+    port: int
+
+
+def _shifted(report: Callable[[int, int], None], offset: int, total: int, done: int, _: int
+             ) -> None:
+    report(offset + done, total)
+
+
+class Lab:
+    """A running emulated Docker host: built on enter, removed on exit (also on SIGTERM/SIGINT)."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        *,
+        bridge_nf_call: bool = True,
+        conntrack_docker: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.topo = topo
+        self.bridge_nf_call = bridge_nf_call
+        self.progress = progress
+        self.prefix = f"cst{os.getpid()}-{next(SEQ)}-"
+        self.host_ns, self.outside_ns = self.prefix + "host", self.prefix + "out"
+        self.container_ns = {c.name: f"{self.prefix}c{i}" for i, c in enumerate(topo.containers)}
+        self.bridges = bridge_names(topo.nets)
+        self.docker_rules = docker_iptables(topo, self.bridges, conntrack=conntrack_docker)
+        self._nets = {n.name: n for n in topo.nets}
+        self._containers = {c.name: c for c in topo.containers}
+        self._made: list[str] = []
+        self._sources: set[IPv4Address] = {OUTSIDE}
+        self._stop = threading.Event()
+        self._handlers: dict[int, _Handler] = {}
+        self._running = False
+
+    @property
+    def namespaces(self) -> list[str]:
+        """Every namespace of this lab: host, outside, then one per container."""
+        return [self.host_ns, self.outside_ns, *self.container_ns.values()]
+
+    def __enter__(self) -> Lab:
+        if self._made:
+            raise LabError("a Lab can be entered only once")
+        reason = netns_available()
+        if reason is not None:
+            raise LabError(reason)
+        cleanup_leftovers()
+        self._install_handlers()
+        try:
+            self._build()
+        except BaseException:
+            self._teardown()
+            raise
+        self._running = True
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        left = self._teardown()
+        if left and kind is None:
+            raise LabError(f"namespaces left behind: {' '.join(left)}")
+
+    def host_exec(
+        self, argv: list[str], input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the host namespace (iptables-restore, nft -f, iptables-save...)."""
+        return self.exec_in("host", argv, input)
+
+    def exec_in(
+        self, node: str, argv: list[str], input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in the namespace of 'host', 'outside' or a container (no raise on exit)."""
+        if not self._running:
+            raise LabError("the lab is not running")
+        ns = {**self.container_ns, "host": self.host_ns, "outside": self.outside_ns}.get(node)
+        if ns is None:
+            raise LabError(f"no such lab node: {node!r}")
+        return nsexec(ns, argv, input)
+
+    def probe(self, probes: Sequence[Probe], timeout: float = 1.0) -> dict[Probe, bool]:
+        """Try every probe in parallel: True where a connection and one echoed byte got through."""
+        if not self._running:
+            raise LabError("the lab is not running")
+        unique = list(dict.fromkeys(probes))
+        # "host" and "published" both dial 203.0.113.1: never let a host listener answer
+        # for a port that was meant to be published, so such host probes go in a second round.
+        published = {(p.proto, p.port) for p in unique if p.dst == "published"}
+        later = [p for p in unique if p.dst == "host" and (p.proto, p.port) in published]
+        results = dict.fromkeys(unique, False)
+        offset, report = 0, self.progress
+        for batch in ([p for p in unique if p not in set(later)], later):
+            listens: set[Listen] = set()
+            planned = [(p, self._plan(p, listens)) for p in batch]
+            connects = [(p, c) for p, c in planned if c is not None]
+            self._add_sources({IPv4Address(c.src) for _, c in connects if c.src is not None}
+                              | {IPv4Address(c.dst) for p, c in connects
+                                 if p.dst.startswith("outside:")})
+            shifted = report and partial(_shifted, report, offset, len(unique))
+            try:
+                done = run_probes(listens, [c for _, c in connects], timeout, stop=self._stop,
+                                  progress=shifted)
+            except OSError as exc:
+                raise LabError(f"probing failed: {exc}") from exc
+            results.update(zip((p for p, _ in connects), done, strict=True))
+            offset += len(batch)
+            if report is not None:
+                report(offset, len(unique))
+        return results
+
+    def _plan(self, p: Probe, listens: set[Listen]) -> Connect | None:
+        if p.proto not in ("tcp", "udp") or not 0 < p.port < 65536:
+            raise LabError(f"bad probe {p}: proto must be tcp or udp, port 1-65535")
+        src = self._containers.get(p.src)
+        bind = None
+        if src is not None:
+            ns = self.container_ns[p.src]
+        elif p.src == "outside" or p.src.startswith("outside:"):
+            ns = self.outside_ns
+            bind = str(self._check_source(p.src[8:])) if p.src != "outside" else None
+        else:
+            raise LabError(f"unknown probe source {p.src!r}")
+        dst = self._containers.get(p.dst)
+        if dst is not None:
+            if not dst.addrs:
+                return None  # network_mode none: nothing can reach it
+            shared = [n for n in (src.addrs if src else {}) if n in dst.addrs]
+            addr = dst.addrs[shared[0]] if shared else next(iter(dst.addrs.values()))
+            listens.add(Listen(self.container_ns[p.dst], p.proto, "0.0.0.0", p.port))
+        elif p.dst == "published":
+            if src is not None:
+                raise LabError(f"bad probe {p}: published ports are probed from outside")
+            addr = HOST_EXT
+            for pub, _, _ in published_targets(self.topo):
+                if pub.host_port == p.port and pub.proto == p.proto:
+                    ns_c = self.container_ns[pub.container]
+                    listens.add(Listen(ns_c, p.proto, "0.0.0.0", pub.container_port))
+        elif p.dst in ("outside", "host"):
+            out = p.dst == "outside"
+            addr, node = (OUTSIDE, self.outside_ns) if out else (HOST_EXT, self.host_ns)
+            listens.add(Listen(node, p.proto, str(addr), p.port))
+        elif p.dst.startswith("outside:"):  # another address of the outside namespace
+            addr = self._check_source(p.dst[8:])
+            listens.add(Listen(self.outside_ns, p.proto, str(addr), p.port))
+        elif p.dst.startswith("host:") and p.dst[5:] in self._nets:
+            addr = self._nets[p.dst[5:]].gw
+            listens.add(Listen(self.host_ns, p.proto, str(addr), p.port))
+        else:
+            raise LabError(f"unknown probe destination {p.dst!r}")
+        return Connect(ns, p.proto, str(addr), p.port, bind)
+
+    def _check_source(self, text: str) -> IPv4Address:
+        try:
+            addr = IPv4Address(text)
+        except ValueError as exc:
+            raise LabError(f"bad outside source address {text!r}") from exc
+        if addr == OUTSIDE:
+            return addr
+        if (addr == HOST_EXT or addr.is_loopback or addr.is_multicast or addr.is_unspecified
+                or addr.is_reserved or any(addr in n.subnet for n in self.topo.nets)):
+            raise LabError(f"outside source {addr} would clash with the lab's own addresses")
+        return addr
+
+    def _add_sources(self, wanted: set[IPv4Address]) -> None:
+        new = sorted(wanted - self._sources)
+        if new:
+            route = f"via {OUTSIDE} dev {EXT_IF}"
+            ip_batches([(self.outside_ns, [f"addr add {a}/32 dev {EXT_IF}" for a in new]),
+                        (self.host_ns, [f"route add {a}/32 {route}" for a in new])])
+            self._sources.update(new)
+
+    def _build(self) -> None:
+        self._made = self.namespaces
+        ip_batches([(None, [f"netns add {n}" for n in self._made])])
+        base = {"net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/default/rp_filter": "0"}
+        if os.path.isdir("/proc/sys/net/ipv6"):  # no IPv6 chatter in the shared neighbour table
+            base |= {f"net/ipv6/conf/{c}/disable_ipv6": "1" for c in ("all", "default")}
+        host = base | {"net/ipv4/ip_forward": "1"}
+        nf = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        if not in_netns(self.host_ns, lambda: os.path.exists(nf)):
+            run_cmd(["modprobe", "br_netfilter"])
+        if in_netns(self.host_ns, lambda: os.path.exists(nf)):
+            host["net/bridge/bridge-nf-call-iptables"] = "1" if self.bridge_nf_call else "0"
+        elif self.bridge_nf_call:
+            raise LabError("br_netfilter is not available: bridged traffic would bypass iptables")
+        for ns in self._made:  # before any interface exists, so that every one inherits them
+            in_netns(ns, partial(write_sysctls, host if ns == self.host_ns else base))
+        ip_batches([(self.host_ns, self._host_lines())])
+        jobs = [(self.outside_ns, [
+            "link set lo up", f"link set {EXT_IF} up", f"addr add {OUTSIDE}/24 dev {EXT_IF}",
+            f"neigh replace {HOST_EXT} lladdr {mac(HOST_EXT)} dev {EXT_IF} nud permanent",
+            f"route add default via {HOST_EXT}"])]
+        jobs += [(self.container_ns[c.name], self._container_lines(c))
+                 for c in self.topo.containers]
+        ip_batches(jobs)
+        rules = nsexec(self.host_ns, ["iptables-restore"], self.docker_rules)
+        if rules.returncode:
+            raise LabError(f"loading dockerd's rules failed: {rules.stderr.strip()}")
+
+    def _host_lines(self) -> list[str]:
+        lines = ["link set lo up"]
+        for n in self.topo.nets:
+            b = self.bridges[n.name]
+            lines += [f"link add {b} address {mac(n.gw)} type bridge", f"link set {b} up",
+                      f"addr add {n.gw}/{n.subnet.prefixlen} dev {b}"]
+        lines += [f"link add {EXT_IF} address {mac(HOST_EXT)} type veth peer name {EXT_IF}"
+                  f" address {mac(OUTSIDE)} netns {self.outside_ns}",
+                  f"link set {EXT_IF} up", f"addr add {HOST_EXT}/24 dev {EXT_IF}",
+                  f"neigh replace {OUTSIDE} lladdr {mac(OUTSIDE)} dev {EXT_IF} nud permanent"]
+        for i, c in enumerate(self.topo.containers):
+            for k, (net, addr) in enumerate(c.addrs.items()):
+                b, veth = self.bridges[net], f"veth{i}_{k}"
+                lines += [f"link add {veth} type veth peer name eth{k} address {mac(addr)}"
+                          f" netns {self.container_ns[c.name]}",
+                          f"link set {veth} master {b} up",
+                          f"neigh replace {addr} lladdr {mac(addr)} dev {b} nud permanent"]
+        return lines
+
+    def _container_lines(self, c: LabContainer) -> list[str]:
+        lines = ["link set lo up"]
+        for k, (net, addr) in enumerate(c.addrs.items()):
+            n, dev = self._nets[net], f"eth{k}"
+            lines += [f"link set {dev} up", f"addr add {addr}/{n.subnet.prefixlen} dev {dev}",
+                      f"neigh replace {n.gw} lladdr {mac(n.gw)} dev {dev} nud permanent"]
+            lines += [f"neigh replace {a} lladdr {mac(a)} dev {dev} nud permanent"
+                      for o in self.topo.containers if o is not c and (a := o.addrs.get(net))]
+        gw = gateway_net(self.topo, c.name)
+        if gw is not None:  # like Docker: no default route on internal networks only
+            lines.append(f"route add default via {self._nets[gw].gw}")
+        return lines
+
+    def _teardown(self) -> list[str]:
+        self._running = False
+        self._stop.set()
+        self._restore_handlers()
+        return delete_namespaces(self._made)
+
+    def _install_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers; exits still clean up
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            prev = signal.getsignal(sig)
+            if prev != signal.SIG_IGN:
+                self._handlers[sig] = prev
+                signal.signal(sig, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, prev in self._handlers.items():
+            if signal.getsignal(sig) == self._on_signal:
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self._handlers.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        prev = self._handlers.get(signum)
+        self._teardown()
+        if callable(prev):
+            prev(signum, frame)  # e.g. KeyboardInterrupt for SIGINT, or an outer lab's handler
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+
+__all__ = [
+    "EXT_IF", "HOST_EXT", "OUTSIDE", "Lab", "LabContainer", "LabError", "LabNet", "Probe",
+    "Published", "Topology", "bridge_names", "cleanup_leftovers", "docker_iptables",
+    "gateway_net", "netns_available", "published_targets",
+]

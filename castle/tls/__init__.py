@@ -1,0 +1,1 @@
+"""TLS: which certificates a plan needs, and the CA that makes them."""

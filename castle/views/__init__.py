@@ -1,0 +1,1 @@
+"""Views over a spec or a stack: matrix, explain, diff, draw, audit, import."""

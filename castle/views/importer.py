@@ -1,0 +1,516 @@
+"""castle import: a zones.toml draft that reproduces an existing compose file's reachability."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import math
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from castle.errors import CastleError, SpecError
+from castle.io.render import comment, render
+from castle.readers.compose import (
+    ComposeFile,
+    PortMap,
+    Reach,
+    listen_ports,
+    merge_ports,
+    reach,
+    read,
+    unknown_members,
+)
+from castle.spec.load import parse
+from castle.spec.model import DNS_LABEL, OWNED_COMPOSE_KEYS, ComposeTop, PortRange
+
+ANY_PORT = ("1-65535/tcp", "1-65535/udp")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")  # as castle/spec/model.py checks it
+# Valid for zones.toml, so the draft loads; docker refuses it (capitals), so it cannot run by
+# mistake before someone puts the real image in its place.
+PLACEHOLDER_IMAGE = "REPLACE-ME:latest"
+# Ports well-known server images listen on by default: a guess for services whose file
+# says nothing (no expose, no ports), which is how most compose files run their databases.
+IMAGE_PORTS = {
+    "postgres": 5432, "postgis": 5432, "timescaledb": 5432, "mysql": 3306, "mariadb": 3306,
+    "percona": 3306, "mongo": 27017, "mongodb": 27017, "redis": 6379, "valkey": 6379,
+    "keydb": 6379, "memcached": 11211, "rabbitmq": 5672, "elasticsearch": 9200,
+    "opensearch": 9200, "minio": 9000, "kafka": 9092, "zookeeper": 2181, "nats": 4222,
+    "etcd": 2379, "clickhouse-server": 8123, "influxdb": 8086, "couchdb": 5984,
+}
+
+
+@dataclass
+class DraftFlow:
+    """One [[flows]] entry of the draft, with the comments that explain the guess."""
+
+    src: list[str]
+    dst: str
+    ports: list[int | str] | None = None
+    waiver: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DraftService:
+    """One [services.NAME] table of the draft."""
+
+    name: str
+    image: str
+    tier: str = ""
+    listen: list[int | str] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    compose: list[tuple[str, str]] = field(default_factory=list)  # (toml key, toml value)
+
+
+# -- TOML values -----------------------------------------------------------------------------
+
+
+def toml_key(key: str) -> str:
+    """A TOML key: bare when it can be, else a quoted string."""
+    return key if _BARE_KEY.match(key) else toml_value(key)
+
+
+def toml_value(value: Any) -> str:
+    """A TOML inline value that reads back as `value` (None is not representable: drop it
+    before calling)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        # JSON's escapes are a subset of TOML's; DEL must be escaped in TOML too.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, datetime.date | datetime.time):
+        return toml_value(value.isoformat())
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value if v is not None) + "]"
+    if isinstance(value, dict):
+        items = [f"{toml_key(str(k))} = {toml_value(v)}" for k, v in value.items()
+                 if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    return toml_value(str(value))
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def dns_name(name: str, taken: set[str], fallback: str = "svc") -> str:
+    """A DNS-1123 label close to a compose name, unique among `taken`."""
+    base = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].strip("-") or fallback
+    candidate, k = base, 1
+    while candidate in taken or candidate == "internet":
+        k += 1
+        candidate = f"{base[:62 - len(str(k))].rstrip('-')}-{k}"
+    taken.add(candidate)
+    return candidate
+
+
+def image_repo(image: str) -> str:
+    """The last path part of an image name without tag or digest: "library/postgres:16" ->
+    "postgres"."""
+    return image.rsplit("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0].lower()
+
+
+def _port_text(r: PortRange) -> int | str:
+    """80 for one tcp port, else "8000-8010/tcp" or "53/udp", as zones.toml writes ports."""
+    if r.proto == "tcp" and r.lo == r.hi:
+        return r.lo
+    ports = str(r.lo) if r.lo == r.hi else f"{r.lo}-{r.hi}"
+    return f"{ports}/{r.proto}"
+
+
+# -- the draft -------------------------------------------------------------------------------
+
+
+@dataclass
+class Importer:
+    """Builds the draft of one compose file."""
+
+    cf: ComposeFile
+    rc: Reach
+    cannot: list[str] = field(default_factory=list)
+    services: dict[str, DraftService] = field(default_factory=dict)
+    flows: list[DraftFlow] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # compose name -> spec name
+    ingress: set[str] = field(default_factory=set)
+    top: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # kind -> (key, value)
+    stack: str = ""  # the project name as a DNS-1123 label: [stack] name
+
+    def run(self) -> str:
+        """The draft's text."""
+        # compose-go lowercases project names, the plain YAML reader takes `name:` as written.
+        self.stack = dns_name(self.cf.project, set(), fallback="stack")
+        # Names that are already labels keep themselves; the others fit around them.
+        taken = {n for n in self.cf.services if DNS_LABEL.match(n) and n != "internet"}
+        for name in self.cf.services:
+            self.names[name] = name if name in taken else dns_name(name, taken)
+            if self.names[name] != name:
+                self.cannot.append(f"service {name!r} is {self.names[name]!r} here (a DNS-1123 "
+                                   "label): containers that call it by its old name need the new "
+                                   "one")
+        for name in self.cf.services:
+            self.services[name] = self._service(name)
+        self._ingress()
+        self._pairs()
+        self._egress()
+        tiers = self._tiers()
+        self._walls(tiers)
+        self._top_level()
+        self._layout_notes()
+        return self._render(tiers)
+
+    def _service(self, name: str) -> DraftService:
+        svc = self.cf.services[name]
+        spec_name = self.names[name]
+        image = svc.image
+        draft = DraftService(spec_name, image)
+        if not image and "build" in svc.raw:
+            # Both parts are DNS labels, so this is always a valid reference.
+            draft.image = f"{self.stack}-{spec_name}"
+            draft.notes.append(f"no image in the file, only a build: {draft.image!r} is "
+                               "compose's default name for the image it builds")
+        elif not _IMAGE.match(image):
+            draft.image = PLACEHOLDER_IMAGE
+            found = f"image {image[:60]!r} is not an image reference" if image else "no image"
+            draft.notes.append(f"{found} in the file: {PLACEHOLDER_IMAGE} is a placeholder, "
+                               "replace it with the real image")
+        if svc.network_mode != "host":
+            draft.listen = [_port_text(r) for r in listen_ports(svc)]
+            known = IMAGE_PORTS.get(image_repo(image))
+            if not draft.listen and known:
+                draft.listen = [known]
+                draft.notes.append(f"listen guessed from the image: {image_repo(image)} "
+                                   f"listens on {known} by default")
+        passthrough: dict[str, Any] = {}
+        for key, value in svc.raw.items():
+            if key in OWNED_COMPOSE_KEYS:
+                continue
+            if value is None:
+                draft.notes.append(f"compose key {key!r} is empty in the file: left out")
+                continue
+            if key == "depends_on":
+                value = self._rename_deps(value)
+            passthrough[str(key)] = value
+        # image, networks, ports, expose and network_mode are read into the draft itself.
+        dropped = sorted(k for k in svc.raw if k in OWNED_COMPOSE_KEYS - {
+            "image", "networks", "ports", "expose", "network_mode"})
+        if dropped:
+            draft.notes.append(f"dropped {', '.join(dropped)}: castle owns them")
+        draft.compose = [(toml_key(k), toml_value(v)) for k, v in sorted(passthrough.items())]
+        return draft
+
+    def _rename_deps(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.names.get(str(v), str(v)) for v in value]
+        if isinstance(value, dict):
+            return {self.names.get(str(k), str(k)): v for k, v in value.items()}
+        return value
+
+    def _listen(self, name: str) -> list[int | str]:
+        return self.services[name].listen
+
+    def _pairs(self) -> None:
+        cf, rc = self.cf, self.rc
+        for pair, via in rc.pairs.items():
+            a, b = sorted(pair)
+            how = "; ".join(via)
+            if any(v.startswith("host network") for v in via) and len(via) == 1:
+                h, pub = (a, b) if a in rc.host_mode else (b, a)
+                ports = merge_ports({(p.proto, p.container) for p in cf.services[pub].ports})
+                self.flows.append(DraftFlow(
+                    [self.names[h]], self.names[pub], [_port_text(r) for r in ports],
+                    notes=[f"{h!r} was on the host network and reached {pub!r}'s published "
+                           "ports through the host"]))
+                continue
+            dep_ab = b in cf.services[a].depends_on
+            dep_ba = a in cf.services[b].depends_on
+            la, lb = self._listen(a), self._listen(b)
+            chosen: list[tuple[str, str, str]] = []
+            if dep_ab and lb:
+                chosen.append((a, b, f"guessed direction: {a!r} depends on {b!r} "
+                                     "(depends_on or links)"))
+            if dep_ba and la:
+                chosen.append((b, a, f"guessed direction: {b!r} depends on {a!r} "
+                                     "(depends_on or links)"))
+            if not chosen:
+                if la and lb:
+                    note = ("both listen and nothing says who calls whom: both directions "
+                            "kept (if they never talk, delete both and castle separates them)")
+                    chosen = [(a, b, note), (b, a, note)]
+                elif lb:
+                    chosen = [(a, b, f"guessed direction: only {b!r} listens")]
+                elif la:
+                    chosen = [(b, a, f"guessed direction: only {a!r} listens")]
+                else:
+                    self.cannot.append(f"{a!r} and {b!r} can reach each other ({how}) but "
+                                       "neither has a known port (no expose or ports): no flow "
+                                       "was drafted; add listen and a flow if they talk")
+                    continue
+            for src, dst, note in chosen:
+                self.flows.append(DraftFlow([self.names[src]], self.names[dst],
+                                            notes=[f"shared in the file: {how}", note]))
+
+    def _ingress(self) -> None:
+        cf, rc = self.cf, self.rc
+        claimed: set[tuple[str, int]] = set()
+        runs: list[tuple[str, list[PortMap]]] = []
+        for name, svc in cf.services.items():
+            if not svc.ports:
+                continue
+            draft = self.services[name]
+            if name in rc.host_mode:
+                draft.notes.append("ports had no effect under network_mode: host: left out")
+                continue
+            if rc.networks.get(name) and name not in rc.egress:
+                draft.notes.append("ports had no effect (only internal networks): left out")
+                continue
+            kept: dict[tuple[str, int], PortMap] = {}
+            for p in svc.ports:
+                if ":" in p.host_ip:
+                    self.cannot.append(f"{name!r} publishes {p} on an IPv6 address: castle "
+                                       "publishes IPv4 only; left out")
+                elif (p.proto, p.container) in kept:
+                    draft.notes.append(f"{p} left out: castle publishes a container port once "
+                                       f"(kept {kept[(p.proto, p.container)]})")
+                else:
+                    kept[(p.proto, p.container)] = p
+            if not kept:
+                continue
+            runs += [(name, run) for run in
+                     _runs(sorted(kept.values(), key=lambda m: (m.proto, m.container)))]
+            ports = merge_ports(set(kept))
+            self.ingress.add(name)
+            self.flows.append(DraftFlow(["internet"], self.names[name],
+                                        [_port_text(r) for r in ports],
+                                        notes=[f"published in the file: {_ports(svc.ports)}"]))
+        # Fixed host ports keep their numbers; ephemeral ones fit around them.
+        for name, run in sorted(runs, key=lambda r: any(p.host is None for p in r[1])):
+            self.services[name].publish += self._publish(self.services[name], run, claimed)
+        for draft in self.services.values():
+            draft.publish.sort(key=lambda e: (e.rsplit("/", 1)[-1] == "udp",
+                                              int(re.split(r"[-/]", e.rsplit(":", 1)[1])[0])))
+
+    def _publish(self, draft: DraftService, run: list[PortMap],
+                 claimed: set[tuple[str, int]]) -> list[str]:
+        """The publish entry of a run of consecutive container ports (castle publishes a
+        merged range through one entry), moved clear of host ports already taken."""
+        first, proto, n = run[0], run[0].proto, len(run)
+        hosts = [p.host for p in run]
+        if None in hosts:
+            draft.notes.append(f"{_ports(run)}: an ephemeral host port becomes a fixed one")
+        lo = first.host if first.host is not None else first.container
+        start = lo
+        # Clear of taken host ports: the same port 10000 higher reads well; else the first gap.
+        for cand in itertools.chain((lo + 10000 * k for k in range(7)), range(1024, 65536)):
+            if cand + n - 1 <= 65535 and not any((proto, h) in claimed
+                                                 for h in range(cand, cand + n)):
+                lo = cand
+                break
+        if lo != start:
+            draft.notes.append(f"host port {start}/{proto} is taken by another service in the "
+                               f"draft: moved to {lo}")
+        claimed.update((proto, h) for h in range(lo, lo + n))
+        ip = "" if first.host_ip in ("", "0.0.0.0") else first.host_ip
+        if first.loopback:
+            draft.notes.append(f"{_ports(run)}: bound to loopback (the host only), kept so")
+        if lo == first.container and not ip:
+            return []
+        host = str(lo) if n == 1 else f"{lo}-{lo + n - 1}"
+        cont = str(first.container) if n == 1 else f"{first.container}-{run[-1].container}"
+        suffix = "" if proto == "tcp" else f"/{proto}"
+        return [f"{ip + ':' if ip else ''}{host}:{cont}{suffix}"]
+
+    def _egress(self) -> None:
+        out = sorted(self.rc.egress)
+        if out:
+            self.flows.append(DraftFlow(
+                [self.names[s] for s in out], "internet", list(ANY_PORT),
+                notes=["these services were on a network that is not internal (or the host's):",
+                       "they could open any connection out. Narrow the ports to what they call"]))
+
+    def _tiers(self) -> list[str]:
+        """Depth by BFS from the published services over the pairs; tier per depth."""
+        adj: dict[str, set[str]] = {n: set() for n in self.cf.services}
+        for pair in self.rc.pairs:
+            a, b = sorted(pair)
+            adj[a].add(b)
+            adj[b].add(a)
+        depth: dict[str, int] = {}
+        queue: deque[str] = deque()
+        for n in sorted(self.ingress | self.rc.host_mode):
+            depth[n] = 0
+            queue.append(n)
+        start = 1 if queue else 0
+        while True:
+            while queue:
+                n = queue.popleft()
+                for m in sorted(adj[n]):
+                    if m not in depth:
+                        depth[m] = depth[n] + 1
+                        queue.append(m)
+            rest = [n for n in self.cf.services if n not in depth]
+            if not rest:
+                break
+            # A part of the file nothing published reaches: start at what nobody depends on.
+            seeds = [n for n in rest if not any(n in self.cf.services[o].depends_on
+                                                for o in rest)] or rest[:1]
+            depth[seeds[0]] = start
+            queue.append(seeds[0])
+        deepest = max(depth.values(), default=0)
+        names = [("public" if self.ingress or self.rc.host_mode else "outer")]
+        names += [f"inner-{d}" for d in range(1, deepest + 1)]
+        for n, d in depth.items():
+            self.services[n].tier = names[d]
+        return names
+
+    def _walls(self, tiers: list[str]) -> None:
+        """Waive the guessed flows that break a wall rule, so the draft validates."""
+        rank = {t: i for i, t in enumerate(tiers)}
+        by_spec = {d.name: d for d in self.services.values()}
+        for flow in self.flows:
+            if flow.dst == "internet" or flow.src == ["internet"]:
+                continue
+            ds, dd = rank[by_spec[flow.src[0]].tier], rank[by_spec[flow.dst].tier]
+            if dd < ds:
+                flow.waiver = "imported: the compose file let it open connections outward"
+            elif dd - ds > 1:
+                flow.waiver = "imported: the compose file let it skip a wall"
+
+    def _top_level(self) -> None:
+        """Carry top-level volumes and configs into [compose.*]; secrets stay castle's."""
+        for kind in ("volumes", "configs"):
+            top = self.cf.raw.get(kind)
+            if top is None:
+                continue
+            if not isinstance(top, dict):
+                self.cannot.append(f"top-level {kind} is not a mapping in the file: left out")
+                continue
+            kept: dict[str, dict[str, Any]] = {}
+            for name, body in top.items():
+                entry = {} if body is None else body  # `name:` alone is compose's default object
+                why = _top_rejected(kind, str(name), entry)
+                if why:
+                    self.cannot.append(f"top-level {kind[:-1]} {str(name)[:60]!r}: {why}; left "
+                                       "out (services that use it need it declared by hand)")
+                else:
+                    kept[str(name)] = entry
+            self.top[kind] = [(toml_key(k), toml_value(v)) for k, v in sorted(kept.items())]
+        secrets = self.cf.raw.get("secrets")
+        if isinstance(secrets, dict) and secrets:
+            self.cannot.append(f"top-level secrets ({', '.join(sorted(map(str, secrets)))}): "
+                               "castle owns secrets (it wires TLS ones itself): they were dropped")
+
+    def _layout_notes(self) -> None:
+        cf, rc = self.cf, self.rc
+        for net, members in rc.members.items():
+            if unknown_members(cf, net):
+                self.cannot.append(f"network {net!r} is shared with containers outside this file "
+                                   f"(external or the default bridge): castle makes its own "
+                                   f"networks, so they lose reach to {', '.join(members)}; add "
+                                   "cidr: flows for them")
+        for name, svc in cf.services.items():
+            mode = svc.network_mode
+            if mode == "host":
+                self.cannot.append(f"{name!r} used network_mode: host: castle puts it on bridge "
+                                   "networks; it no longer reaches the host's own ports and "
+                                   "every container behind it")
+            elif mode.startswith("service:"):
+                self.cannot.append(f"{name!r} shared {mode.removeprefix('service:')!r}'s network "
+                                   "namespace: castle gives it its own address, so calls over "
+                                   "localhost between them break")
+            elif mode.startswith("container:"):
+                self.cannot.append(f"{name!r} joined a container outside this file ({mode}): "
+                                   "left without that network")
+            elif mode == "none":
+                self.services[name].notes.append("network_mode: none in the file: no flows")
+            nets = svc.raw.get("networks")
+            if isinstance(nets, dict) and any(isinstance(c, dict) and c.get("ipv4_address")
+                                              for c in nets.values()):
+                self.services[name].notes.append("static addresses dropped: castle assigns its "
+                                                 "own from subnet_pool")
+
+    def _render(self, tiers: list[str]) -> str:
+        ordered = sorted(self.services.values(), key=lambda d: (tiers.index(d.tier), d.name))
+        text = render(
+            "import.toml.j2",
+            source=comment(self.cf.path.name),
+            reader=comment(self.cf.reader),
+            reader_note=comment(self.cf.reader_note),
+            cannot=[comment(c) for c in self.cannot],
+            stack=toml_value(self.stack),
+            tiers=[toml_value(t) for t in tiers],
+            services=[{
+                "key": toml_key(d.name),
+                "tier": toml_value(d.tier),
+                "image": toml_value(d.image),
+                "listen": toml_value(d.listen),
+                "publish": toml_value(d.publish) if d.publish else "",
+                "notes": [comment(n) for n in dict.fromkeys(d.notes)],
+                "compose": d.compose,
+            } for d in ordered],
+            flows=[{
+                "from": toml_value(f.src[0] if len(f.src) == 1 else f.src),
+                "to": toml_value(f.dst),
+                "ports": toml_value(f.ports) if f.ports else "",
+                "waiver": toml_value(f.waiver) if f.waiver else "",
+                "notes": [comment(n) for n in f.notes],
+            } for f in self.flows],
+            compose_top=[(kind, rows) for kind, rows in sorted(self.top.items()) if rows],
+        )
+        try:
+            parse(text, f"draft of {self.cf.path.name}")
+        except SpecError as exc:  # a bug in castle: never hand out a draft that does not load
+            raise CastleError(f"the draft of {self.cf.path} does not validate (a bug in castle):"
+                              f"\n{exc}") from None
+        return text
+
+
+def _top_rejected(kind: str, name: str, body: Any) -> str:
+    """Why castle's [compose] table would refuse this top-level object ("" when it takes it)."""
+    if not isinstance(body, dict):
+        return f"its body is a {type(body).__name__}, not a mapping"
+    try:
+        ComposeTop.model_validate({kind: {name: body}})
+    except ValidationError as exc:
+        return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+    return ""
+
+
+def _ports(ports: list[PortMap] | tuple[PortMap, ...]) -> str:
+    return ", ".join(str(p) for p in ports)
+
+
+def _runs(ports: list[PortMap]) -> list[list[PortMap]]:
+    """Split ports (sorted by protocol and container port) into runs that one publish entry
+    can carry: consecutive container and host ports, one bind address, fixed or ephemeral."""
+    runs: list[list[PortMap]] = []
+    for p in ports:
+        last = runs[-1][-1] if runs else None
+        if (last is not None and (last.proto, last.host_ip) == (p.proto, p.host_ip)
+                and last.container + 1 == p.container
+                and (last.host is None) == (p.host is None)
+                and (p.host is None or last.host is not None and last.host + 1 == p.host)):
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
+def import_compose(compose: Path) -> str:
+    """A zones.toml draft reproducing a compose file's reachability, guesses commented."""
+    cf = read(compose)
+    return Importer(cf, reach(cf)).run()

@@ -25,6 +25,7 @@ class Result:
     changed: list[str]  # written or removed paths (removed ones are also in `removed`)
     diffs: list[str]
     removed: list[str] = field(default_factory=list)
+    tls: str = ""  # what the TLS step did (castle certs' report), empty when nothing was needed
 
 
 def build(spec_path: str | Path, targets: Iterable[str] | None = None) -> tuple[Loaded, Plan,
@@ -51,10 +52,18 @@ def generate(spec_path: str | Path, out: str | Path | None = None, *,
     prune = Prune(plan.source_name, full_paths(loaded, plan, outputs, narrowed=bool(wanted)))
     if check:
         return Result(loaded, plan, root, outputs, [], diff_outputs(root, outputs, prune))
+    tls = ""
+    if {"compose", "k8s"} & set(plan.targets):
+        # the files compose.yaml and the kustomization mount exist before either is written:
+        # a first `docker compose up` never meets a missing secret (and refusal writes nothing)
+        from castle.certs import ensure
+
+        issued = ensure(plan, root)
+        tls = issued.report if issued is not None else ""
     changed = write_outputs(root, outputs, force=force, prune=prune)
     produced = {o.path for o in outputs}
     return Result(loaded, plan, root, outputs, changed, [],
-                  [p for p in changed if p not in produced])
+                  [p for p in changed if p not in produced], tls)
 
 
 def full_paths(loaded: Loaded, plan: Plan, outputs: list[Output], *,

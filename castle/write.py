@@ -21,6 +21,7 @@ TMP_TAG = ".castle-tmp-"
 LAYOUT = ("compose.yaml", "firewall/iptables.sh", "firewall/castle.nft",
           "k8s/networkpolicies.yaml", "k8s/kustomization.yaml", "k8s/mesh.yaml")
 LAYOUT_GLOB = ("firewall", "container-*.sh")
+LAYOUT_TLS = "tls"  # TLS recipe files: tls/<service>/<file>
 HEAD_BYTES = 4096  # the header sits in the first lines; never read a big user file whole
 
 
@@ -69,6 +70,13 @@ def stale(root: Path, source_name: str, keep: Collection[str]) -> list[str]:
         base = None
     if base is not None and base.is_dir():
         candidates += [f"{folder}/{p.name}" for p in base.glob(pattern)]
+    try:
+        recipes = inside(root, LAYOUT_TLS)
+    except WriteRefused:
+        recipes = None
+    if recipes is not None and recipes.is_dir() and not recipes.is_symlink():
+        candidates += [f"{LAYOUT_TLS}/{d.name}/{p.name}" for d in recipes.iterdir()
+                       if d.is_dir() and not d.is_symlink() for p in d.iterdir()]
     found: list[str] = []
     for rel in sorted(set(candidates) - set(keep)):
         try:

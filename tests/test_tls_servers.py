@@ -239,3 +239,196 @@ def test_postgres_cannot_read_the_key_without_castles_entrypoint(lab: Lab, postg
                            for c in postgres.spec["command"][1:]]])
     assert res.returncode != 0
     assert "private key file" in res.stderr, res.stderr
+
+
+# -- MariaDB ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mariadb(lab: Lab) -> Iterator[Box]:
+    """my: castle's entrypoint -> (as the image's entrypoint does) mariadbd as mysql."""
+    box = lab.box("my")
+    entry = box.rewrite_file("/etc/castle/entrypoint.sh")
+    init = box.rewrite_file("/docker-entrypoint-initdb.d/castle-tls.sql")
+    bin_dir = lab.folder / "bin-my"
+    tls_lab.user_shim(bin_dir, "docker-entrypoint.sh", "mysql", prepend="mariadbd --no-defaults")
+    data = lab.folder / "my-data"
+    inst = in_ns(lab.ns, ["mariadb-install-db", "--no-defaults", f"--datadir={data}",
+                          "--user=mysql", "--skip-test-db"])
+    assert inst.returncode == 0, inst.stdout + inst.stderr
+    run = lab.folder / "my-run"
+    run.mkdir()
+    shutil.chown(run, "mysql", "mysql")
+    # the image's entrypoint runs initdb.d once; --init-file runs the same SQL at start
+    argv = ["sh", str(entry), *box.command(), f"--datadir={data}", "--bind-address=127.0.0.1",
+            "--port=3306", f"--socket={run}/mysqld.sock", f"--pid-file={run}/mysqld.pid",
+            f"--init-file={init}"]
+    log = lab.folder / "mariadb.log"
+    proc = tls_lab.start(lab.ns, argv, log, env={"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/bin"})
+    try:
+        tls_lab.wait_port(lab.ns, 3306, proc, log)
+        yield box
+    finally:
+        tls_lab.stop(proc)
+
+
+def mariadb_client(lab: Lab, cnf: Path, *extra: str) -> tuple[bool, str]:
+    """The mariadb client with an option file (castle's, or a variant); (succeeded, output)."""
+    res = in_ns(lab.ns, ["mariadb", f"--defaults-extra-file={cnf}", *extra, "-N", "-B", "-e",
+                         "SELECT CURRENT_USER(), DATABASE(), VARIABLE_VALUE FROM "
+                         "information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'SSL_CIPHER'"])
+    return res.returncode == 0, res.stdout + res.stderr
+
+
+def test_mariadb_lets_app_in_with_its_option_file(lab: Lab, mariadb: Box) -> None:
+    """castle's [client] file (host=my, verify the server's name, app's certificate) gets in."""
+    client = lab.box("app")
+    cnf = client.rewrite_file("/etc/mysql/conf.d/castle-my.cnf")
+    ok, out = mariadb_client(lab, cnf)
+    assert ok, out
+    user, database, cipher = out.strip().split("\t")
+    assert (user, database) == ("app@%", "app") and cipher, out
+
+
+def test_mariadb_refuses_everyone_else(lab: Lab, mariadb: Box) -> None:
+    """No certificate, another CA's, admin's certificate, plaintext: refused."""
+    client = lab.box("app")
+    cnf = client.rewrite_file("/etc/mysql/conf.d/castle-my.cnf")
+    text = cnf.read_text()
+    cert = client.path("/run/secrets/my-client-cert")
+    key = client.path("/run/secrets/my-client-key")
+    admin = lab.box("admin")
+
+    def variant(name: str, new_cert: str | None, new_key: str | None) -> Path:
+        lines = [line for line in text.splitlines()
+                 if not line.startswith(("ssl-cert=", "ssl-key="))]
+        if new_cert and new_key:
+            lines.insert(lines.index("[client]") + 1, f"ssl-cert={new_cert}\nssl-key={new_key}")
+        path = lab.folder / f"{name}.cnf"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    cases = {
+        "no certificate": (variant("nocert", None, None), "Access denied for user 'app'"),
+        "another CA": (variant("foreign", str(lab.foreign_cert), str(lab.foreign_key)), ""),
+        "admin's certificate": (variant("admin", str(admin.path(
+            "/run/secrets/probe-client-cert")), str(admin.path(
+                "/run/secrets/probe-client-key"))), "Access denied for user 'app'"),
+    }
+    for why, (path, words) in cases.items():
+        ok, out = mariadb_client(lab, path)
+        assert not ok, f"{why}: let in"
+        assert words in out, f"{why}: {out}"
+    plain = in_ns(lab.ns, ["mariadb", "--no-defaults", "--protocol=TCP", "-h", "my", "-P",
+                           "3306", "-u", "app", "--skip-ssl", "-e", "SELECT 1"])
+    assert plain.returncode != 0, plain
+    assert "Access denied" in plain.stderr or "insecure transport" in plain.stderr, plain
+    assert variant("control", str(cert), str(key)).read_text() != text  # variants differ
+    ok, out = mariadb_client(lab, variant("control2", str(cert), str(key)))
+    assert ok, out  # control: a variant with app's own files gets in
+
+
+# -- Redis --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis(lab: Lab) -> Iterator[Box]:
+    """cache: castle's entrypoint -> redis-server as redis, TLS port only."""
+    box = lab.box("cache")
+    entry = box.rewrite_file("/etc/castle/entrypoint.sh")
+    bin_dir = lab.folder / "bin-cache"
+    tls_lab.user_shim(bin_dir, "docker-entrypoint.sh", "redis")
+    data = lab.folder / "redis-data"
+    data.mkdir()
+    shutil.chown(data, "redis", "redis")
+    argv = ["sh", str(entry), *box.command(), "--bind", "127.0.0.1", "--dir", str(data),
+            "--save", ""]
+    log = lab.folder / "redis.log"
+    proc = tls_lab.start(lab.ns, argv, log, env={"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/bin"})
+    try:
+        tls_lab.wait_port(lab.ns, 6379, proc, log)
+        yield box
+    finally:
+        tls_lab.stop(proc)
+
+
+def redis_cli(lab: Lab, args: list[str]) -> tuple[bool, str]:
+    """redis-cli PING; (answered PONG, output)."""
+    res = in_ns(lab.ns, ["redis-cli", *args, "PING"])
+    return res.stdout.strip() == "PONG", res.stdout + res.stderr
+
+
+def test_redis_lets_app_in_and_refuses_no_cert_foreign_ca_plaintext(
+        lab: Lab, redis: Box) -> None:
+    """castle's documented redis-cli flags get in; the rest does not."""
+    client = lab.box("app")
+    args = [client.rewrite(a) for a in wiring(lab, "app").client_args["cache"]]
+    assert args[:5] == ["--tls", "-h", "cache", "-p", "6379"]
+    ok, out = redis_cli(lab, args)
+    assert ok, out
+    ca = args[args.index("--cacert") + 1]
+    for why, case in {
+        "no certificate": ["--tls", "-h", "cache", "-p", "6379", "--cacert", ca],
+        "another CA": ["--tls", "-h", "cache", "-p", "6379", "--cacert", ca,
+                       "--cert", str(lab.foreign_cert), "--key", str(lab.foreign_key)],
+        "plaintext": ["-h", "cache", "-p", "6379"],
+    }.items():
+        ok, out = redis_cli(lab, case)
+        assert not ok, f"{why}: let in ({out})"
+
+
+def test_redis_cannot_tell_services_apart(lab: Lab, redis: Box) -> None:
+    """Redis 7 maps no certificate to a user: any castle certificate passes (docs/tls.md)."""
+    admin = lab.box("admin")
+    ok, out = redis_cli(lab, [
+        "--tls", "-h", "cache", "-p", "6379",
+        "--cacert", str(admin.path("/run/secrets/castle-ca")),
+        "--cert", str(admin.path("/run/secrets/probe-client-cert")),
+        "--key", str(admin.path("/run/secrets/probe-client-key"))])
+    assert ok, out
+
+
+# -- nginx --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nginx(lab: Lab) -> Iterator[Box]:
+    """web: nginx with castle's conf.d file, included as the image's nginx.conf does."""
+    box = lab.box("web")
+    conf = box.rewrite_file("/etc/nginx/conf.d/castle-tls-web.conf")
+    main = box.path("/etc/nginx/nginx.conf")  # a stand-in for the image's own nginx.conf
+    main.write_text(f"daemon off;\npid {box.path('/nginx.pid')};\nerror_log stderr;\n"
+                    f"events {{}}\nhttp {{\n    access_log off;\n"
+                    f"    include {conf.parent}/*.conf;\n}}\n")
+    log = lab.folder / "nginx.log"
+    proc = tls_lab.start(lab.ns, ["nginx", "-p", str(box.root), "-c", str(main), "-e",
+                                  "stderr"], log)
+    try:
+        tls_lab.wait_port(lab.ns, 8443, proc, log)
+        yield box
+    finally:
+        tls_lab.stop(proc)
+
+
+def curl(lab: Lab, args: list[str]) -> str:
+    """The HTTP status curl saw ('000' when TLS failed)."""
+    res = in_ns(lab.ns, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
+                         "10", *args])
+    return res.stdout.strip()
+
+
+def test_nginx_lets_app_in_and_refuses_everyone_else(lab: Lab, nginx: Box) -> None:
+    """app's documented curl flags: 200; no certificate, another CA's: 400; admin's: 403."""
+    client = lab.box("app")
+    args = [client.rewrite(a) for a in wiring(lab, "app").client_args["web"]]
+    assert args[-1] == "https://web:8443/"
+    assert curl(lab, args) == "200"
+    ca = args[args.index("--cacert") + 1]
+    admin = lab.box("admin")
+    assert curl(lab, ["--cacert", ca, "https://web:8443/"]) == "400"
+    assert curl(lab, ["--cacert", ca, "--cert", str(lab.foreign_cert), "--key",
+                      str(lab.foreign_key), "https://web:8443/"]) == "400"
+    assert curl(lab, ["--cacert", ca, "--cert", str(admin.path("/run/secrets/probe-client-cert")),
+                      "--key", str(admin.path("/run/secrets/probe-client-key")),
+                      "https://web:8443/"]) == "403"
+    assert curl(lab, ["http://web:8443/"]) == "400"  # plaintext to the TLS port

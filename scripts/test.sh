@@ -41,6 +41,15 @@ needs=(
   busybox:busybox-static
   nsenter:util-linux
   ss:iproute2
+  /usr/lib/postgresql/15/bin/postgres:postgresql-15
+  psql:postgresql-client-15
+  mariadbd:mariadb-server
+  mariadb:mariadb-client
+  redis-server:redis-server
+  redis-cli:redis-tools
+  nginx:nginx-light
+  curl:curl
+  setpriv:util-linux
 )
 missing=()
 for pair in "${needs[@]}"; do

@@ -11,7 +11,7 @@ from castle.errors import UsageError
 from castle.load import Loaded, load
 from castle.model import TARGETS
 from castle.plan import Plan, compile_plan
-from castle.write import Output, Prune, diff_outputs, write_outputs
+from castle.write import Output, Prune, diff_outputs, locked, write_outputs
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ def generate(spec_path: str | Path, out: str | Path | None = None, *,
         # a first `docker compose up` never meets a missing secret (and refusal writes nothing)
         from castle.certs import ensure
 
-        issued = ensure(plan, root)
+        root.mkdir(parents=True, exist_ok=True)
+        with locked(root):  # another run's write_outputs sweeps temporary files below root
+            issued = ensure(plan, root)
         tls = issued.report if issued is not None else ""
     changed = write_outputs(root, outputs, force=force, prune=prune)
     produced = {o.path for o in outputs}

@@ -131,3 +131,38 @@ def test_example_stack_up_gives_mutual_tls(docker_engine: Engine, tmp_path: Path
             assert words in refused.stderr, (env, refused.stderr)
     finally:
         eng.down(out, "shop")
+
+
+def test_file_secrets_keep_the_host_owner_and_mode(docker_engine: Engine, tmp_path: Path) -> None:
+    """Why castle's entrypoint copies keys: compose ignores uid/gid/mode on file secrets.
+
+    Control: the same long syntax on a `content:` config (copied in) is applied.
+    """
+    eng = docker_engine
+    eng.tag_probe("castle-secret-probe:1")
+    key = tmp_path / "server.key"
+    key.write_text("not really a key\n")
+    key.chmod(0o600)
+    (tmp_path / "compose.yaml").write_text("""\
+services:
+  s:
+    image: castle-secret-probe:1
+    network_mode: none
+    secrets:
+      - {source: from-file, target: from-file, uid: "999", gid: "999", mode: 0440}
+    configs:
+      - {source: inline, target: /run/inline, uid: "999", gid: "999", mode: 0440}
+secrets:
+  from-file: {file: ./server.key}
+configs:
+  inline: {content: "inline config"}
+""")
+    eng.up(tmp_path, "secretprobe")
+    try:
+        cid = eng.container("secretprobe", "s")
+        seen = eng.exec(cid, "stat", "-c", "%n %u:%g %a", "/run/secrets/from-file",
+                        "/run/inline").stdout.split("\n")
+        assert seen[0] == "/run/secrets/from-file 0:0 600", seen
+        assert seen[1] == "/run/inline 999:999 440", seen
+    finally:
+        eng.down(tmp_path, "secretprobe")

@@ -277,3 +277,18 @@ def as_another_user(home: Path) -> None:
     (folder / "app-client.crt").unlink()
     res = subprocess.run(as_nobody, capture_output=True, text=True, env=env, cwd=REPO)
     assert res.returncode == 2 and "app-client.key: cannot read it" in res.stderr, res.stderr
+
+
+def test_init_seed_uses_the_postgres_recipe(tmp_path: Path) -> None:
+    """castle init's stanza is a working one: db gets ssl=on and cert auth for app only."""
+    assert runner.invoke(app, ["init", str(tmp_path)]).exit_code == 0
+    spec = tmp_path / "zones.toml"
+    assert "tls_env" not in spec.read_text()
+    _, plan, _ = build(spec, ["compose"])
+    db, client = service_tls(plan, "db"), service_tls(plan, "app")
+    assert db is not None and client is not None
+    assert db.server == "postgres" and "ssl=on" in (db.command or ())
+    hba = next(c for c in db.configs if c.target.endswith("pg_hba.conf")).text
+    assert [line.split() for line in hba.splitlines() if line.startswith("host")] == [
+        ["hostssl", "all", "app", "all", "cert"]]
+    assert client.env["PGSSLMODE"] == "verify-full" and client.env["PGUSER"] == "app"

@@ -2,8 +2,9 @@
 runs, the files it mounts and where, the command flags, config files, environment and who
 must be able to read its private files.
 
-compose.yaml uses it through `compose_wiring`; a second target (Kubernetes Deployments)
-reads `service_tls(plan, name)` and mounts the same files at the same paths.
+compose.yaml (castle/targets/compose.py) is one consumer; a second target (Kubernetes
+Deployments) reads `service_tls(plan, name)` and mounts the same files at the same paths.
+docs/tls.md describes each recipe.
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ import re
 from dataclasses import dataclass, field
 
 from castle import tlsplan
-from castle.model import Recipe, image_recipe, spec_recipe
+from castle.model import Recipe, spec_recipe
 from castle.plan import Plan
 from castle.render import render, shell_quote
 from castle.write import Output, header
 
-__all__ = ["Recipe", "image_recipe"]  # re-exported: the model needs them without a cycle
-# servers that start as root and drop to their own user: their private files need an owner
-OWNED_RECIPES = ("postgres", "mysql", "mariadb", "redis", "valkey")
 SECRETS_DIR = "/run/secrets"
 # compose bind-mounts a file secret with its host owner and mode; a private file that the
 # server's own user must read is mounted here and copied into SECRETS_DIR at start
@@ -39,8 +37,8 @@ class Owner:
     gid: int
 
 
-# the official images' server users (Debian variants; alpine's postgres is uid 70, which is
-# why the compose entrypoint resolves the group by name inside the image)
+# the official images' server users, which start as root and drop to them (Debian variants;
+# alpine's postgres is uid 70, which is why the entrypoint resolves the group by name)
 OWNERS: dict[str, Owner] = {
     "postgres": Owner("postgres", "postgres", 999, 999),
     "mysql": Owner("mysql", "mysql", 999, 999),
@@ -295,13 +293,11 @@ def service_tls(plan: Plan, service: str) -> ServiceTls | None:
         configs += files
         private.append(f"{SECRETS_DIR}/{dest}-client-key")
     spec = plan.service(service).spec
-    if spec.tls_env:  # the user's names replace castle's generic ones; recipe variables stay
-        generic = set(tlsplan.default_env(plan, service))
-        env = {k: v for k, v in env.items() if k not in generic}
-        env |= {k: ref[1:] if ref.startswith("=") else tlsplan.resolve(service, ref)
-                for k, ref in spec.tls_env.items()}
-    else:
-        env = {k: v for k, v in env.items() if k not in user}
+    # variables the user sets win; tls_env's names replace castle's generic ones
+    generic = set(tlsplan.default_env(plan, service)) if spec.tls_env else set()
+    env = {k: v for k, v in env.items() if k not in user and k not in generic}
+    env |= {k: ref[1:] if ref.startswith("=") else tlsplan.resolve(service, ref)
+            for k, ref in spec.tls_env.items()}
     owner = OWNERS.get(server) if server is not None else None
     entrypoint = None
     if owner is not None:

@@ -292,3 +292,19 @@ def test_init_seed_uses_the_postgres_recipe(tmp_path: Path) -> None:
     assert [line.split() for line in hba.splitlines() if line.startswith("host")] == [
         ["hostssl", "all", "app", "all", "cert"]]
     assert client.env["PGSSLMODE"] == "verify-full" and client.env["PGUSER"] == "app"
+
+
+def test_user_variables_win_and_tls_env_renames_the_generic_ones(example: Path) -> None:
+    text = example.read_text().replace(
+        'environment = { DB_HOST = "db", DB_PORT = "5432" }',
+        'environment = { DB_HOST = "db", PGHOST = "db.shop" }').replace(
+        'listen = [8000]\n', 'listen = [8000]\ntls_env = { DB_CERT = "client_cert:db", '
+        'DB_KEY = "client_key:db", DB_CA = "ca", DB_SSL = "=$on" }\n', 1)
+    example.write_text(text)
+    _, plan, outputs = build(example, ["compose"])
+    env = service_tls(plan, "app").env  # type: ignore[union-attr]
+    assert "PGHOST" not in env and env["PGSSLMODE"] == "verify-full"
+    assert not any(k.startswith("DB_TLS_") for k in env)
+    assert env["DB_CERT"] == "/run/secrets/db-client-cert" and env["DB_SSL"] == "$on"
+    compose = next(o for o in outputs if o.path == "compose.yaml").content
+    assert "DB_SSL: $$on" in compose and "PGHOST: db.shop" in compose

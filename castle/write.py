@@ -51,8 +51,9 @@ def is_generated(text: str) -> bool:
 def names_source(text: str, source_name: str) -> bool:
     """True when the text's castle header says it was generated from `source_name`."""
     # the header's own first line, cut at the hash (a NUL no spec name can put there)
-    start = header(source_name, "\0").splitlines()[0].rpartition("\0")[0]
-    return any(line.startswith(start) for line in text.splitlines()[:5])
+    starts = tuple(header(source_name, "\0", prefix).splitlines()[0].rpartition("\0")[0]
+                   for prefix in ("#", "--"))  # "--": the SQL files of the TLS recipes
+    return any(line.startswith(starts) for line in text.splitlines()[:5])
 
 
 def stale(root: Path, source_name: str, keep: Collection[str]) -> list[str]:

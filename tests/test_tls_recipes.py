@@ -308,3 +308,18 @@ def test_user_variables_win_and_tls_env_renames_the_generic_ones(example: Path) 
     assert env["DB_CERT"] == "/run/secrets/db-client-cert" and env["DB_SSL"] == "$on"
     compose = next(o for o in outputs if o.path == "compose.yaml").content
     assert "DB_SSL: $$on" in compose and "PGHOST: db.shop" in compose
+
+
+def test_recipe_files_of_a_dropped_recipe_are_removed(example: Path) -> None:
+    """tls/db/* are castle's files: a spec that no longer needs them removes them."""
+    out = example.parent / "out"
+    assert runner.invoke(app, ["generate", str(example), "-o", str(out)]).exit_code == 0
+    assert sorted(p.name for p in (out / "tls" / "db").iterdir()) == [
+        "castle-roles.sql", "entrypoint.sh", "pg_hba.conf"]
+    mine = out / "tls" / "db" / "notes.txt"
+    mine.write_text("my own notes\n")  # not castle's: never removed
+    example.write_text(example.read_text().replace('recipe = "postgres"', 'recipe = "generic"'))
+    res = runner.invoke(app, ["generate", str(example), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "removed tls/db/castle-roles.sql, tls/db/entrypoint.sh, tls/db/pg_hba.conf" in res.output
+    assert sorted(p.name for p in (out / "tls" / "db").iterdir()) == ["notes.txt"]

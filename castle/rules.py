@@ -448,7 +448,16 @@ class Checker:
     def check_recipe(self, name: str, svc: Service, is_server: bool) -> None:
         """A server recipe writes the command (and the entrypoint): passthrough may not."""
         recipe = spec_recipe(svc)
-        if not is_server or recipe in ("generic", "nginx"):
+        if not is_server or recipe == "generic":
+            return
+        plain = sorted({e.src for e in self.edges if e.dst == name and not is_outside(e.src)
+                        and not self.spec.flows[e.flow].tls})
+        if plain:
+            self.warn(("services", name, "tls"), f"the {recipe} TLS recipe makes {name!r} "
+                      f"TLS-only with client certificates, but flows from "
+                      f"{', '.join(plain)} reach it without tls",
+                      "add tls = true to those flows too")
+        if recipe == "nginx":
             return
         owned = ["command", "entrypoint"]  # the entrypoint hands the key to the server's user
         for key in owned:

@@ -323,3 +323,14 @@ def test_recipe_files_of_a_dropped_recipe_are_removed(example: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "removed tls/db/castle-roles.sql, tls/db/entrypoint.sh, tls/db/pg_hba.conf" in res.output
     assert sorted(p.name for p in (out / "tls" / "db").iterdir()) == ["notes.txt"]
+
+
+def test_a_plain_flow_into_a_recipe_server_is_warned(example: Path) -> None:
+    example.write_text(example.read_text() + '\n[[flows]]\nfrom = "admin"\nto = "db"\n'
+                       'waiver = "reporting"\n')
+    res = runner.invoke(app, ["validate", str(example)])
+    assert res.exit_code == 0, res.output
+    assert "the postgres TLS recipe makes 'db' TLS-only with client certificates, but flows from " \
+           "admin reach it without tls" in res.output
+    example.write_text(example.read_text() + "tls = true\n")  # control
+    assert "TLS-only" not in runner.invoke(app, ["validate", str(example)]).output

@@ -175,6 +175,8 @@ def generate(
     print(f"{result.out}: {_n(len(result.outputs), 'file')}, {len(result.changed)} changed "
           f"({', '.join(result.plan.targets)})"
           + (f"; removed {', '.join(result.removed)}" if result.removed else ""))
+    if result.tls:
+        print(f"TLS: {result.tls.splitlines()[0]} (castle certs SPEC -o OUT for details)")
     if any(s.spec.container_firewall for s in result.plan.services):
         err("castle: note: container firewalls are discouraged (NET_ADMIN inside the container);"
             " the host firewall already enforces the same flows")

@@ -44,6 +44,7 @@ HOST_V4 = "203.0.113.1"  # the Docker host's address towards the internet
 OUTSIDE_V4 = "203.0.113.2"  # the internet's address, in the outside namespace
 HOST_V6 = "2001:db8::1"
 OUTSIDE_V6 = "2001:db8::2"
+OUTSIDE_EXTRA = ("198.51.100.2", "192.0.2.2")  # more internet hosts, in the outside namespace
 EXT_IF = "eth0"  # the host's uplink, named as on a typical Docker host
 
 PROBE_IMAGE = "castle-probe:1"  # busybox (sh, httpd, nc, wget); CMD sleeps forever
@@ -155,6 +156,7 @@ class Probe:
     dst: str  # an IPv4 or IPv6 address
     port: int
     proto: str = "tcp"  # "tcp" or "udp"
+    bind: str = ""  # a source address to bind (e.g. one of OUTSIDE_EXTRA); "" lets the kernel pick
 
 
 def probe(p: Probe, timeout: float = 1.0) -> bool:
@@ -165,6 +167,8 @@ def probe(p: Probe, timeout: float = 1.0) -> bool:
     with sock:
         sock.settimeout(timeout)
         try:
+            if p.bind:
+                sock.bind((p.bind, 0))
             sock.connect((p.dst, p.port))
             sock.sendall(PAYLOAD)
             got = b""
@@ -192,13 +196,16 @@ class EchoServers:
     """TCP and UDP echo servers inside network namespaces, served by one thread.
 
     Each TCP connection gets its first bytes echoed back and is closed; each UDP datagram is
-    sent back to its sender. Use as a context manager, or call close().
+    sent back to its sender. A UDP socket on 0.0.0.0 answers from the namespace's primary
+    address: where a namespace has several, listen on each. Use as a context manager, or
+    call close().
     """
 
     def __init__(self) -> None:
         self._sel = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
+        self._keys: set[tuple[int, int, str, str]] = set()
         self._stop = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -206,7 +213,12 @@ class EchoServers:
         self._thread.start()
 
     def listen(self, netns: str, port: int, proto: str = "tcp", addr: str = "0.0.0.0") -> None:
-        """Serve port/proto on addr inside the namespace at netns."""
+        """Serve port/proto on addr inside the namespace at netns (again: a no-op)."""
+        key = (os.stat(netns).st_ino, port, proto, addr)
+        with self._lock:
+            if key in self._keys:
+                return
+            self._keys.add(key)
         kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
         with in_netns(netns):
             sock = socket.socket(_family(addr), kind)
@@ -474,6 +486,8 @@ class Engine:
             ]
             if ns == h:  # the internet is behind the outside namespace
                 lines += [f"route add default via {peer}", f"route add default via {peer6}"]
+            else:
+                lines += [f"addr add {extra}/24 dev {EXT_IF}" for extra in OUTSIDE_EXTRA]
             _run(["ip", "-n", ns, "-b", "-"], input="\n".join(lines) + "\n")
 
     def _write_config(self) -> None:

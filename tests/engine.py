@@ -433,10 +433,15 @@ class Engine:
         return self.root / "docker.sock"
 
     def host(self, *argv: str, check: bool = True, timeout: float = 60,
-             input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a command in the host namespace (iptables-save, nft, sysctl, ip...)."""
+             input: str | None = None, docker_env: bool = False,
+             ) -> subprocess.CompletedProcess[str]:
+        """Run a command in the host namespace (iptables-save, nft, sysctl, ip, castle...).
+
+        With docker_env, the command also gets DOCKER_HOST and DOCKER_CONFIG of this engine.
+        """
+        env = {**os.environ, **self.env} if docker_env else None
         return _run(["nsenter", f"--net={self.host_ns}", "--", *argv], check=check,
-                    timeout=timeout, input=input)
+                    timeout=timeout, input=input, env=env)
 
     def outside(self, *argv: str, check: bool = True, timeout: float = 60,
                 ) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from castle.errors import CastleError
@@ -86,13 +87,13 @@ def status(spec: str | Path, out: str | Path | None = None, runner: Runner = run
     if has_ipt:
         assert live_ipt is not None
         st.checked.append("iptables")
-        want = _scratch(runner, "sh /dev/stdin >/dev/null 2>&1 && iptables-save -t filter",
+        want = _scratch(runner, "sh /dev/stdin >/dev/null && iptables-save -t filter",
                         texts["firewall/iptables.sh"], "iptables")
         st.differences += compare_iptables(plan, rs, want, live_ipt)
     if has_nft:
         assert live_nft is not None
         st.checked.append("nftables")
-        want = _scratch(runner, f"nft -f /dev/stdin && nft -s list table inet {table}",
+        want = _scratch(runner, f"nft -f /dev/stdin && nft -s list table inet {quote(table)}",
                         texts["firewall/castle.nft"], "nftables")
         st.differences += compare_nft(table, want, live_nft)
     docker = _docker_reachable(runner)
@@ -126,11 +127,20 @@ def _stale_files(spec: str | Path, out: str | Path | None) -> list[Difference]:
     if not (root / "firewall").is_dir():
         return []
     result = generate(spec, root, targets=["iptables", "nftables"], check=True)
-    changed = sorted({line[6:].split("\t")[0] for d in result.diffs for line in d.splitlines()
-                      if line.startswith("+++ ")})
+    changed = sorted({_diff_name(d) for d in result.diffs} - {""})
     return [Difference("", f"file {name}", "file-stale",
                        "differs from what the spec generates now (run castle generate, "
                        "then load it)") for name in changed]
+
+
+def _diff_name(diff: str) -> str:
+    """The file a unified diff is about: b/NAME, or a/NAME when it goes to /dev/null."""
+    names = {line[:4]: line[4:].split("\t")[0] for line in diff.splitlines()[:2]}
+    for key, prefix in (("+++ ", "b/"), ("--- ", "a/")):
+        name = names.get(key, "")
+        if name.startswith(prefix):
+            return name[2:]
+    return ""
 
 
 # -- iptables ----------------------------------------------------------------------------------
@@ -231,14 +241,19 @@ def compare_nft(table: str, want: str, live: str) -> list[Difference]:
 
 
 def _nft_service(line: str) -> str:
-    """The destination service named by an element's comment ("web -> app: ..."), if any."""
+    """The service an element's comment names ("castle: web -> app ..."): its destination,
+    or its source for egress."""
     if 'comment "' not in line:
         return ""
     text = line.split('comment "', 1)[1]
     if " -> " not in text:
         return ""
-    dst = text.split(" -> ", 1)[1].split()[0].rstrip(":,\"")
-    return dst if dst.replace("-", "").isalnum() else ""
+    left, right = text.split(" -> ", 1)
+    src, dst = (left.split() or [""])[-1], (right.split() or [""])[0].rstrip(":,\"")
+    for name in (dst, src):  # egress rows concern their source
+        if name != "internet" and name.replace("-", "").isalnum():
+            return name
+    return ""
 
 
 # -- docker --------------------------------------------------------------------------------

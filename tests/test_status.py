@@ -104,13 +104,25 @@ def test_status_of_a_bare_host(tmp_path: Path) -> None:
     if reason:
         pytest.skip(reason)
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
-    done = subprocess.run(["unshare", "--net", sys.executable, "-m", "castle", "status",
-                           str(EXAMPLE), "-o", str(tmp_path), "--format", "json"],
-                          capture_output=True, text=True, env=env, check=False, cwd=ROOT)
-    doc = report(done)
-    assert done.returncode == 1
+
+    def bare_status() -> tuple[int, dict[str, Any]]:
+        done = subprocess.run(["unshare", "--net", sys.executable, "-m", "castle", "status",
+                               str(EXAMPLE), "-o", str(tmp_path), "--format", "json"],
+                              capture_output=True, text=True, env=env, check=False, cwd=ROOT)
+        return done.returncode, report(done)
+
+    code, doc = bare_status()
+    assert code == 1
     assert [d["kind"] for d in doc["differences"]] == ["firewall-missing"]
     assert doc["checked"] == [] and doc["notes"][0].startswith("docker: not checked")
+    prepare(EXAMPLE, tmp_path)  # the generated files in OUT: current, so no difference
+    assert [d["kind"] for d in bare_status()[1]["differences"]] == ["firewall-missing"]
+    script = tmp_path / "firewall/iptables.sh"
+    script.write_text(script.read_text().replace("--dport 5432", "--dport 5433"))
+    code, doc = bare_status()
+    assert code == 1
+    assert [(d["kind"], d["where"]) for d in doc["differences"]] == [
+        ("file-stale", "file firewall/iptables.sh"), ("firewall-missing", "firewall")]
 
 
 def test_status_bad_spec_is_exit_2(tmp_path: Path) -> None:

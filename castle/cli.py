@@ -175,6 +175,8 @@ def generate(
     print(f"{result.out}: {_n(len(result.outputs), 'file')}, {len(result.changed)} changed "
           f"({', '.join(result.plan.targets)})"
           + (f"; removed {', '.join(result.removed)}" if result.removed else ""))
+    if result.tls:
+        print(f"TLS: {result.tls.splitlines()[0]} (castle certs SPEC -o OUT for details)")
     if any(s.spec.container_firewall for s in result.plan.services):
         err("castle: note: container firewalls are discouraged (NET_ADMIN inside the container);"
             " the host firewall already enforces the same flows")
@@ -367,6 +369,32 @@ def draw(
     from castle.views.draw import draw as run
 
     _emit(run(spec, fmt.value), out)
+
+
+class StatusFormat(StrEnum):
+    """Output formats of `castle status`."""
+
+    text = "text"
+    json = "json"
+
+
+@app.command()
+@handled
+def status(
+    spec: SpecArg,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="the folder generate wrote "
+                   "(default: the spec's folder); its firewall files are checked too")] = None,
+    fmt: Annotated[StatusFormat, typer.Option("--format", "-f")] = StatusFormat.text,
+) -> None:
+    """The live host (iptables/nft, docker networks and containers) against the spec."""
+    from castle.views.status import render_status
+    from castle.views.status import status as run
+
+    _folder(out)
+    result = run(spec, out)
+    sys.stdout.write(render_status(result, fmt.value))
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

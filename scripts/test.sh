@@ -44,6 +44,15 @@ needs=(
   systemd-analyze:systemd
   flock:util-linux
   ip6tables:iptables
+  /usr/lib/postgresql/15/bin/postgres:postgresql-15
+  psql:postgresql-client-15
+  mariadbd:mariadb-server
+  mariadb:mariadb-client
+  redis-server:redis-server
+  redis-cli:redis-tools
+  nginx:nginx-light
+  curl:curl
+  setpriv:util-linux
 )
 missing=()
 for pair in "${needs[@]}"; do

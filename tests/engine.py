@@ -6,15 +6,13 @@ IPv4 and IPv6 addresses. Traffic never leaves these namespaces. Images are built
 `docker import` (no registry): a busybox probe image and one Debian image with real servers
 built by mmdebstrap and cached on disk, keyed by its package list.
 
-Probes and echo servers run inside this Python process: a thread enters a namespace
-(setns(2)), makes its socket there and comes back, so a probe "from a container" leaves from
-the container's own network stack, exactly as a client inside it would.
+Probes and echo servers (tests/engine_net.py, re-exported here) run inside this Python
+process: a probe "from a container" leaves from the container's own network stack.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import importlib.util
@@ -22,28 +20,26 @@ import io
 import json
 import os
 import re
-import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import pytest
+
+from tests.engine_net import EchoServers, Probe, in_netns, probe, probe_all
 
 HOST_V4 = "203.0.113.1"  # the Docker host's address towards the internet
 OUTSIDE_V4 = "203.0.113.2"  # the internet's address, in the outside namespace
 HOST_V6 = "2001:db8::1"
 OUTSIDE_V6 = "2001:db8::2"
+OUTSIDE_EXTRA = ("198.51.100.2", "192.0.2.2")  # more internet hosts, in the outside namespace
 EXT_IF = "eth0"  # the host's uplink, named as on a typical Docker host
 
 PROBE_IMAGE = "castle-probe:1"  # busybox (sh, httpd, nc, wget); CMD sleeps forever
@@ -66,8 +62,6 @@ SLEEP_CMD = '["/bin/sleep", "2147483647"]'
 CACHE = Path(os.environ.get("CASTLE_TEST_CACHE", "/var/cache/castle-tests"))
 RUNS = Path(tempfile.gettempdir()) / "castle-engine"  # one folder per lab: RUNS/<pid>-<n>
 _NS = re.compile(r"^ceng(\d+)-(\d+)-(host|out)$")
-PAYLOAD = b"castle-probe\n"
-CLONE_NEWNET = 0x40000000
 _seq = iter(range(1 << 30))
 
 
@@ -112,161 +106,6 @@ def _compose_binary() -> Path | None:
         return None
     path = Path(spec.origin).parent / "docker-compose"
     return path if path.exists() else None
-
-
-# -- namespaces and sockets ------------------------------------------------------------------
-
-@cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc().setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextlib.contextmanager
-def in_netns(path: str) -> Iterator[None]:
-    """Run the block in the network namespace at path (this thread only), then come back."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(path, os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
-
-
-def _family(addr: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One connection attempt: from the namespace at src to dst:port over proto."""
-
-    src: str  # a network namespace path: Engine.host_ns, Engine.outside_ns, Engine.netns(c)
-    dst: str  # an IPv4 or IPv6 address
-    port: int
-    proto: str = "tcp"  # "tcp" or "udp"
-
-
-def probe(p: Probe, timeout: float = 1.0) -> bool:
-    """True when the probe got its payload echoed back (see EchoServers) within timeout."""
-    kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
-    with in_netns(p.src):
-        sock = socket.socket(_family(p.dst), kind)
-    with sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect((p.dst, p.port))
-            sock.sendall(PAYLOAD)
-            got = b""
-            deadline = time.monotonic() + timeout
-            while len(got) < len(PAYLOAD) and time.monotonic() < deadline:
-                chunk = sock.recv(len(PAYLOAD) - len(got))
-                if not chunk:
-                    break
-                got += chunk
-            return got == PAYLOAD
-        except OSError:  # refused, reset, timed out, unreachable: all "no"
-            return False
-
-
-def probe_all(probes: Iterable[Probe], timeout: float = 1.0, workers: int = 64,
-              ) -> dict[Probe, bool]:
-    """Run probes in parallel; each answer says whether that probe got through."""
-    todo = list(dict.fromkeys(probes))
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
-        answers = list(pool.map(lambda p: probe(p, timeout), todo))
-    return dict(zip(todo, answers, strict=True))
-
-
-class EchoServers:
-    """TCP and UDP echo servers inside network namespaces, served by one thread.
-
-    Each TCP connection gets its first bytes echoed back and is closed; each UDP datagram is
-    sent back to its sender. Use as a context manager, or call close().
-    """
-
-    def __init__(self) -> None:
-        self._sel = selectors.DefaultSelector()
-        self._lock = threading.Lock()
-        self._socks: list[socket.socket] = []
-        self._stop = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def listen(self, netns: str, port: int, proto: str = "tcp", addr: str = "0.0.0.0") -> None:
-        """Serve port/proto on addr inside the namespace at netns."""
-        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-        with in_netns(netns):
-            sock = socket.socket(_family(addr), kind)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if _family(addr) == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((addr, port))
-        if proto == "tcp":
-            sock.listen(128)
-        sock.setblocking(False)
-        with self._lock:
-            self._socks.append(sock)
-            self._sel.register(sock, selectors.EVENT_READ, proto)
-        self._wake_w.send(b"x")
-
-    def _loop(self) -> None:
-        while not self._stop:
-            for key, _ in self._sel.select(timeout=0.5):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                try:
-                    if key.data == "wake":
-                        sock.recv(64)
-                    elif key.data == "tcp":
-                        conn, _ = sock.accept()
-                        conn.setblocking(False)
-                        self._sel.register(conn, selectors.EVENT_READ, "conn")
-                    elif key.data == "udp":
-                        data, peer = sock.recvfrom(2048)
-                        sock.sendto(data, peer)
-                    else:
-                        data = sock.recv(2048)
-                        with contextlib.suppress(OSError):
-                            sock.send(data)
-                        self._sel.unregister(sock)
-                        sock.close()
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    with contextlib.suppress(KeyError, ValueError):
-                        self._sel.unregister(sock)
-                    sock.close()
-
-    def close(self) -> None:
-        """Stop serving and close every socket."""
-        self._stop = True
-        self._wake_w.send(b"x")
-        self._thread.join(timeout=5)
-        for key in list(self._sel.get_map().values()):
-            fileobj = key.fileobj
-            assert isinstance(fileobj, socket.socket)
-            fileobj.close()
-        self._sel.close()
-        self._wake_w.close()
-
-    def __enter__(self) -> EchoServers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # -- images ------------------------------------------------------------------------------------
@@ -421,10 +260,15 @@ class Engine:
         return self.root / "docker.sock"
 
     def host(self, *argv: str, check: bool = True, timeout: float = 60,
-             input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a command in the host namespace (iptables-save, nft, sysctl, ip...)."""
+             input: str | None = None, docker_env: bool = False,
+             ) -> subprocess.CompletedProcess[str]:
+        """Run a command in the host namespace (iptables-save, nft, sysctl, ip, castle...).
+
+        With docker_env, the command also gets DOCKER_HOST and DOCKER_CONFIG of this engine.
+        """
+        env = {**os.environ, **self.env} if docker_env else None
         return _run(["nsenter", f"--net={self.host_ns}", "--", *argv], check=check,
-                    timeout=timeout, input=input)
+                    timeout=timeout, input=input, env=env)
 
     def outside(self, *argv: str, check: bool = True, timeout: float = 60,
                 ) -> subprocess.CompletedProcess[str]:
@@ -474,6 +318,8 @@ class Engine:
             ]
             if ns == h:  # the internet is behind the outside namespace
                 lines += [f"route add default via {peer}", f"route add default via {peer6}"]
+            else:
+                lines += [f"addr add {extra}/24 dev {EXT_IF}" for extra in OUTSIDE_EXTRA]
             _run(["ip", "-n", ns, "-b", "-"], input="\n".join(lines) + "\n")
 
     def _write_config(self) -> None:
@@ -720,3 +566,11 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+__all__ = [
+    "HOST_V4", "HOST_V6", "OUTSIDE_EXTRA", "OUTSIDE_V4", "OUTSIDE_V6", "PROBE_IMAGE",
+    "SERVER_IMAGE", "SERVER_PACKAGES", "EchoServers", "Engine", "EngineError", "Probe",
+    "cleanup_leftovers", "docker_engine", "engine_available", "in_netns", "probe",
+    "probe_all", "probe_rootfs", "running_engine", "server_rootfs",
+]

@@ -112,7 +112,7 @@ def test_example_issues_a_ca_and_one_leaf_per_tls_end(spec: Path) -> None:
     folder = tls_dir(spec)
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted([".gitignore", "ca.crt", "ca.key", "app-client.crt", "app-client.key",
-                            "db-server.crt", "db-server.key"])
+                            "db-server.crt", "db-server.key", "db-postgres-password.secret"])
     ca = load(folder / "ca.crt")
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
@@ -129,7 +129,7 @@ def test_example_issues_a_ca_and_one_leaf_per_tls_end(spec: Path) -> None:
         cert = load(folder / f"{svc}-{role}.crt")
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.DNSName) == [
-            svc, f"{svc}.shop.svc", f"{svc}.shop.svc.cluster.local"]
+            svc, f"{svc}.shop", f"{svc}.shop.svc", f"{svc}.shop.svc.cluster.local"]
         eku = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
         want = {"server": ExtendedKeyUsageOID.SERVER_AUTH,
                 "client": ExtendedKeyUsageOID.CLIENT_AUTH}[role]
@@ -190,7 +190,7 @@ def test_out_may_be_a_link_but_nothing_below_it(spec: Path, tmp_path: Path) -> N
     files = sorted(p.relative_to(real).as_posix() for p in real.rglob("*") if p.is_file())
     assert files == sorted(f"k8s/certs/{n}" for n in [
         ".gitignore", "ca.crt", "ca.key", "app-client.crt", "app-client.key", "db-server.crt",
-        "db-server.key"])  # and no temporary file is left behind
+        "db-server.key", "db-postgres-password.secret"])  # and no temporary file is left behind
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = tmp_path / "out"

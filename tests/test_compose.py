@@ -24,7 +24,7 @@ SPECS = [EXAMPLE, *CORPUS]
 def compose_of(spec: Path, folder: Path) -> tuple[Path, dict[str, object]]:
     """Generate compose.yaml for a spec into folder; return its path and parsed document."""
     _, _, outputs = build(spec, ["compose"])
-    (out,) = outputs
+    (out,) = [o for o in outputs if o.path == "compose.yaml"]
     path = folder / out.path
     path.write_text(out.content)
     return path, yaml.safe_load(out.content)

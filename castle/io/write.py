@@ -26,6 +26,7 @@ LAYOUT = ("compose.yaml", "firewall/iptables.sh", "firewall/castle.nft",
           "k8s/networkpolicies.yaml", "k8s/kustomization.yaml", "k8s/mesh.yaml",
           "k8s/namespaces.yaml", "k8s/workloads.yaml")
 LAYOUT_GLOBS = (("firewall", "container-*.sh"), ("firewall", "castle-*.service"))
+LAYOUT_TLS = "tls"  # TLS recipe files: tls/<service>/<file>
 HEAD_BYTES = 4096  # the header sits in the first lines; never read a big user file whole
 # What castle's own temporary files are called: .NAME.castle-tmp-RANDOM, beside NAME
 TMP_NAME = re.compile(r"\.(?P<name>[A-Za-z0-9_.][A-Za-z0-9._-]*)\.castle-tmp-[A-Za-z0-9_]{1,32}")
@@ -60,8 +61,9 @@ def is_generated(text: str) -> bool:
 def names_source(text: str, source_name: str) -> bool:
     """True when the text's castle header says it was generated from `source_name`."""
     # the header's own first line, cut at the hash (a NUL no spec name can put there)
-    start = header(source_name, "\0").splitlines()[0].rpartition("\0")[0]
-    return any(line.startswith(start) for line in text.splitlines()[:5])
+    starts = tuple(header(source_name, "\0", prefix).splitlines()[0].rpartition("\0")[0]
+                   for prefix in ("#", "--"))  # "--": the SQL files of the TLS recipes
+    return any(line.startswith(starts) for line in text.splitlines()[:5])
 
 
 def stale(root: Path, source_name: str, keep: Collection[str]) -> list[str]:
@@ -79,6 +81,13 @@ def stale(root: Path, source_name: str, keep: Collection[str]) -> list[str]:
             base = None
         if base is not None and base.is_dir():
             candidates += [f"{folder}/{p.name}" for p in base.glob(pattern)]
+    try:
+        recipes = inside(root, LAYOUT_TLS)
+    except WriteRefused:
+        recipes = None
+    if recipes is not None and recipes.is_dir() and not recipes.is_symlink():
+        candidates += [f"{LAYOUT_TLS}/{d.name}/{p.name}" for d in recipes.iterdir()
+                       if d.is_dir() and not d.is_symlink() for p in d.iterdir()]
     found: list[str] = []
     for rel in sorted(set(candidates) - set(keep)):
         try:
@@ -127,6 +136,9 @@ def locked(root: Path) -> Iterator[None]:
 def layout_path(rel: str) -> bool:
     """True for a path of castle's output layout (the only files a journal may rename)."""
     head, _, name = rel.partition("/")
+    if head == LAYOUT_TLS:  # tls/<service>/<file>, plain names only
+        parts = name.split("/")
+        return len(parts) == 2 and all(_PLAIN.fullmatch(part) for part in parts)
     return rel in LAYOUT or any(head == folder and _PLAIN.fullmatch(name) is not None
                                 and Path(name).match(pattern) for folder, pattern in LAYOUT_GLOBS)
 

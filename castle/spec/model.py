@@ -302,6 +302,37 @@ class Tier(_Model):
     description: Text = Field(default="", description="free text")
 
 
+class ServiceTls(_Model):
+    """The `[services.NAME.tls]` table: how castle wires TLS into this service."""
+
+    recipe: Literal["auto", "postgres", "mysql", "mariadb", "redis", "valkey", "nginx",
+                    "generic"] = Field(
+        default="auto",
+        description="server recipe: the flags, config files and environment this server needs "
+        "for mutual TLS (see docs/tls.md); auto picks it from the image name (postgres, mysql, "
+        "mariadb, redis, valkey, nginx), anything else is generic (TLS_*_FILE variables)",
+    )
+
+
+Recipe = Literal["postgres", "mysql", "mariadb", "redis", "valkey", "nginx", "generic"]
+_IMAGE_RECIPES: dict[str, Recipe] = {
+    "postgres": "postgres", "postgresql": "postgres", "mysql": "mysql", "mariadb": "mariadb",
+    "redis": "redis", "valkey": "valkey", "nginx": "nginx",
+}
+
+
+def image_recipe(image: str) -> Recipe:
+    """The TLS server recipe an image implies: its repository's last path component."""
+    last = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return _IMAGE_RECIPES.get(last.split(":", 1)[0].lower(), "generic")
+
+
+def spec_recipe(svc: Service) -> Recipe:
+    """A service's TLS recipe: `[services.X.tls] recipe`, or the one its image implies."""
+    chosen = svc.tls.recipe if svc.tls is not None else "auto"
+    return image_recipe(svc.image) if chosen == "auto" else chosen
+
+
 class Service(_Model):
     """A container of the stack and what castle needs to wall it."""
 
@@ -328,6 +359,9 @@ class Service(_Model):
         description="env var -> ca | server_cert | server_key | client_cert:DEST | "
         "client_key:DEST | =literal",
         default_factory=dict,
+    )
+    tls: ServiceTls | None = Field(
+        default=None, description="TLS wiring of this service: the server recipe (optional)"
     )
     container_firewall: StrictBool = Field(
         default=False,

@@ -9,7 +9,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from castle.spec.model import RESERVED, PortRange, PublishEntry, Spec, dns_label_problem
+from castle.spec.model import (
+    RESERVED,
+    PortRange,
+    PublishEntry,
+    Service,
+    Spec,
+    dns_label_problem,
+    spec_recipe,
+)
 
 INTERNET = "internet"
 # A Deployment and a Service list ports one by one (Kubernetes has no port ranges): past
@@ -526,6 +534,30 @@ class Checker:
             for key in sorted(names & set(svc.tls_env)):
                 self.error(("services", name, "compose", "environment"),
                            f"{key} is set both here and in tls_env", "keep one of them")
+            if trusted and (is_server or servers):
+                self.check_recipe(name, svc, is_server)
+
+    def check_recipe(self, name: str, svc: Service, is_server: bool) -> None:
+        """A server recipe writes the command (and the entrypoint): passthrough may not."""
+        recipe = spec_recipe(svc)
+        if not is_server or recipe == "generic":
+            return
+        plain = sorted({e.src for e in self.edges if e.dst == name and not is_outside(e.src)
+                        and not self.spec.flows[e.flow].tls})
+        if plain:
+            self.warn(("services", name, "tls"), f"the {recipe} TLS recipe makes {name!r} "
+                      f"TLS-only with client certificates, but flows from "
+                      f"{', '.join(plain)} reach it without tls",
+                      "add tls = true to those flows too")
+        if recipe == "nginx":
+            return
+        owned = ["command", "entrypoint"]  # the entrypoint hands the key to the server's user
+        for key in owned:
+            if key in svc.compose:
+                self.error(("services", name, "compose", key),
+                           f"the {recipe} TLS recipe writes {key} for {name!r}",
+                           f'drop {key} here, or set [services.{name}.tls] recipe = "generic" '
+                           "and wire TLS yourself")
 
 
 def listen_count(listen: list[PortRange]) -> int:

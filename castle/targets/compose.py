@@ -6,16 +6,18 @@ from typing import Any
 
 from castle.io.render import render
 from castle.io.write import Output, header
-from castle.plan import Plan, PlanService
+from castle.plan import Plan, PlanService, Published
 from castle.spec.model import span
-from castle.tls import plan as tlsplan
+from castle.spec.rules import INTERNET
+from castle.tls import recipes as tls_recipes
 
 PATH = "compose.yaml"
 
 
-def _environment(plan: Plan, svc: PlanService) -> Any:
+def _environment(plan: Plan, svc: PlanService,
+                 wiring: tls_recipes.ServiceTls | None) -> Any:
     """Passthrough environment with the TLS wiring added, in the form the user wrote."""
-    tls_env = tlsplan.environment(plan, svc.name)
+    tls_env = {k: v.replace("$", "$$") for k, v in wiring.env.items()} if wiring else {}
     env = svc.spec.compose.get("environment")
     if not tls_env:
         return env
@@ -24,12 +26,40 @@ def _environment(plan: Plan, svc: PlanService) -> Any:
     return {**(env or {}), **tls_env}
 
 
+def bind_ip(p: Published) -> str:
+    """The host address a published port binds to, decided per port for IPv6.
+
+    Docker's userland proxy listens on [::] for an unbound port and forwards IPv6 clients
+    to the container from the gateway address, past every IPv4 rule. A port open to the
+    internet may take that path (IPv6 clients are internet too); a port open only to
+    IPv4 CIDRs is bound to 0.0.0.0 so that no IPv6 path exists.
+    """
+    if p.host_ip:
+        return p.host_ip
+    return "" if INTERNET in p.sources else "0.0.0.0"
+
+
 def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
     """What the template needs about one service."""
     passthrough = {k: v for k, v in svc.spec.compose.items() if k != "environment"}
-    env = _environment(plan, svc)
+    wiring = tls_recipes.service_tls(plan, svc.name)
+    env = _environment(plan, svc, wiring)
     if env is not None:
         passthrough["environment"] = env
+    secrets: list[dict[str, str]] = []
+    if wiring is not None:
+        if wiring.command is not None:
+            passthrough["command"] = [c.replace("$", "$$") for c in wiring.command]
+        if wiring.entrypoint is not None:
+            passthrough["entrypoint"] = list(wiring.entrypoint)
+        if wiring.configs:
+            passthrough["configs"] = [*(passthrough.get("configs") or []), *(
+                {"source": c.name, "target": c.target} for c in wiring.configs)]
+        staged = wiring.staged
+        prefix = tls_recipes.SECRETS_DIR + "/"
+        for m in wiring.secrets:
+            target = staged.get(m.target, m.target)
+            secrets.append({"source": m.source, "target": target.removeprefix(prefix)})
     if svc.spec.container_firewall:
         caps = list(passthrough.get("cap_add") or [])
         passthrough["cap_add"] = sorted(set(caps) | {"NET_ADMIN"})
@@ -45,15 +75,23 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         "expose": [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "")
                    for p in svc.spec.listen],
         "ports": [
-            f"{p.host_ip + ':' if p.host_ip else ''}{span(p.host.lo, p.host.hi)}:"
+            f"{bind_ip(p) + ':' if bind_ip(p) else ''}{span(p.host.lo, p.host.hi)}:"
             f"{span(p.container.lo, p.container.hi)}/{p.container.proto}"
             for p in plan.published if p.service == svc.name
         ],
-        "secrets": [
-            {"source": m.source, "target": m.target} for m in tlsplan.mounts(plan, svc.name)
-        ],
+        "secrets": secrets,
         "tls_dir": tls_dir,
     }
+
+
+def _recipe_configs(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Top-level configs of the TLS recipe files castle generate writes under tls/."""
+    found: dict[str, dict[str, Any]] = {}
+    for svc in plan.services:
+        wiring = tls_recipes.service_tls(plan, svc.name)
+        for cfg in wiring.configs if wiring else ():
+            found[cfg.name] = {"file": f"./{cfg.out}"}
+    return found
 
 
 def context(plan: Plan) -> dict[str, Any]:
@@ -65,10 +103,10 @@ def context(plan: Plan) -> dict[str, Any]:
         "networks": plan.networks,
         "secrets": [
             (name, f"./{plan.spec.tls.dir}/{file}")
-            for name, file in tlsplan.secret_files(plan).items()
+            for name, file in tls_recipes.secret_files(plan).items()
         ],
         "volumes": dict(sorted(plan.spec.compose.volumes.items())),
-        "configs": dict(sorted(plan.spec.compose.configs.items())),
+        "configs": dict(sorted((plan.spec.compose.configs | _recipe_configs(plan)).items())),
     }
 
 
@@ -79,4 +117,4 @@ def paths(plan: Plan) -> list[str]:
 
 def outputs(plan: Plan) -> list[Output]:
     """The compose target's files."""
-    return [Output(PATH, render("compose.yaml.j2", **context(plan)))]
+    return [Output(PATH, render("compose.yaml.j2", **context(plan))), *tls_recipes.outputs(plan)]

@@ -9,7 +9,7 @@ from pathlib import Path
 from castle import targets as target_registry
 from castle.errors import UsageError
 from castle.io import manifest
-from castle.io.write import Output, Prune, diff_outputs, write_outputs
+from castle.io.write import Output, Prune, diff_outputs, locked, write_outputs
 from castle.plan import Plan, compile_plan, select_targets
 from castle.spec.load import Loaded, load
 from castle.spec.model import TARGETS
@@ -27,6 +27,7 @@ class Result:
     diffs: list[str]
     removed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings met while writing
+    tls: str = ""  # what the TLS step did (castle certs' report), empty when nothing was needed
 
 
 def build(spec_path: str | Path, targets: Iterable[str] | None = None) -> tuple[Loaded, Plan,
@@ -53,13 +54,23 @@ def generate(spec_path: str | Path, out: str | Path | None = None, *,
     prune = Prune(plan.source_name, full_paths(loaded, plan, outputs, narrowed=bool(wanted)))
     if check:
         return Result(loaded, plan, root, outputs, [], diff_outputs(root, outputs, prune))
+    tls = ""
+    if {"compose", "k8s"} & set(plan.targets):
+        # the files compose.yaml and the kustomization mount exist before either is written:
+        # a first `docker compose up` never meets a missing secret (and refusal writes nothing)
+        from castle.tls.certs import ensure
+
+        root.mkdir(parents=True, exist_ok=True)
+        with locked(root):  # another run's write_outputs sweeps temporary files below root
+            issued = ensure(plan, root)
+        tls = issued.report if issued is not None else ""
     notes: list[str] = []
     changed = write_outputs(root, outputs, force=force, prune=prune, notes=notes)
     manifest.record(root, Path(spec_path), wanted, outputs, prune.keep, loaded.sha256,
                     loaded.warnings)
     produced = {o.path for o in outputs}
     return Result(loaded, plan, root, outputs, changed, [],
-                  [p for p in changed if p not in produced], notes)
+                  [p for p in changed if p not in produced], notes, tls)
 
 
 def full_paths(loaded: Loaded, plan: Plan, outputs: list[Output], *,

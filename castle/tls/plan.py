@@ -51,9 +51,11 @@ def namespace_of(plan: Plan, service: str) -> str:
 
 
 def dns_names(plan: Plan, service: str) -> tuple[str, ...]:
-    """The SANs of a service's certificates: compose name, then the Kubernetes DNS names."""
+    """The SANs of a service's certificates: compose name, then the Kubernetes DNS names
+    (`svc.NS` is what a pod in another namespace dials with the default search path)."""
     ns = namespace_of(plan, service)
-    return (service, f"{service}.{ns}.svc", f"{service}.{ns}.svc.{CLUSTER_DOMAIN}")
+    return (service, f"{service}.{ns}", f"{service}.{ns}.svc",
+            f"{service}.{ns}.svc.{CLUSTER_DOMAIN}")
 
 
 def leaves(plan: Plan) -> list[Leaf]:

@@ -162,9 +162,9 @@ def test_kustomization_matches_schema_and_lists_files(spec: Path, tmp_path: Path
 
 def _dummy_tls(plan: Any, out: Path) -> list[str]:
     """Create the TLS files the kustomization reads; return the secret names expected."""
-    from castle.tls import plan as tlsplan
+    from castle.tls import recipes  # certificates, keys and generated passwords
 
-    files = tlsplan.secret_files(plan)
+    files = recipes.secret_files(plan)
     folder = out / plan.spec.tls.dir
     folder.mkdir(parents=True, exist_ok=True)
     for name in files.values():

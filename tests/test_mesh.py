@@ -244,7 +244,8 @@ def test_kustomization_wires_mesh(kind: str, tmp_path: Path) -> None:
         pytest.skip("kubectl not installed")
     certs = out / "k8s" / "certs"
     certs.mkdir(parents=True)
-    for name in ("ca.crt", "app-client.crt", "app-client.key", "db-server.crt", "db-server.key"):
+    for name in ("ca.crt", "app-client.crt", "app-client.key", "db-server.crt", "db-server.key",
+                 "db-postgres-password.secret"):
         (certs / name).write_text("dummy\n")
     proc = subprocess.run(["kubectl", "kustomize", str(out / "k8s")], capture_output=True,
                           text=True, timeout=120)

@@ -169,8 +169,8 @@ def test_workloads_switch_keeps_only_the_policies(tmp_path: Path) -> None:
     assert (out / "k8s" / "workloads.yaml").exists()
     variant(EXAMPLE, tmp_path, workloads=False)  # the same file name: castle's stale files go
     castle_generate(tmp_path / "zones.toml", out, targets=["k8s"])
-    assert sorted(p.name for p in (out / "k8s").iterdir()) == ["kustomization.yaml",
-                                                                "networkpolicies.yaml"]
+    assert sorted(p.name for p in (out / "k8s").iterdir() if p.is_file()) == [
+        "kustomization.yaml", "networkpolicies.yaml"]
     bad = tmp_path / "bad.toml"
     bad.write_text(EXAMPLE.read_text() + '\n[kubernetes]\nworkloads = "no"\n')
     with pytest.raises(SpecError, match=r"bad\.toml:\d+: error: kubernetes\.workloads"):
@@ -196,21 +196,35 @@ def test_mounted_secrets_exist_with_compose_paths(spec: Path, tmp_path: Path) ->
         pod = deployments[name]["spec"]["template"]["spec"]
         ns = deployments[name]["metadata"]["namespace"]
         (container,) = pod["containers"]
-        # compose: /run/secrets/<target> holds the file of top-level secret <source>
-        want = {f"/run/secrets/{s['target']}": (tmp_path / compose["secrets"][s["source"]]
-                                                ["file"]).read_text()
-                for s in svc.get("secrets", [])}
+        # compose: /run/secrets/<target> holds the file of top-level secret <source>; a key
+        # compose stages in /run/castle-secrets/ its entrypoint copies to /run/secrets/
+        want = {}
+        for s in svc.get("secrets", []):
+            target = s["target"].removeprefix("/run/castle-secrets/")
+            path = target if target.startswith("/") else f"/run/secrets/{target}"
+            want[path] = (tmp_path / compose["secrets"][s["source"]]["file"]).read_text()
+        for c in svc.get("configs", []):
+            if c["target"] != "/etc/castle/entrypoint.sh":  # the copying step itself
+                want[c["target"]] = (tmp_path / compose["configs"][c["source"]]["file"]
+                                     ).read_text()
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        maps = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs
+                if d["kind"] == "ConfigMap"}
         got = {}
         for mount in container.get("volumeMounts", []):
             assert mount["readOnly"] is True
-            sources = volumes[mount["name"]]["projected"]["sources"]
-            items = [(s["secret"]["name"], i["key"]) for s in sources
-                     for i in s["secret"]["items"] if i["path"] == mount["subPath"]]
-            assert len(items) == 1, mount
-            secret, key = items[0]
-            data = secrets[(ns, secret)]["data"]  # KeyError: a Secret the pod cannot mount
-            got[mount["mountPath"]] = base64.b64decode(data[key]).decode()
+            found = []
+            for source in volumes[mount["name"]]["projected"]["sources"]:
+                (kind, ref), = source.items()
+                found += [(kind, ref["name"], i["key"]) for i in ref["items"]
+                          if i["path"] == mount["subPath"]]
+            assert len(found) == 1, mount
+            kind, obj, key = found[0]
+            if kind == "secret":
+                data = secrets[(ns, obj)]["data"]  # KeyError: a Secret the pod cannot mount
+                got[mount["mountPath"]] = base64.b64decode(data[key]).decode()
+            else:
+                got[mount["mountPath"]] = maps[(ns, obj)]["data"][key]
         assert got == want, name
         checked += len(got)
         # the TLS variables: compose's (after its $$ escape) and the Deployment's are equal
@@ -574,10 +588,11 @@ def test_passthrough_values_reach_the_deployment_unchanged(payload: str, tmp_pat
     value = PAYLOADS[payload]
     data = tomllib.loads(EXAMPLE.read_text())
     data["services"]["web"]["compose"] = {"command": [value, "--flag"]}
-    data["services"]["app"]["compose"]["environment"]["DB_HOST"] = value
+    app = data["services"]["app"]
+    app.setdefault("compose", {}).setdefault("environment", {})["DB_HOST"] = value
     literal = not CONTROL.search(value) and len(value) <= 500
     if literal:
-        data["services"]["app"]["tls_env"]["DB_SSL"] = "=" + value
+        app.setdefault("tls_env", {})["DB_SSL"] = "=" + value
     spec = tmp_path / "zones.toml"
     spec.write_text(dump_toml(data))
     generate(spec, tmp_path, ["k8s"])

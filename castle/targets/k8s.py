@@ -11,6 +11,7 @@ from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, select_targets
 from castle.spec.rules import INTERNET, is_outside
 from castle.tls import plan as tlsplan
+from castle.tls import recipes as tls_recipes
 
 POLICIES = "k8s/networkpolicies.yaml"
 KUSTOMIZATION = "k8s/kustomization.yaml"
@@ -212,6 +213,8 @@ def secret_item(name: str) -> tuple[str, str]:
     `db-server-cert` -> (`db-server-tls`, `tls.crt`), `castle-ca` -> (`castle-ca`, `ca.crt`)."""
     if name == tlsplan.CA_SECRET:
         return tlsplan.CA_SECRET, "ca.crt"
+    if name.endswith(tls_recipes.PASSWORD_SUFFIX):  # a generated password: Opaque, one key
+        return name, "password"
     base, _, part = name.rpartition("-")
     return f"{base}-tls", {"cert": "tls.crt", "key": "tls.key"}[part]
 
@@ -248,6 +251,15 @@ def secret_generators(plan: Plan) -> list[dict[str, Any]]:
                 "type": "Opaque",
                 "files": [f"{ca_key}={prefix}{files[tlsplan.CA_SECRET]}"],
             })
+    for name, file in tls_recipes.generated_secrets(plan).items():
+        secret, key = secret_item(name)
+        service = name.removesuffix(tls_recipes.PASSWORD_SUFFIX)
+        gens.append({
+            "name": secret,
+            "namespace": None if single else namespace_of(plan, service),
+            "type": "Opaque",
+            "files": [f"{key}={prefix}{file}"],
+        })
     return sorted(gens, key=lambda g: (g["name"], g["namespace"] or ""))
 
 

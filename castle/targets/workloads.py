@@ -3,7 +3,8 @@
 Every Deployment carries exactly the labels the NetworkPolicies and mesh policies select,
 runs as the service account the mesh authorizes, declares a containerPort per listen port,
 and mounts the TLS Secrets of the kustomization at the very paths compose uses
-(/run/secrets/<name>), with the same variables (castle.tls.plan). `[kubernetes] workloads =
+(/run/secrets/<name>), with the same variables, command flags and config files
+(castle.tls.recipes.service_tls, which compose.yaml reads too). `[kubernetes] workloads =
 false` leaves all of this out and keeps only the policies.
 """
 
@@ -27,16 +28,12 @@ from castle.targets.k8s import (
     secret_item,
     used_namespaces,
 )
-from castle.tls import plan as tlsplan
+from castle.tls import recipes as tls_recipes
 
-SECRETS_DIR = "/run/secrets"  # where compose mounts secrets; the Deployments use the same
 TLS_VOLUME = "castle-tls"
 LINKERD_POD = (("config.linkerd.io/default-inbound-policy", "deny"),
                ("linkerd.io/inject", "enabled"))
 ISTIO_NAMESPACE = (("istio-injection", "enabled"),)
-# The service user's group of the official images whose servers check their key's mode
-# (postgres refuses a key others can read); files get this group and mode 0440.
-IMAGE_GROUPS = {"postgres": 999, "mysql": 999, "mariadb": 999, "redis": 999}
 _INTERPOLATION = re.compile(r"\$(?!\$)")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")  # what the API server accepts
 _DNS_1035 = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
@@ -73,6 +70,7 @@ class Workload:
     fs_group: int | None = None
     mode: int = 0o440
     mounts: list[tuple[str, str]] = field(default_factory=list)  # (mountPath, subPath)
+    configs: list[tuple[str, str]] = field(default_factory=list)  # ConfigMap key -> text
     # projected volume sources: (secret, [(key, path)]), one per Secret
     sources: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
     annotations: list[tuple[str, str]] = field(default_factory=list)
@@ -105,8 +103,9 @@ def _environment(plan: Plan, svc: PlanService) -> tuple[list[tuple[str, str]], l
             skipped.append(key)  # taken from the compose host's environment: not known here
         else:
             out.append((key, text))
-    # tlsplan.environment: the same /run/secrets paths and literals compose gets
-    out += list(tlsplan.environment(plan, svc.name).items())
+    # the recipe's variables, as compose gets them; Kubernetes also reads `$$` as `$`
+    wiring = tls_recipes.service_tls(plan, svc.name)
+    out += [(k, v.replace("$", "$$")) for k, v in (wiring.env if wiring else {}).items()]
     return out, skipped
 
 
@@ -126,18 +125,6 @@ def _user(value: Any) -> tuple[int | None, int | None]:
     """(uid, gid) of a numeric compose `user` ("999", "999:999"); None where not numeric."""
     uid, _, gid = str(value or "").partition(":")
     return (int(uid) if uid.isdigit() else None, int(gid) if gid.isdigit() else None)
-
-
-def image_group(image: str) -> int | None:
-    """The service group of an official image that insists on private keys, else None."""
-    name = image.split("@", 1)[0]
-    path = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
-    parts = path.split("/")
-    if parts[0] in ("docker.io", "index.docker.io"):
-        parts = parts[1:]
-    if len(parts) == 2 and parts[0] == "library":
-        parts = parts[1:]
-    return IMAGE_GROUPS.get(parts[0]) if len(parts) == 1 else None
 
 
 def _ports(svc: PlanService) -> list[Port]:
@@ -167,14 +154,27 @@ def workload(plan: Plan, svc: PlanService) -> Workload:
     run_as = _user(compose.get("user"))
     mounts: list[tuple[str, str]] = []
     items: list[tuple[str, str, str]] = []
-    for m in tlsplan.mounts(plan, svc.name):
-        secret, key = secret_item(m.source)
-        # one projected volume, one file per subPath: the same path compose mounts
-        mounts.append((f"{SECRETS_DIR}/{m.target}", m.target))
-        items.append((secret, key, m.target))
+    configs: list[tuple[str, str]] = []
+    wiring = tls_recipes.service_tls(plan, svc.name)
+    args = _words(compose.get("command"))
     group = run_as[1] if run_as[1] is not None else run_as[0]
-    if group is None:
-        group = image_group(svc.image)
+    if wiring is not None:
+        for m in wiring.secrets:
+            secret, key = secret_item(m.source)
+            # one projected volume, one file per subPath: the path the server reads
+            path = m.target.rsplit("/", 1)[1]
+            mounts.append((m.target, path))
+            items.append((secret, key, path))
+        # compose's entrypoint only copies keys into place; fsGroup does that here
+        skip = wiring.entrypoint[-1] if wiring.entrypoint else ""
+        for cfg in wiring.configs:
+            if cfg.target != skip:
+                mounts.append((cfg.target, cfg.name))
+                configs.append((cfg.name, cfg.text))
+        if wiring.command is not None:
+            args = [c.replace("$", "$$") for c in wiring.command]
+        if group is None and wiring.owner is not None:
+            group = wiring.owner.gid
     if run_as[0] == 0 and run_as[1] in (None, 0):
         group = None  # root reads anything
     w = Workload(
@@ -190,7 +190,7 @@ def workload(plan: Plan, svc: PlanService) -> Workload:
         env=env,
         skipped_env=skipped,
         command=_words(compose.get("entrypoint")),
-        args=_words(compose.get("command")),
+        args=args,
         working_dir=k8s_text(compose.get("working_dir") or "") or "",
         run_as=run_as,
         fs_group=group if mounts else None,
@@ -198,6 +198,7 @@ def workload(plan: Plan, svc: PlanService) -> Workload:
         mode=0o440 if group is not None or run_as[0] == 0 else 0o444,
         mounts=sorted(mounts),
         sources=_sources(items),
+        configs=sorted(configs),
     )
     if mesh_kind(plan) == "linkerd":
         w.annotations = list(LINKERD_POD)

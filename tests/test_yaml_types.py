@@ -255,7 +255,9 @@ _TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 _CONSTANTS = {"header", "key", "word", "kind", "t", "proto", "port", "end", "s.port",
               "labels(d.labels, 6)", '" " * indent', "meta(sa, ns)",
               "meta(s.name, d.namespace)", 'meta(s.name ~ "-mesh", d.namespace)',
-              'meta(s.name ~ "-outside", d.namespace)'}
+              'meta(s.name ~ "-outside", d.namespace)', "pairs(w.labels, 4)",
+              "pairs(w.labels, 6)", "pairs(w.labels, 8)", "pairs(w.annotations, 8)",
+              'words("command", w.command)', 'words("args", w.args)'}
 _QUOTING = ("yq", "yblock", "comment")
 
 

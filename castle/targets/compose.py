@@ -111,8 +111,8 @@ def context(plan: Plan) -> dict[str, Any]:
 
 
 def paths(plan: Plan) -> list[str]:
-    """The files `outputs` writes, without rendering them."""
-    return [PATH]
+    """The files `outputs` writes, without rendering compose.yaml."""
+    return [PATH, *(o.path for o in tls_recipes.outputs(plan))]
 
 
 def outputs(plan: Plan) -> list[Output]:

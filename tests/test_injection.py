@@ -221,7 +221,13 @@ def test_injection(field: str, payload: str, tmp_path: Path,
     docs = yaml_docs(out)
     # a tls_env literal is written for compose: `$` doubled so that it is not interpolated
     written = value.replace("$", "$$") if field == "tls_env literal" else value
-    assert swap(docs, written, PLACEHOLDER) == baseline[field], "YAML changed shape"
+    want = baseline[field]
+    if field == "passthrough command" or (field == "passthrough env" and "$" in value):
+        # workloads.yaml reads these as compose does (a command string is split into words,
+        # a `$` value is compose interpolation and left out): tests/test_workloads.py
+        want = {k: v for k, v in want.items() if k != "k8s/workloads.yaml"}
+        docs.pop("k8s/workloads.yaml")
+    assert swap(docs, written, PLACEHOLDER) == want, "YAML changed shape"
     compose = docs["compose.yaml"][0]
     if field == "passthrough env":
         assert compose["services"]["app"]["environment"]["DB_HOST"] == value

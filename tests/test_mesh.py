@@ -47,6 +47,17 @@ def mesh_docs(spec: Path, out: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
+def k8s_docs(out: Path, name: str) -> list[dict[str, Any]]:
+    """The documents of out/k8s/<name> ([] when castle did not write it)."""
+    path = out / "k8s" / name
+    return [d for d in yaml.safe_load_all(path.read_text()) if d] if path.exists() else []
+
+
+def principal_sources(ids: dict[tuple[str, str], set[str]], ns: str, sa: str) -> list[str]:
+    """The services of an identity, or `sa:NS/NAME` for one outside the stack (ingress)."""
+    return sorted(ids[(ns, sa)]) if (ns, sa) in ids else [f"sa:{ns}/{sa}"]
+
+
 def identities(raw: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     """(namespace, service account) -> services, from the raw spec (clean room)."""
     ns_of = namespaces_of(raw)
@@ -74,7 +85,9 @@ def want_triples(raw: dict[str, Any]) -> set[Triple]:
     for src, dst, proto, port in reference.expected(raw).conns:
         if proto != "tcp" or dst not in raw["services"]:
             continue
-        if src == "internet":
+        if src == "internet" and k.get("ingress_service_account"):
+            src = f"sa:{k['ingress_namespace']}/{k['ingress_service_account']}"
+        elif src == "internet":
             src = f"ns:{k['ingress_namespace']}" if k.get("ingress_namespace") else "0.0.0.0/0"
         elif src.startswith("cidr:"):
             src = src.removeprefix("cidr:")
@@ -105,7 +118,7 @@ def istio_triples(raw: dict[str, Any], docs: list[dict[str, Any]]) -> set[Triple
                     prefix, _, rest = principal.partition("/ns/")
                     assert prefix == td
                     sns, _, sa = rest.partition("/sa/")
-                    srcs += sorted(ids[(sns, sa)])
+                    srcs += principal_sources(ids, sns, sa)
                 srcs += [f"ns:{n}" for n in source.get("namespaces", [])]
                 srcs += source.get("ipBlocks", [])
             got |= {(s, dd, p) for s in srcs for dd in dsts for p in ports if s != dd}
@@ -133,7 +146,7 @@ def linkerd_triples(raw: dict[str, Any], docs: list[dict[str, Any]]) -> set[Trip
                 if ident["kind"] == "Namespace":
                     srcs.append(f"ns:{ident['name']}")
                 else:
-                    srcs += sorted(ids[(ident.get("namespace", ns), ident["name"])])
+                    srcs += principal_sources(ids, ident.get("namespace", ns), ident["name"])
             srcs += [n["cidr"] for n in authn.get("networks", [])]
         got |= {(s, dd, server["port"]) for s in srcs for dd in dsts if s != dd}
     return got
@@ -159,9 +172,13 @@ def test_mesh_manifests_validate_and_authorize_exactly(spec: Path, kind: str,
         strict = {d["metadata"]["namespace"] for d in docs if d["kind"] == "PeerAuthentication"
                   and d["spec"] == {"mtls": {"mode": "STRICT"}}}
         assert strict == set(namespaces_of(raw).values())
-    sas = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs
+    loads = k8s_docs(tmp_path / "out", "workloads.yaml")
+    sas = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs + loads
            if d["kind"] == "ServiceAccount"}
     assert sas == set(identities(raw))
+    accounts = {(d["metadata"]["namespace"], d["spec"]["template"]["spec"]["serviceAccountName"])
+                for d in loads if d["kind"] == "Deployment"}
+    assert accounts == set(identities(raw))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -171,8 +188,11 @@ def test_service_accounts_pass_kubernetes_validate(kind: str, tmp_path: Path) ->
         pytest.skip(kube.validate_skip_reason() or "")
     path, _ = with_mesh(SPECS / "k8s-tier-ns.toml", kind, tmp_path)
     docs = mesh_docs(path, tmp_path / "out")
+    docs += k8s_docs(tmp_path / "out", "workloads.yaml")
+    docs += k8s_docs(tmp_path / "out", "namespaces.yaml")
     core = tmp_path / "core.yaml"
-    core.write_text(yaml.safe_dump_all([d for d in docs if d["apiVersion"] == "v1"]))
+    core.write_text(yaml.safe_dump_all([d for d in docs if d["apiVersion"] in ("v1",
+                                                                                 "apps/v1")]))
     for version in ("1.28", "1.37"):
         ok, log = kube.validate([core], version)
         assert ok, log
@@ -205,23 +225,27 @@ def test_kustomization_wires_mesh(kind: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     mesh_docs(path, out)
     kust = yaml.safe_load((out / "k8s" / "kustomization.yaml").read_text())
-    assert kust["resources"] == ["networkpolicies.yaml", "mesh.yaml"]
+    assert kust["resources"] == ["namespaces.yaml", "workloads.yaml", "networkpolicies.yaml",
+                                 "mesh.yaml"]
     assert crd.validate(kust) == []
     _, _, only_k8s = build(path, ["k8s"])
-    assert {o.path for o in only_k8s} == {"k8s/networkpolicies.yaml", "k8s/kustomization.yaml"}
+    assert {o.path for o in only_k8s} == {"k8s/networkpolicies.yaml", "k8s/kustomization.yaml",
+                                          "k8s/namespaces.yaml", "k8s/workloads.yaml"}
     text = next(o.content for o in only_k8s if o.path.endswith("kustomization.yaml"))
-    assert yaml.safe_load(text)["resources"] == ["networkpolicies.yaml", "mesh.yaml"]
+    assert yaml.safe_load(text)["resources"][-1] == "mesh.yaml"
     narrowed = tmp_path / "narrowed.toml"
     narrowed.write_text(path.read_text().replace(
         '[stack]\n', '[stack]\ntargets = ["compose", "k8s"]\n', 1))
     _, _, no_mesh = build(narrowed)
     text = next(o.content for o in no_mesh if o.path.endswith("kustomization.yaml"))
-    assert yaml.safe_load(text)["resources"] == ["networkpolicies.yaml"]
+    assert yaml.safe_load(text)["resources"] == ["namespaces.yaml", "workloads.yaml",
+                                                 "networkpolicies.yaml"]
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not installed")
     certs = out / "k8s" / "certs"
     certs.mkdir(parents=True)
-    for name in ("ca.crt", "app-client.crt", "app-client.key", "db-server.crt", "db-server.key"):
+    for name in ("ca.crt", "app-client.crt", "app-client.key", "db-server.crt", "db-server.key",
+                 "db-postgres-password.secret"):
         (certs / name).write_text("dummy\n")
     proc = subprocess.run(["kubectl", "kustomize", str(out / "k8s")], capture_output=True,
                           text=True, timeout=120)

@@ -23,7 +23,8 @@ JOURNAL = ".castle-journal.json"
 TMP_TAG = ".castle-tmp-"
 # castle's output layout (DESIGN.md section 4): the only files a run may ever delete
 LAYOUT = ("compose.yaml", "firewall/iptables.sh", "firewall/castle.nft",
-          "k8s/networkpolicies.yaml", "k8s/kustomization.yaml", "k8s/mesh.yaml")
+          "k8s/networkpolicies.yaml", "k8s/kustomization.yaml", "k8s/mesh.yaml",
+          "k8s/namespaces.yaml", "k8s/workloads.yaml")
 LAYOUT_GLOBS = (("firewall", "container-*.sh"), ("firewall", "castle-*.service"))
 LAYOUT_TLS = "tls"  # TLS recipe files: tls/<service>/<file>
 HEAD_BYTES = 4096  # the header sits in the first lines; never read a big user file whole

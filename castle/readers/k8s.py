@@ -379,14 +379,42 @@ def _pod_pairs(pols: Policies, pods: dict[str, Pod], wanted: dict[tuple[str, str
         tally.compare((a, b), f"{a} -> {b}", intersect(egress, ingress), wanted.get((a, b), {}))
 
 
+def deployed_pods(out: Path, services: Iterable[str]) -> dict[str, Pod]:
+    """The pods of OUT/k8s/workloads.yaml's Deployments (namespace, template labels), by
+    service; {} without that file (the user's own Deployments are not castle's to read)."""
+    path = out / "k8s" / "workloads.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        docs = list(yaml.load_all(path.read_text(encoding="utf-8"), Loader=loader))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid YAML ({exc})") from None
+    wanted = set(services)
+    found: dict[str, Pod] = {}
+    for doc in docs:
+        if not isinstance(doc, dict) or doc.get("kind") != "Deployment":
+            continue
+        meta = doc.get("metadata") or {}
+        labels = (((doc.get("spec") or {}).get("template") or {}).get("metadata") or {}).get(
+            "labels") or {}
+        if meta.get("name") in wanted and isinstance(labels, dict):
+            found[str(meta["name"])] = Pod(str(meta.get("namespace", "")),
+                                           tuple(sorted((str(k), str(v))
+                                                        for k, v in labels.items())))
+    return found
+
+
 def compare_k8s(plan: Plan, out: Path) -> tuple[dict[tuple[str, str], str], list[str]]:
-    """Marks where OUT/k8s/networkpolicies.yaml allows more (LOOSER) or less (STRICTER)."""
+    """Marks where OUT/k8s/networkpolicies.yaml allows more (LOOSER) or less (STRICTER), over
+    the pods of the generated Deployments when there are any."""
     path = out / "k8s" / "networkpolicies.yaml"
     if not path.is_file():
         return {}, [f"k8s: {path} not found (run castle generate)"]
     pols = load_policies(path)
     k = plan.spec.kubernetes
     pods = {s.name: Pod(namespace_of(plan, s.name), s.labels) for s in plan.services}
+    pods.update(deployed_pods(out, pods))
     want: dict[tuple[str, str], list[PortSet]] = {}
     for c in plan.conns:
         want.setdefault((c.src, c.dst), []).append({c.proto: ((c.lo, c.hi),)})

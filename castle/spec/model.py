@@ -546,6 +546,18 @@ class Kubernetes(_Model):
         default_factory=lambda: {"k8s-app": "kube-dns"},
     )
 
+    ingress_service_account: Label | None = Field(
+        default=None,
+        description="service account of the ingress controller's pods in ingress_namespace: "
+        "the one mesh identity allowed in from outside (required with a mesh and "
+        "ingress_pod_labels)",
+    )
+    workloads: StrictBool = Field(
+        default=True,
+        description="also write Namespaces, ServiceAccounts, Services and Deployments (the "
+        "scaffold); false keeps only the policies, for Deployments you already have",
+    )
+
     @field_validator("ingress_pod_labels", "dns_pod_labels")
     @classmethod
     def _pod_labels(cls, v: dict[str, str]) -> dict[str, str]:

@@ -20,6 +20,9 @@ from castle.spec.model import (
 )
 
 INTERNET = "internet"
+# A Deployment and a Service list ports one by one (Kubernetes has no port ranges): past
+# this many, the scaffold declares none rather than thousands.
+MAX_DECLARED_PORTS = 1024
 Loc = tuple[str | int, ...]
 
 
@@ -402,6 +405,57 @@ class Checker:
                            "set a shorter [kubernetes] namespace, or shorter tier names")
                 return
 
+    def check_selectors(self) -> None:
+        """No service's pod labels may select another service's pods in its namespace.
+
+        A NetworkPolicy, a Deployment and a mesh policy select pods by matchLabels: when one
+        service's labels are a subset of another's (or equal), every policy of the first also
+        applies to the second. castle reports it rather than adding a label on its own, since
+        the labels are the contract with Deployments and dashboards the user already has.
+        """
+        k = self.spec.kubernetes
+        found: list[tuple[str, str, dict[str, str]]] = []
+        # (namespace, label) -> services whose pods carry it: candidates without a scan of all
+        having: dict[tuple[str, tuple[str, str]], set[str]] = {}
+        for name, svc in self.spec.services.items():
+            ns = f"{self.spec.namespace}-{svc.tier}" if k.tier_namespaces else self.spec.namespace
+            labels = svc.labels or {"app.kubernetes.io/name": name}
+            found.append((name, ns, labels))
+            for item in labels.items():
+                having.setdefault((ns, item), set()).add(name)
+        by_name = {name: (ns, labels) for name, ns, labels in found}
+        for name, svc in self.spec.services.items():
+            if k.workloads and listen_count(svc.listen) > MAX_DECLARED_PORTS:
+                self.warn(("services", name, "listen"),
+                          f"more than {MAX_DECLARED_PORTS} listen ports: its Deployment "
+                          "declares none and it gets no Service",
+                          "narrow the ranges, or set [kubernetes] workloads = false")
+            if k.workloads and svc.listen and name[:1].isdigit():
+                self.warn(("services", name), f"Kubernetes Service names start with a letter: "
+                          f"workloads.yaml gets no Service {name!r}",
+                          "rename the service, or set [kubernetes] workloads = false")
+        for name, ns, labels in found:
+            sets = sorted((having[(ns, item)] for item in labels.items()), key=len)
+            for other in sorted(set.intersection(*sets) - {name}):
+                other_labels = by_name[other][1]
+                if labels == other_labels and other < name:
+                    continue  # identical: reported once, at the first name
+                # a default label set names its own service, so the wider set is explicit
+                at = name if self.spec.services[name].labels is not None else other
+                shown = ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
+                self.error(("services", at, "labels"),
+                           f"the labels of {name!r} ({shown}) also select the pods of {other!r} "
+                           f"in namespace {ns!r}: every policy of {name!r} would apply to both",
+                           f"give {name!r} a label {other!r} does not have")
+        if (self.spec.mesh.kind != "none" and k.ingress_namespace and k.ingress_pod_labels
+                and not k.ingress_service_account):
+            self.error(("kubernetes", "ingress_pod_labels"),
+                       "a mesh authorizes identities (service accounts), not pod labels: "
+                       "without ingress_service_account it would let every pod of "
+                       f"{k.ingress_namespace!r} in",
+                       "set [kubernetes] ingress_service_account to the ingress "
+                       "controller's service account")
+
     def check_reach(self) -> None:
         """Warn about lonely services and empty tiers; discourage container firewalls."""
         touched = {e.src for e in self.edges} | {e.dst for e in self.edges}
@@ -506,6 +560,11 @@ class Checker:
                            "and wire TLS yourself")
 
 
+def listen_count(listen: list[PortRange]) -> int:
+    """How many (protocol, port) pairs a listen list names."""
+    return len({(p.proto, n) for p in listen for n in range(p.lo, p.hi + 1)})
+
+
 def publish_ranges(
     publish: list[PublishEntry], port: PortRange
 ) -> list[tuple[str, PortRange, PortRange]]:
@@ -545,4 +604,5 @@ def check(spec: Spec, skip_flows: frozenset[int] = frozenset(),
     checker.check_reach()
     checker.check_tls()
     checker.check_kubernetes()
+    checker.check_selectors()
     return checker.findings, checker.edges

@@ -11,10 +11,13 @@ from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, select_targets
 from castle.spec.rules import INTERNET, is_outside
 from castle.tls import plan as tlsplan
+from castle.tls import recipes as tls_recipes
 
 POLICIES = "k8s/networkpolicies.yaml"
 KUSTOMIZATION = "k8s/kustomization.yaml"
 MESH = "k8s/mesh.yaml"
+NAMESPACES = "k8s/namespaces.yaml"  # written by castle.targets.workloads
+WORKLOADS = "k8s/workloads.yaml"
 NS_LABEL = "kubernetes.io/metadata.name"
 MANAGED = ("app.kubernetes.io/managed-by", "castle")
 DENY = "castle-default-deny"
@@ -205,6 +208,17 @@ def tls_path_prefix(plan: Plan) -> tuple[str, bool]:
     return f"../{folder}/", False
 
 
+def secret_item(name: str) -> tuple[str, str]:
+    """The Kubernetes Secret and key that hold one compose secret (tlsplan.secret_files name):
+    `db-server-cert` -> (`db-server-tls`, `tls.crt`), `castle-ca` -> (`castle-ca`, `ca.crt`)."""
+    if name == tlsplan.CA_SECRET:
+        return tlsplan.CA_SECRET, "ca.crt"
+    if name.endswith(tls_recipes.PASSWORD_SUFFIX):  # a generated password: Opaque, one key
+        return name, "password"
+    base, _, part = name.rpartition("-")
+    return f"{base}-tls", {"cert": "tls.crt", "key": "tls.key"}[part]
+
+
 def secret_generators(plan: Plan) -> list[dict[str, Any]]:
     """secretGenerator entries: a kubernetes.io/tls Secret per cert pair, the CA per namespace."""
     files = tlsplan.secret_files(plan)
@@ -219,28 +233,51 @@ def secret_generators(plan: Plan) -> list[dict[str, Any]]:
         service = base.rsplit("-", 1)[0]
         ns = namespace_of(plan, service)
         ca_namespaces.add(ns)
+        secret, cert_key = secret_item(name)
+        key_key = secret_item(base + "-key")[1]
         gens.append({
-            "name": f"{base}-tls",
+            "name": secret,
             "namespace": None if single else ns,
             "type": "kubernetes.io/tls",
-            "files": [f"tls.crt={prefix}{files[name]}", f"tls.key={prefix}{files[base + '-key']}"],
+            "files": [f"{cert_key}={prefix}{files[name]}",
+                      f"{key_key}={prefix}{files[base + '-key']}"],
         })
     if tlsplan.CA_SECRET in files:
         for ns in sorted(ca_namespaces):
+            secret, ca_key = secret_item(tlsplan.CA_SECRET)
             gens.append({
-                "name": tlsplan.CA_SECRET,
+                "name": secret,
                 "namespace": None if single else ns,
                 "type": "Opaque",
-                "files": [f"ca.crt={prefix}{files[tlsplan.CA_SECRET]}"],
+                "files": [f"{ca_key}={prefix}{files[tlsplan.CA_SECRET]}"],
             })
+    for name, file in tls_recipes.generated_secrets(plan).items():
+        secret, key = secret_item(name)
+        service = name.removesuffix(tls_recipes.PASSWORD_SUFFIX)
+        gens.append({
+            "name": secret,
+            "namespace": None if single else namespace_of(plan, service),
+            "type": "Opaque",
+            "files": [f"{key}={prefix}{file}"],
+        })
     return sorted(gens, key=lambda g: (g["name"], g["namespace"] or ""))
+
+
+def mesh_kind(plan: Plan) -> str:
+    """The mesh the spec emits ("none" unless [mesh] kind is set and mesh is a target).
+
+    From the spec, not from this run's --target: `--target k8s --check` must not drift."""
+    if "mesh" in select_targets(plan.spec, None):
+        return plan.spec.mesh.kind
+    return "none"
 
 
 def kustomization_context(plan: Plan) -> dict[str, Any]:
     """What kustomization.yaml.j2 needs."""
     resources = ["networkpolicies.yaml"]
-    # from the spec, not from this run's --target: `--target k8s --check` must not drift
-    if "mesh" in select_targets(plan.spec, None) and plan.spec.mesh.kind != "none":
+    if plan.spec.kubernetes.workloads:
+        resources = ["namespaces.yaml", "workloads.yaml", *resources]
+    if mesh_kind(plan) != "none":
         resources.append("mesh.yaml")
     prefix, contained = tls_path_prefix(plan)
     return {
@@ -256,7 +293,8 @@ def kustomization_context(plan: Plan) -> dict[str, Any]:
 
 def paths(plan: Plan) -> list[str]:
     """The files `outputs` writes, without rendering them."""
-    return [POLICIES, KUSTOMIZATION]
+    scaffold = [NAMESPACES, WORKLOADS] if plan.spec.kubernetes.workloads else []
+    return [POLICIES, KUSTOMIZATION, *scaffold]
 
 
 def outputs(plan: Plan) -> list[Output]:
@@ -265,4 +303,9 @@ def outputs(plan: Plan) -> list[Output]:
                   policies=policies(plan), managed=MANAGED,
                   namespaces=used_namespaces(plan))
     kust = render("kustomization.yaml.j2", **kustomization_context(plan))
-    return [Output(POLICIES, pols), Output(KUSTOMIZATION, kust)]
+    files = [Output(POLICIES, pols), Output(KUSTOMIZATION, kust)]
+    if plan.spec.kubernetes.workloads:
+        from castle.targets import workloads
+
+        files += workloads.outputs(plan)
+    return files

@@ -67,13 +67,18 @@ def _ports(conns: list[Conn]) -> list[int]:
 
 def _source(plan: Plan, peer: str) -> Source:
     k = plan.spec.kubernetes
+    td = plan.spec.mesh.trust_domain
+    if peer == INTERNET and k.ingress_namespace and k.ingress_service_account:
+        # the controller's own identity: as narrow as the NetworkPolicy's pod labels
+        sa = k.ingress_service_account
+        return Source(peer, principal=f"{td}/ns/{k.ingress_namespace}/sa/{sa}",
+                      account=(k.ingress_namespace, sa))
     if peer == INTERNET and k.ingress_namespace:
         return Source(peer, namespace=k.ingress_namespace)
     if is_outside(peer):
         return Source(peer, cidr=EVERYWHERE if peer == INTERNET else peer.removeprefix("cidr:"))
     svc: PlanService = plan.service(peer)
     ns = namespace_of(plan, peer)
-    td = plan.spec.mesh.trust_domain
     return Source(peer, principal=f"{td}/ns/{ns}/sa/{svc.service_account}",
                   account=(ns, svc.service_account))
 
@@ -102,21 +107,47 @@ def destinations(plan: Plan) -> list[Destination]:
 
 
 def service_accounts(plan: Plan) -> list[tuple[str, str]]:
-    """(namespace, service account) of every service: the identities the mesh checks."""
+    """(namespace, service account) of every service: the identities the mesh checks.
+
+    Written here only when [kubernetes] workloads = false; else workloads.yaml has them."""
+    if plan.spec.kubernetes.workloads:
+        return []
     return sorted({(namespace_of(plan, s.name), s.service_account) for s in plan.services})
 
 
-def linkerd_servers(dest: Destination) -> list[dict[str, Any]]:
-    """One Linkerd Server per destination port, with the sources allowed on it."""
+def listen_ports(svc: PlanService) -> list[int]:
+    """A service's TCP listen ports, one by one (the mesh proxies TCP only); [] past
+    MAX_PORTS, where Linkerd's default-inbound-policy deny covers the ports no flow names."""
+    if sum(p.hi - p.lo + 1 for p in svc.spec.listen if p.proto == "tcp") > MAX_PORTS:
+        return []
+    return sorted({n for p in svc.spec.listen if p.proto == "tcp" for n in range(p.lo, p.hi + 1)})
+
+
+def every_service(plan: Plan) -> list[tuple[Destination, list[int]]]:
+    """Every service with TCP listen ports: its inbound rules and all its listen ports."""
+    dests = {d.service: d for d in destinations(plan)}
+    out = []
+    for svc in plan.services:
+        ports = listen_ports(svc)
+        if ports or svc.name in dests:
+            dest = dests.get(svc.name) or Destination(svc.name, namespace_of(plan, svc.name),
+                                                      list(svc.labels))
+            out.append((dest, ports))
+    return out
+
+
+def linkerd_servers(dest: Destination, listen: list[int]) -> list[dict[str, Any]]:
+    """One Linkerd Server per listen port (a port no flow names gets no authorization: with
+    accessPolicy deny nothing reaches it), with the sources allowed on it."""
     servers = []
-    for port in dest.ports:
+    for port in sorted(set(listen) | set(dest.ports)):
         rules = [r for r in dest.rules if port in r.ports]
         mesh = [r.source for r in rules if not r.source.cidr]
         nets = [r.source.cidr for r in rules if r.source.cidr]
         servers.append({
             "name": f"{dest.service}-{port}",
             "port": port,
-            "comment": "; ".join(r.comment for r in rules),
+            "comment": "; ".join(r.comment for r in rules) or "no flow: nothing may connect",
             "identities": sorted({("Namespace", s.namespace, "") if s.namespace
                                   else ("ServiceAccount", s.account[1], s.account[0])
                                   for s in mesh}),
@@ -134,8 +165,9 @@ def context(plan: Plan) -> dict[str, Any]:
         "namespaces": used_namespaces(plan),
         "accounts": service_accounts(plan),
         "destinations": dests,
-        "servers": [(d, linkerd_servers(d)) for d in dests],
+        "servers": [(d, linkerd_servers(d, ports)) for d, ports in every_service(plan)],
         "ingress_namespace": plan.spec.kubernetes.ingress_namespace or "",
+        "ingress_account": plan.spec.kubernetes.ingress_service_account or "",
     }
 
 

@@ -199,6 +199,40 @@ def run_nca_many(queries: Sequence[Query]) -> list[str]:
         return reports
 
 
+def nca_resources(
+    policy_files: Sequence[Path | str],
+    pod_files: Sequence[Path | str],
+    ns_files: Sequence[Path | str],
+) -> set[Raw]:
+    """What the policies allow among workloads read from manifests (Deployments, Pods, their
+    lists) and Namespaces nca reads itself, as raw tuples; a Deployment `ns/name[Deployment]`
+    becomes "ns/name" like a pod."""
+    exe = nca_binary()
+    if exe is None:
+        raise OracleUnavailable(nca_skip_reason() or "nca missing")
+    with tempfile.TemporaryDirectory(prefix="castle-nca-") as tmp:
+        work = Path(tmp)
+        (work / "policies").mkdir()
+        for i, src in enumerate(map(Path, policy_files)):
+            shutil.copyfile(src, work / "policies" / f"{i:03d}-{src.name}")
+        argv = ["--connectivity", str(work / "policies")]
+        argv += [arg for f in pod_files for arg in ("--pod_list", str(f))]
+        argv += [arg for f in ns_files for arg in ("--ns_list", str(f))]
+        argv += ["-o", "txt_no_fw_rules", "-f", str(work / "out.txt")]
+        (work / "jobs.json").write_text(json.dumps([argv]))
+        (work / "driver.py").write_text(_DRIVER)
+        cmd = [_nca_python(exe), str(work / "driver.py"), str(work / "jobs.json"),
+               str(work / "codes.json")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=work)
+        log = (proc.stdout + proc.stderr).strip()
+        if proc.returncode != 0 or not (work / "codes.json").exists():
+            raise NcaError(f"nca driver failed (exit {proc.returncode}): {log}")
+        code = json.loads((work / "codes.json").read_text())[0]
+        if code != 0 or not (work / "out.txt").exists():
+            raise NcaError(f"nca failed (exit {code}): {log}")
+        return parse_nca((work / "out.txt").read_text())
+
+
 def run_nca(
     policy_files: Sequence[Path | str],
     pods: Mapping[str, Labels],

@@ -304,7 +304,7 @@ def test_compose_go_env_file_missing_still_reads(tmp_path: Path) -> None:
     path = tmp_path / "compose.yaml"
     path.write_text("services:\n  a: {image: x, env_file: missing.env, ports: ['80:80']}\n")
     report = audit(path, None, "text").report
-    assert "missing.env" in report and "0.0.0.0:80->80/tcp" in report
+    assert "compose-go rejected the file" in report and "0.0.0.0:80->80/tcp" in report
 
 
 # -- formats -------------------------------------------------------------------------------

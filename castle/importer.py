@@ -245,6 +245,7 @@ class Importer:
             draft.notes.append(f"listen guessed from the image: {image_repo(svc.image)} "
                                f"listens on {known} by default")
         passthrough: dict[str, Any] = {}
+        held: set[str] = set()
         for key, value in svc.raw.items():
             if key in OWNED_COMPOSE_KEYS:
                 continue
@@ -257,7 +258,13 @@ class Importer:
                 value = _environment(value)
             if key == "volumes":
                 value = _volume_types(value, self._interpolated(name).get("volumes"))
+            if key in ("volumes", "env_file", "build"):
+                held.update(_variable_paths(key, value))
             passthrough[str(key)] = self._paths(value, str(key))
+        if held:
+            self.cannot.append(f"{name!r}: paths held in variables ({', '.join(sorted(held))}) "
+                               "resolve from the folder of the compose file: generated "
+                               "elsewhere, they need absolute values")
         secrets = svc.raw.get("secrets")
         if isinstance(secrets, list):
             draft.secrets = list(secrets)
@@ -596,6 +603,23 @@ def _volume_types(volumes: Any, filled: Any) -> Any:
             vol = {k: v for k, v in vol.items() if k != "volume"} | {"type": "bind"}
         out.append(vol)
     return out
+
+
+def _variable_paths(key: str, value: Any) -> list[str]:
+    """Local paths written as a variable (`${CONFIG}/app.yml`): castle cannot move them."""
+    found: list[str] = []
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, dict):
+            text = item.get("source") if key == "volumes" else item.get(
+                "path" if key == "env_file" else "context")
+            if key == "volumes" and item.get("type", "bind") != "bind":
+                text = None
+        else:
+            text = str(item).split(":", 1)[0] if key == "volumes" else str(item)
+        if isinstance(text, str) and text.startswith("$"):
+            found.append(text)
+    return found
 
 
 def _env_text(value: Any) -> str:

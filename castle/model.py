@@ -86,9 +86,15 @@ _INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?+][^${}]*)?\}")
 _HOST_ALIAS = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,252}[A-Za-z0-9])?$")
 
 
+_BARE_VAR = re.compile(r"\$\$|\$[A-Za-z_][A-Za-z0-9_]*")
+
+
 def image_problem(image: str) -> str | None:
     """Why `image` is not an image reference (compose variables allowed), or None."""
-    if not _IMAGE.match(_INTERPOLATION.sub("x", image)):
+    filled = _BARE_VAR.sub("x", image)
+    for _ in range(4):  # a default may hold another variable: fill the innermost first
+        filled = _INTERPOLATION.sub("x", filled)
+    if not _IMAGE.match(filled):
         return (f"{image[:60]!r} is not an image reference (letters, digits and ._/:@+- "
                 "only, and ${VAR} variables)")
     return None

@@ -196,6 +196,14 @@ class Importer:
         self._layout_notes()
         return self._render(tiers)
 
+    def _env_option(self) -> str:
+        """`--env-file PATH ` when the stack has a .env: compose reads .env from the folder
+        of the first compose file, which out/ is not."""
+        dotenv_path = self.cf.path.resolve().parent / ".env"
+        if not dotenv_path.is_file():
+            return ""
+        return "--env-file .env "
+
     def _interpolated(self, name: str) -> Any:
         """The service as compose-go interpolated it (what the container sees)."""
         services = self.cf.interpolated.get("services") or {}
@@ -548,6 +556,7 @@ class Importer:
         text = render(
             "import.toml.j2",
             source=comment(self.cf.path.name),
+            env_option=comment(self._env_option()),
             reader=comment(self.cf.reader),
             reader_note=comment(self.cf.reader_note),
             cannot=[comment(c) for c in self.cannot],

@@ -115,9 +115,14 @@ def validate(spec: SpecArg) -> None:
     from castle.generate import build
 
     # render every target in memory too: whatever generate would refuse, validate refuses
+    from castle.pools import neighbours
+
     loaded, plan, _ = build(spec)
     _warn(loaded)
-    n = len(loaded.warnings)
+    clashes = neighbours(spec, plan.stack, plan.spec.stack.pool)
+    for d in clashes:
+        err(str(d))
+    n = len(loaded.warnings) + len(clashes)
     warned = f" ({n} warning{'s' if n != 1 else ''})" if n else ""
     print(f"{spec}: valid: {_n(len(plan.services), 'service')} in "
           f"{_n(len(plan.tiers), 'tier')}, {_n(len(plan.spec.flows), 'flow')} -> "

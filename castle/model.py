@@ -18,6 +18,8 @@ from pydantic import (
     field_validator,
 )
 
+from castle.pools import default_pool
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Reserved peer names: they mean something else in `from` / `to`.
 RESERVED = frozenset({"internet"})
@@ -288,9 +290,10 @@ class Stack(_Model):
     name: Label = Field(
         description="compose project name and default Kubernetes namespace (DNS-1123 label)"
     )
-    subnet_pool: ipaddress.IPv4Network = Field(
-        default=ipaddress.IPv4Network("10.89.0.0/16"),
-        description="IPv4 pool the compose networks' subnets are allocated from",
+    subnet_pool: ipaddress.IPv4Network | None = Field(
+        default=None,
+        description="IPv4 pool the compose networks' subnets are allocated from (default: "
+        "a /16 in 10.128.0.0/9 chosen from the stack name, so stacks on one host differ)",
     )
     description: Text = Field(default="", description="free text, carried into generated headers")
     targets: list[Literal["compose", "iptables", "nftables", "k8s", "mesh"]] | None = Field(
@@ -301,12 +304,20 @@ class Stack(_Model):
 
     @field_validator("subnet_pool")
     @classmethod
-    def _pool(cls, v: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    def _pool(cls, v: ipaddress.IPv4Network | None) -> ipaddress.IPv4Network | None:
+        if v is None:
+            return v
         for bad, why in _UNUSABLE_POOLS:
             if v.overlaps(bad):
                 raise ValueError(f"{v} overlaps {bad} ({why}); use private space such as "
                                  "10.89.0.0/16")
         return v
+
+
+    @property
+    def pool(self) -> ipaddress.IPv4Network:
+        """The pool in use: subnet_pool, or the stack's own default."""
+        return self.subnet_pool or default_pool(self.name)
 
 
 class Tier(_Model):

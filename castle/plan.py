@@ -324,7 +324,7 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
     names = _name_networks(groups, tier_of)
 
     try:
-        subnets = allocate(spec.stack.subnet_pool, [len(m) for m, _ in groups])
+        subnets = allocate(spec.stack.pool, [len(m) for m, _ in groups])
     except ValueError as exc:
         finding = Finding("error", ("stack", "subnet_pool"), str(exc),
                           "use a larger subnet_pool (for example a /16)")

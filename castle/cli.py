@@ -366,6 +366,32 @@ def draw(
     _emit(run(spec, fmt.value), out)
 
 
+class StatusFormat(StrEnum):
+    """Output formats of `castle status`."""
+
+    text = "text"
+    json = "json"
+
+
+@app.command()
+@handled
+def status(
+    spec: SpecArg,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="the folder generate wrote "
+                   "(default: the spec's folder); its firewall files are checked too")] = None,
+    fmt: Annotated[StatusFormat, typer.Option("--format", "-f")] = StatusFormat.text,
+) -> None:
+    """The live host (iptables/nft, docker networks and containers) against the spec."""
+    from castle.status import render_status
+    from castle.status import status as run
+
+    _folder(out)
+    result = run(spec, out)
+    sys.stdout.write(render_status(result, fmt.value))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 @app.command()
 @handled
 def schema() -> None:

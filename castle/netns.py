@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -18,7 +19,9 @@ from castle.netns_probe import (
     EXT_IF,
     EXT_NET,
     HOST_EXT,
+    HOST_EXT6,
     OUTSIDE,
+    OUTSIDE6,
     SEQ,
     Connect,
     LabError,
@@ -27,6 +30,7 @@ from castle.netns_probe import (
     cleanup_leftovers,
     delete_namespaces,
     docker_iptables,
+    docker_proxy,
     gateway_net,
     in_netns,
     ip_batches,
@@ -77,6 +81,7 @@ class Published:
     container_port: int
     proto: str
     host_ip: IPv4Address | None = None  # None: every host address (compose's default)
+    ipv6: bool = False  # published on every address, IPv6 too (no host IP given)
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,8 @@ class Topology:
             else:
                 joins[svc] = _parse_joins(svc, body["networks"], byname)
             for entry in body.get("ports") or []:
-                for host_ip, hport, cport, proto in _parse_port(svc, entry):
-                    published.append(Published(hport, svc, cport, proto, host_ip))
+                for host_ip, hport, cport, proto, dual in _parse_port(svc, entry):
+                    published.append(Published(hport, svc, cport, proto, host_ip, dual))
         used = {n.name: {n.gw} | {a for js in joins.values() for m, a in js if m == n.name and a}
                 for n in nets}
         containers = []
@@ -184,7 +189,7 @@ def _ports(svc: str, text: str) -> list[int]:
     return ports
 
 
-def _parse_port(svc: str, entry: Any) -> list[tuple[IPv4Address | None, int, int, str]]:
+def _parse_port(svc: str, entry: Any) -> list[tuple[IPv4Address | None, int, int, str, bool]]:
     if isinstance(entry, Mapping):
         if entry.get("published") in (None, ""):
             return []  # dockerd would pick a random host port
@@ -214,11 +219,12 @@ def _parse_port(svc: str, entry: Any) -> list[tuple[IPv4Address | None, int, int
             if ":" in str(host_ip):
                 return []
             raise LabError(f"service {svc}: bad host address {host_ip!r}") from None
+    dual = host_ip in (None, "")  # unbound: docker-proxy listens on [::] too
     if len(conts) == 1:
-        return [(hip, hosts[0], conts[0], proto)]
+        return [(hip, hosts[0], conts[0], proto, dual)]
     if len(hosts) != len(conts):
         raise LabError(f"service {svc}: port ranges of different lengths in {entry!r}")
-    return [(hip, h, c, proto) for h, c in zip(hosts, conts, strict=True)]
+    return [(hip, h, c, proto, dual) for h, c in zip(hosts, conts, strict=True)]
 
 
 def _validate(topo: Topology) -> None:
@@ -277,9 +283,13 @@ class Lab:
         *,
         bridge_nf_call: bool = True,
         conntrack_docker: bool = True,
+        userland_proxy: bool = True,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.topo = topo
+        # dockerd's default: docker-proxy on [::] for every port published on all addresses
+        self.proxy_bin = docker_proxy() if userland_proxy else None
+        self._proxies: list[subprocess.Popen[bytes]] = []
         self.bridge_nf_call = bridge_nf_call
         self.progress = progress
         self.prefix = f"cst{os.getpid()}-{next(SEQ)}-"
@@ -387,10 +397,12 @@ class Lab:
             shared = [n for n in (src.addrs if src else {}) if n in dst.addrs]
             addr = dst.addrs[shared[0]] if shared else next(iter(dst.addrs.values()))
             listens.add(Listen(self.container_ns[p.dst], p.proto, "0.0.0.0", p.port))
-        elif p.dst == "published":
+        elif p.dst in ("published", "published6"):
             if src is not None:
                 raise LabError(f"bad probe {p}: published ports are probed from outside")
-            addr = HOST_EXT
+            if p.dst == "published6" and bind is not None:
+                raise LabError(f"bad probe {p}: IPv6 probes come from the outside address")
+            addr = HOST_EXT if p.dst == "published" else HOST_EXT6  # type: ignore[assignment]
             for pub, _, _ in published_targets(self.topo):
                 if pub.host_port == p.port and pub.proto == p.proto:
                     ns_c = self.container_ns[pub.container]
@@ -453,6 +465,44 @@ class Lab:
         rules = nsexec(self.host_ns, ["iptables-restore"], self.docker_rules)
         if rules.returncode:
             raise LabError(f"loading dockerd's rules failed: {rules.stderr.strip()}")
+        self._ipv6_uplink()
+        self._start_proxies()
+
+    def _ipv6_uplink(self) -> None:
+        """IPv6 on the host's uplink only, as on a dual-stack Docker host."""
+        on = {f"net/ipv6/conf/{EXT_IF}/disable_ipv6": "0"}
+        if not os.path.isdir("/proc/sys/net/ipv6"):
+            return
+        for ns in (self.host_ns, self.outside_ns):
+            in_netns(ns, partial(write_sysctls, on))
+        ip_batches([(self.host_ns, [f"addr add {HOST_EXT6}/64 dev {EXT_IF} nodad",
+                                    f"neigh replace {OUTSIDE6} lladdr {mac(OUTSIDE)} dev "
+                                    f"{EXT_IF} nud permanent"]),
+                    (self.outside_ns, [f"addr add {OUTSIDE6}/64 dev {EXT_IF} nodad",
+                                       f"neigh replace {HOST_EXT6} lladdr {mac(HOST_EXT)} dev "
+                                       f"{EXT_IF} nud permanent"])])
+
+    def _start_proxies(self) -> None:
+        """Run Docker's own docker-proxy on [::] for each port published on every address."""
+        if self.proxy_bin is None:
+            return
+        for pub, _, addr in published_targets(self.topo):
+            if not pub.ipv6:
+                continue
+            self._proxies.append(subprocess.Popen(
+                # docker-proxy reports readiness on fd 3, as dockerd gives it a pipe there
+                ["nsenter", f"--net=/run/netns/{self.host_ns}", "--", "sh", "-c",
+                 'exec "$0" "$@" 3>/dev/null', self.proxy_bin,
+                 "-proto", pub.proto, "-host-ip", "::", "-host-port", str(pub.host_port),
+                 "-container-ip", str(addr), "-container-port", str(pub.container_port)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 5
+        want = {pub.host_port for pub, _, _ in published_targets(self.topo) if pub.ipv6}
+        while want and time.monotonic() < deadline:  # until every proxy listens
+            ss = nsexec(self.host_ns, ["ss", "-Hlntu6"]).stdout
+            if all(f"]:{port} " in ss for port in want):
+                return
+            time.sleep(0.05)
 
     def _host_lines(self) -> list[str]:
         lines = ["link set lo up"]
@@ -489,6 +539,10 @@ class Lab:
     def _teardown(self) -> list[str]:
         self._running = False
         self._stop.set()
+        for proc in self._proxies:
+            proc.kill()
+            proc.wait()
+        self._proxies.clear()
         self._restore_handlers()
         return delete_namespaces(self._made)
 
@@ -520,7 +574,8 @@ class Lab:
 
 
 __all__ = [
-    "EXT_IF", "HOST_EXT", "OUTSIDE", "Lab", "LabContainer", "LabError", "LabNet", "Probe",
+    "EXT_IF", "HOST_EXT", "HOST_EXT6", "OUTSIDE", "OUTSIDE6", "Lab", "LabContainer",
+    "LabError", "LabNet", "Probe",
     "Published", "Topology", "bridge_names", "cleanup_leftovers", "docker_iptables",
-    "gateway_net", "netns_available", "published_targets",
+    "docker_proxy", "gateway_net", "netns_available", "published_targets",
 ]

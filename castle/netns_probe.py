@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from castle.netns import LabNet, Published, Topology
 
 HOST_EXT = IPv4Address("203.0.113.1")  # the host's address towards the internet
+HOST_EXT6 = "2001:db8::1"  # the host's IPv6 address, where docker-proxy listens on [::]
+OUTSIDE6 = "2001:db8::2"
 OUTSIDE = IPv4Address("203.0.113.2")  # the internet's address, in the outside namespace
 EXT_NET = IPv4Network("203.0.113.0/24")
 EXT_IF = "eth0"  # the host's uplink, as on a typical Docker host
@@ -176,6 +178,20 @@ def in_netns(netns: str | None, fn: Callable[[], _T]) -> _T:
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["value"]  # type: ignore[return-value]
+
+
+def _family(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def docker_proxy() -> str | None:
+    """Docker's userland proxy binary, when installed (Debian: docker.io)."""
+    found = shutil.which("docker-proxy")
+    for path in (found, "/usr/sbin/docker-proxy", "/usr/libexec/docker/docker-proxy",
+                 "/usr/bin/docker-proxy"):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def write_sysctls(values: Mapping[str, str]) -> None:
@@ -358,7 +374,7 @@ class _Engine:
         for spec in sorted(set(self.listens), key=lambda s: (s.netns, s.proto, s.addr, s.port)):
             self.sw.enter(spec.netns)
             kind = socket.SOCK_STREAM if spec.proto == "tcp" else socket.SOCK_DGRAM
-            sock = socket.socket(socket.AF_INET, kind)
+            sock = socket.socket(_family(spec.addr), kind)
             self.servers.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -416,7 +432,7 @@ class _Engine:
         spec = self.connects[index]
         self.sw.enter(spec.netns)
         kind = socket.SOCK_STREAM if spec.proto == "tcp" else socket.SOCK_DGRAM
-        sock = socket.socket(socket.AF_INET, kind)
+        sock = socket.socket(_family(spec.dst), kind)
         sock.setblocking(False)
         try:
             if spec.src is not None:

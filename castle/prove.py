@@ -1,7 +1,8 @@
 """castle prove: apply the generated firewall to an emulated Docker host and probe it for real.
 
 The questions come from the Plan (every service pair on every listened port plus one no
-flow names, every published port from outside and from inside and outside each CIDR,
+flow names, every published port from outside and from inside and outside each CIDR, and
+over IPv6 through Docker's userland proxy (docker-proxy on [::], when installed),
 egress on the egress ports and one other, and the host itself); the answers come from the
 kernel, through real TCP and UDP sockets in throwaway network namespaces.
 """
@@ -144,6 +145,13 @@ def cases(plan: Plan) -> tuple[list[Case], list[str]]:
                 who = "internet" if addr == OUTSIDE else f"outside {addr}"
                 out.append(Case(_source(addr), "published", p.container.proto, host_port, want,
                                 (who, p.service, f"{host_port}->{cport}/{p.container.proto}")))
+            # IPv6 clients are internet, inside no (IPv4) CIDR: docker-proxy's [::] path
+            want6 = not local and any(
+                c.src == INTERNET and c.dst == p.service and c.proto == p.container.proto
+                and c.lo <= cport <= c.hi for c in plan.conns)
+            out.append(Case("outside", "published6", p.container.proto, host_port, want6,
+                            ("internet IPv6", p.service,
+                             f"{host_port}->{cport}/{p.container.proto}")))
     egress_ports: set[tuple[str, int]] = set()
     for c in plan.egress:
         egress_ports |= {(c.proto, c.lo), (c.proto, c.hi)}

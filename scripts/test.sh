@@ -36,6 +36,11 @@ needs=(
   modprobe:kmod
   rsvg-convert:librsvg2-bin
   dot:graphviz
+  dockerd:docker.io
+  mmdebstrap:mmdebstrap
+  busybox:busybox-static
+  nsenter:util-linux
+  ss:iproute2
 )
 missing=()
 for pair in "${needs[@]}"; do

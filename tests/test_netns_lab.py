@@ -99,8 +99,9 @@ def test_from_compose_reads_networks_addresses_and_ports() -> None:
     assert addrs == {"web": {"front": "10.99.1.10"},
                      "api": {"front": "10.99.1.11", "back": "10.99.2.11"},
                      "db": {"back": "10.99.2.12"}, "lone": {}}
-    assert topo.published == (Published(8080, "web", 80, "tcp"), Published(5353, "web", 53, "udp"),
-                              Published(15432, "db", 5432, "tcp"))
+    assert topo.published == (Published(8080, "web", 80, "tcp", None, True),
+                              Published(5353, "web", 53, "udp", None, True),
+                              Published(15432, "db", 5432, "tcp", None, True))
 
 
 def test_port_syntaxes() -> None:
@@ -109,10 +110,11 @@ def test_port_syntaxes() -> None:
         "ports": ["127.0.0.1:9000:9001", "8000-8001:80-81/udp", 7000, "7001", "[::1]:81:81",
                   {"target": 443, "published": "9443", "protocol": "udp", "host_ip": "0.0.0.0"},
                   {"target": 444}]}}}
-    got = {(p.host_port, p.container_port, p.proto, str(p.host_ip))
+    got = {(p.host_port, p.container_port, p.proto, str(p.host_ip), p.ipv6)
            for p in Topology.from_compose(doc).published}
-    assert got == {(9000, 9001, "tcp", "127.0.0.1"), (8000, 80, "udp", "None"),
-                   (8001, 81, "udp", "None"), (9443, 443, "udp", "None")}
+    # only ports published without a host address get docker-proxy's [::] path
+    assert got == {(9000, 9001, "tcp", "127.0.0.1", False), (8000, 80, "udp", "None", True),
+                   (8001, 81, "udp", "None", True), (9443, 443, "udp", "None", False)}
 
 
 def test_addresses_are_allocated_when_missing_and_gw_priority_orders_networks() -> None:

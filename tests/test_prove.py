@@ -42,6 +42,10 @@ def test_cases_answers_agree_with_reference(spec: Path) -> None:
             svc, cport = published[(c.port, c.proto)]
             want = any(covers(s, addr) for s, d, p, n in ref.ingress_conns
                        if (d, p, n) == (svc, c.proto, cport))
+        elif c.dst == "published6":  # IPv6 clients: internet, inside no IPv4 CIDR
+            svc, cport = published[(c.port, c.proto)]
+            want = any(s == "internet" for s, d, p, n in ref.ingress_conns
+                       if (d, p, n) == (svc, c.proto, cport))
         elif c.dst == "outside":
             want = any(covers(d, prove_mod.OUTSIDE) for s, d, p, n in ref.egress_conns
                        if (s, p, n) == (c.src, c.proto, c.port))
@@ -80,8 +84,8 @@ def test_prove_example_holds(tmp_path: Path) -> None:
     _skip_without_netns()
     result = prove_mod.prove(ROOT / "zones.example.toml", tmp_path, ["iptables", "nftables"])
     assert result.ok, result.report
-    assert "iptables: 61 probes, 0 differences" in result.report
-    assert "nftables: 61 probes, 0 differences" in result.report
+    assert "iptables: 63 probes, 0 differences" in result.report
+    assert "nftables: 63 probes, 0 differences" in result.report
     assert (tmp_path / "firewall/iptables.sh").is_file()
     assert prove_mod.prove(ROOT / "zones.example.toml", None, ["nftables"]).ok
 
@@ -105,3 +109,24 @@ def test_prove_reports_a_leak(monkeypatch: pytest.MonkeyPatch) -> None:
     # app shares a network with db: the leak shows on the port no flow names. web and admin
     # share none, and castle's RETURN hands them to Docker's isolation, which still drops.
     assert {(r[0], r[1]) for r in rows} == {("app", "db")}
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(castle.netns.docker_proxy() is None, reason="docker-proxy (docker.io) "
+                    "is not installed")
+def test_prove_catches_the_ipv6_docker_proxy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control: CIDR-only ports published on every address (castle's old output)
+    reach IPv6 clients through docker-proxy; bound to 0.0.0.0 they prove clean."""
+    _skip_without_netns()
+    from castle.targets import compose
+
+    mix = ROOT / "tests/data/specs/engine-mix.toml"
+    assert prove_mod.prove(mix, None, ["iptables", "nftables"]).ok
+    monkeypatch.setattr(compose, "bind_ip", lambda p: p.host_ip)
+    result = prove_mod.prove(mix, None, ["nftables"])
+    assert not result.ok
+    rows = {tuple(x.split()[2:4]) for x in result.report.splitlines() if "OPEN (leak)" in x}
+    assert rows == {("office", "9000->9000/tcp"), ("office", "5000->5000/udp"),
+                    ("gate", "8000->8000/tcp"), ("gate", "8002->8002/tcp")}
+    assert all(x.split()[:2] == ["internet", "IPv6"]
+               for x in result.report.splitlines() if "OPEN (leak)" in x)

@@ -7,8 +7,9 @@ from typing import Any
 from castle import relocate, tlsplan
 from castle.errors import CastleError
 from castle.model import span
-from castle.plan import Plan, PlanService
+from castle.plan import Plan, PlanService, Published
 from castle.render import render
+from castle.rules import INTERNET
 from castle.write import Output, header
 
 PATH = "compose.yaml"
@@ -23,6 +24,19 @@ def _environment(plan: Plan, svc: PlanService) -> Any:
     if isinstance(env, list):
         return [*env, *(f"{k}={v}" for k, v in tls_env.items())]
     return {**(env or {}), **tls_env}
+
+
+def bind_ip(p: Published) -> str:
+    """The host address a published port binds to, decided per port for IPv6.
+
+    Docker's userland proxy listens on [::] for an unbound port and forwards IPv6 clients
+    to the container from the gateway address, past every IPv4 rule. A port open to the
+    internet may take that path (IPv6 clients are internet too); a port open only to
+    IPv4 CIDRs is bound to 0.0.0.0 so that no IPv6 path exists.
+    """
+    if p.host_ip:
+        return p.host_ip
+    return "" if INTERNET in p.sources else "0.0.0.0"
 
 
 def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
@@ -48,7 +62,7 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         "expose": [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "")
                    for p in svc.spec.listen],
         "ports": [
-            f"{p.host_ip + ':' if p.host_ip else ''}{span(p.host.lo, p.host.hi)}:"
+            f"{bind_ip(p) + ':' if bind_ip(p) else ''}{span(p.host.lo, p.host.hi)}:"
             f"{span(p.container.lo, p.container.hi)}/{p.container.proto}"
             for p in plan.published if p.service == svc.name
         ],

@@ -99,7 +99,7 @@ def test_two_default_stacks_side_by_side(docker_engine: Engine, tmp_path: Path) 
     try:
         for out, doc, project in stacks:
             _up(eng, out, doc, project)
-        for out, doc, project in stacks:
+        for _out, doc, project in stacks:
             services = doc["services"]
             assert isinstance(services, dict)
             for svc in services:

@@ -60,6 +60,7 @@ IMAGE_PORTS = {
     "gitea": 3000, "keycloak": 8080, "vault": 8200, "consul": 8500, "loki": 3100,
     "tempo": 3200, "otel-collector": 4317, "opentelemetry-collector-contrib": 4317,
     "opentelemetry-collector": 4317, "temporal": 7233, "memcache": 11211,
+    "node-exporter": 9100, "cadvisor": 8080,
 }
 
 
@@ -245,8 +246,7 @@ class Importer:
             found = f"image {image[:60]!r} is not an image reference" if image else "no image"
             draft.notes.append(f"{found} in the file: {PLACEHOLDER_IMAGE} is a placeholder, "
                                "replace it with the real image")
-        if svc.network_mode != "host":
-            draft.listen = [_port_text(r) for r in listen_ports(svc)]
+        draft.listen = [_port_text(r) for r in listen_ports(svc)]
         known = IMAGE_PORTS.get(image_repo(svc.image))
         if not draft.listen and known:
             draft.listen = [known]
@@ -379,13 +379,18 @@ class Importer:
         cf, rc = self.cf, self.rc
         claimed: set[tuple[str, int]] = set()
         runs: list[tuple[str, list[PortMap]]] = []
+        for name in sorted(rc.host_mode):
+            # it listened on the host itself: whoever reached the host reached it there
+            draft = self.services[name]
+            if draft.listen:
+                self.ingress.add(name)
+                self.flows.append(DraftFlow(["internet"], draft.name, list(draft.listen), notes=[
+                    "network_mode: host in the file: it listened on the host's own ports, "
+                    "now published on the same numbers"]))
         for name, svc in cf.services.items():
-            if not svc.ports:
+            if not svc.ports or name in rc.host_mode:
                 continue
             draft = self.services[name]
-            if name in rc.host_mode:
-                draft.notes.append("ports had no effect under network_mode: host: left out")
-                continue
             if rc.networks.get(name) and name not in rc.egress:
                 draft.notes.append("ports had no effect (only internal networks): left out")
                 continue

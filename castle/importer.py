@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from castle import relocate
+from castle import import_values, relocate
 from castle.compose_read import (
     ComposeFile,
     PortMap,
@@ -263,11 +263,11 @@ class Importer:
             if key == "depends_on":
                 value = self._rename_deps(value)
             if key == "environment":
-                value = _environment(value)
+                value = import_values.environment(value)
             if key == "volumes":
-                value = _volume_types(value, self._interpolated(name).get("volumes"))
+                value = import_values.volume_types(value, self._interpolated(name).get("volumes"))
             if key in ("volumes", "env_file", "build"):
-                held.update(_variable_paths(key, value))
+                held.update(import_values.variable_paths(key, value))
             passthrough[str(key)] = self._paths(value, str(key))
         if held:
             self.cannot.append(f"{name!r}: paths held in variables ({', '.join(sorted(held))}) "
@@ -523,7 +523,8 @@ class Importer:
                     self.cannot.append(f"top-level {kind[:-1]} {str(name)[:60]!r}: {why}; left "
                                        "out (services that use it need it declared by hand)")
                 else:
-                    kept[str(name)] = self._paths(_own_name(entry, str(name), self.cf.project))
+                    own = import_values.own_name(entry, str(name), self.cf.project)
+                    kept[str(name)] = self._paths(own)
             self.top[kind] = [(toml_key(k), toml_value(v)) for k, v in sorted(kept.items())]
 
     def _layout_notes(self) -> None:
@@ -565,7 +566,8 @@ class Importer:
             reader=comment(self.cf.reader),
             reader_note=comment(self.cf.reader_note),
             cannot=[comment(c) for c in self.cannot],
-            closed=[comment(line) for line in _wrap(_grouped(self.closed))],
+            closed=[comment(line) for line in
+                    import_values.wrap(import_values.grouped(self.closed))],
             stack=toml_value(self.stack),
             tiers=[toml_value(t) for t in tiers],
             services=[{
@@ -594,79 +596,6 @@ class Importer:
             raise CastleError(f"the draft of {self.cf.path} does not validate (a bug in castle):"
                               f"\n{exc}") from None
         return text
-
-
-def _environment(env: Any) -> Any:
-    """Environment as a list when some entry has no value (`VAR:` passes the host's value
-    through, which a TOML table cannot say); else as written."""
-    if isinstance(env, dict) and any(v is None for v in env.values()):
-        return [str(k) if v is None else f"{k}={_env_text(v)}" for k, v in env.items()]
-    return env
-
-
-def _volume_types(volumes: Any, filled: Any) -> Any:
-    """Volumes whose source is a `${VAR}`: compose-go without interpolation cannot tell a
-    bind from a named volume, the interpolated model can (the same list, in order)."""
-    if not (isinstance(volumes, list) and isinstance(filled, list)
-            and len(volumes) == len(filled)):
-        return volumes
-    out = []
-    for vol, seen in zip(volumes, filled, strict=True):
-        if (isinstance(vol, dict) and isinstance(seen, dict) and "$" in str(vol.get("source"))
-                and seen.get("type") == "bind" and vol.get("type") != "bind"):
-            vol = {k: v for k, v in vol.items() if k != "volume"} | {"type": "bind"}
-        out.append(vol)
-    return out
-
-
-def _variable_paths(key: str, value: Any) -> list[str]:
-    """Local paths written as a variable (`${CONFIG}/app.yml`): castle cannot move them."""
-    found: list[str] = []
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if isinstance(item, dict):
-            text = item.get("source") if key == "volumes" else item.get(
-                "path" if key == "env_file" else "context")
-            if key == "volumes" and item.get("type", "bind") != "bind":
-                text = None
-        else:
-            text = str(item).split(":", 1)[0] if key == "volumes" else str(item)
-        if isinstance(text, str) and text.startswith("$"):
-            found.append(text)
-    return found
-
-
-def _env_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _own_name(entry: dict[str, Any], name: str, project: str) -> dict[str, Any]:
-    """A top-level object without the `name` compose-go fills in (project_NAME): the
-    generated stack gets the same one from its own project name."""
-    if entry.get("name") == f"{project}_{name}" and not entry.get("external"):
-        return {k: v for k, v in entry.items() if k != "name"}
-    return entry
-
-
-def _grouped(pairs: list[tuple[str, str]]) -> list[str]:
-    """Pairs as "a <-> b, c;" entries, one per first name, in order."""
-    by: dict[str, list[str]] = {}
-    for a, b in sorted(tuple(sorted(p)) for p in pairs):
-        by.setdefault(a, []).append(b)
-    return [f"{a} <-> {', '.join(bs)};" for a, bs in by.items()]
-
-
-def _wrap(items: list[str], width: int = 86) -> list[str]:
-    """Words of the items flowed into lines of at most `width` characters."""
-    lines: list[str] = []
-    for word in " ".join(items).split(" ") if items else []:
-        if lines and len(lines[-1]) + len(word) + 1 <= width:
-            lines[-1] += f" {word}"
-        else:
-            lines.append(word)
-    return lines
 
 
 def _top_rejected(kind: str, name: str, body: Any) -> str:

@@ -169,3 +169,39 @@ def gather(services: Mapping[str, Mapping[str, Any]], written: Mapping[str, Mapp
                 if m.group(1) in owner and owner[m.group(1)] != name:
                     ev.add(owner[m.group(1)], None, f"mounted file {fname}")
     return out
+
+
+def named_volumes(svc: Mapping[str, Any]) -> set[str]:
+    """The named volumes a service mounts (short or long syntax)."""
+    names = set()
+    for vol in svc.get("volumes") or []:
+        if isinstance(vol, Mapping):
+            source = vol.get("source") if vol.get("type") == "volume" else None
+        else:
+            head, sep, _ = str(vol).partition(":")
+            source = head if sep and not head.startswith((".", "/", "~", "$")) else None
+        if isinstance(source, str) and source:
+            names.add(source)
+    return names
+
+
+def share_volumes(found: dict[str, Evidence], written: Mapping[str, Mapping[str, Any]]) -> None:
+    """A service that shares a named volume with one whose configuration names hosts may
+    read the configuration it writes there (a setup job writing the app's settings): it
+    gets those calls too."""
+    mounts = {name: named_volumes(svc) for name, svc in written.items()}
+    seen = {name: (dict(ev.calls), dict(ev.why)) for name, ev in found.items()}
+    for a, vols in sorted(mounts.items()):
+        for b, others in sorted(mounts.items()):
+            common = sorted(vols & others)
+            if a == b or not common or b not in seen:
+                continue
+            calls, _ = seen[b]
+            for dst, ports in sorted(calls.items()):
+                if dst == a:
+                    continue
+                ev = found.setdefault(a, Evidence())
+                why = f"configuration {b!r} writes to volume {common[0]!r}"
+                ev.add(dst, None, why)
+                for port in sorted(ports):
+                    ev.add(dst, port, why)

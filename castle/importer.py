@@ -28,7 +28,7 @@ from castle.compose_read import (
     unknown_members,
 )
 from castle.errors import CastleError, SpecError
-from castle.evidence import Evidence, gather
+from castle.evidence import Evidence, gather, share_volumes
 from castle.load import parse
 from castle.model import (
     DNS_LABEL,
@@ -188,6 +188,7 @@ class Importer:
             {n: s.raw for n, s in self.cf.services.items()},
             {n: self._hostnames(n) for n in self.cf.services},
             dotenv(self.cf.path.resolve().parent))
+        share_volumes(self.evidence, {n: s.raw for n, s in self.cf.services.items()})
         self._ingress()
         self._pairs()
         self._egress()

@@ -444,3 +444,22 @@ def test_castle_output_round_trips(tmp_path_factory: pytest.TempPathFactory,
     assert after.egress == before.egress
     assert after.published == before.published
     assert analyze(regenerated, spec).counted == 0
+
+
+def test_configuration_in_a_shared_volume_counts(tmp_path: Path) -> None:
+    """A setup job that writes the app's settings (DB_HOST=db) into a volume the app mounts
+    shows whom the app calls: app -> db is kept; without the shared volume it is not
+    (negative control), since the app's own file names only the setup job."""
+    body = ("services:\n"
+            "  setup: {image: tools, environment: {DB_HOST: 'db:5432'}, volumes: ['conf:/c']}\n"
+            "  app: {image: app, expose: ['80'], depends_on: [setup], volumes: [%s]}\n"
+            "  db: {image: 'postgres:16'}\n"
+            "volumes: {conf: {}}\n")
+    path = tmp_path / "compose.yaml"
+    path.write_text(body % "'conf:/c'")
+    flows = {(str(f["from"]), f["to"]) for f in
+             tomllib.loads(import_compose(path, tmp_path))["flows"]}
+    assert ("app", "db") in flows
+    path.write_text(body % "")
+    text = import_compose(path, tmp_path)
+    assert ("app", "db") not in {(str(f["from"]), f["to"]) for f in tomllib.loads(text)["flows"]}

@@ -245,3 +245,23 @@ def test_default_pools_differ_per_stack(tmp_path: Path, compose_ok: None) -> Non
     (both / "b.toml").write_text(second.replace("[stack]\n", f'[stack]\nsubnet_pool = "{pool}"\n'))
     loud = runner.invoke(app, ["validate", str(first)])
     assert loud.exit_code == 0 and f"overlaps {pool} of stack" in loud.output, loud.output
+
+
+def test_cli_file_options_merge_like_compose(tmp_path: Path, compose_ok: None) -> None:
+    """`castle import -f A -f B` is the library's merge of [A, B]; no file is a usage error
+    (exit 2); a default-named file alone brings its override file."""
+    from typer.testing import CliRunner
+
+    from castle.cli import app
+
+    files = _files("netbox", ("docker-compose.test.yml", "docker-compose.test.override.yml"))
+    out = tmp_path / "zones.toml"
+    run = CliRunner().invoke(app, ["import", "-f", str(files[0]), "-f", str(files[1]),
+                                   "-o", str(out)])
+    assert run.exit_code == 0, run.output
+    assert out.read_text() == import_compose(files, tmp_path)
+    assert out.read_text() != import_compose(files[:1], tmp_path)  # the override counts
+    assert CliRunner().invoke(app, ["import"]).exit_code == 2
+    base = _files("appwrite", ("docker-compose.yml",))
+    both = _files("appwrite", ("docker-compose.yml", "docker-compose.override.yml"))
+    assert import_compose(base, tmp_path) == import_compose(both, tmp_path)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from castle.errors import CastleError, SpecError
+from castle.errors import CastleError, SpecError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -130,12 +130,16 @@ def init(
 @handled
 def validate(spec: SpecArg) -> None:
     """Check a spec against the wall rules: errors (exit 2), warnings, or a summary."""
+    # render every target in memory too: whatever generate would refuse, validate refuses
+    from castle.spec.pools import neighbours
     from castle.targets.generate import build
 
-    # render every target in memory too: whatever generate would refuse, validate refuses
     loaded, plan, _ = build(spec)
     _warn(loaded)
-    n = len(loaded.warnings)
+    clashes = neighbours(spec, plan.stack, plan.spec.stack.pool)
+    for d in clashes:
+        err(str(d))
+    n = len(loaded.warnings) + len(clashes)
     warned = f" ({_n(n, 'warning')})" if n else ""
     print(f"{spec}: valid: {_n(len(plan.services), 'service')} in "
           f"{_n(len(plan.tiers), 'tier')}, {_n(len(plan.spec.flows), 'flow')} -> "
@@ -318,14 +322,21 @@ def audit(
 @app.command("import")
 @handled
 def import_(
-    compose: Annotated[Path, typer.Argument(help="an existing compose file")],
+    compose: Annotated[list[Path] | None, typer.Argument(
+        help="existing compose files, merged in order (a single default-named file "
+        "brings its override file, as compose does)")] = None,
+    file: Annotated[list[Path] | None, typer.Option(
+        "-f", "--file", help="a compose file (repeatable, as `docker compose -f`)")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="write the draft here "
                    "(default: stdout)")] = None,
 ) -> None:
     """Draft a zones.toml that reproduces a compose file's current reachability."""
     from castle.views.importer import import_compose
 
-    _emit(import_compose(compose), out)
+    files = [*(file or []), *(compose or [])]
+    if not files:
+        raise UsageError("give a compose file: castle import docker-compose.yml")
+    _emit(import_compose(files, out.parent if out is not None else None), out)
 
 
 @app.command()

@@ -53,7 +53,9 @@ def fast_check(argv: list[str]) -> bool:
         return False
     for d in done.warnings:
         sys.stderr.write(f"{d}\n")
-    print(f"{done.out}: {done.files} files up to date with {spec}")
+    from castle.words import count
+
+    print(f"{done.out}: {count(done.files, 'file')} up to date with {spec}")
     return True
 
 

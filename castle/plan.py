@@ -102,6 +102,8 @@ class Plan:
     published: tuple[Published, ...]
     targets: tuple[str, ...]
     flow_lines: tuple[int, ...] = ()
+    # the spec's folder as seen from the output folder: passthrough paths are moved by it
+    spec_dir: str = "."
     _by_name: dict[str, PlanService] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -307,7 +309,8 @@ def _take(pool: IPv4Network, prefix: int, holes: list[tuple[int, int]]) -> Itera
             yield IPv4Network((lo, prefix))
 
 
-def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None) -> Plan:
+def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
+                 spec_dir: str = ".") -> Plan:
     """Build the Plan of a loaded spec; raise SpecError if the address pool is too small."""
     spec = loaded.spec
     depth = {t.name: i for i, t in reversed(list(enumerate(spec.tiers)))}
@@ -340,7 +343,7 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None) -> Plan:
     names = _name_networks(groups, tier_of)
 
     try:
-        subnets = allocate(spec.stack.subnet_pool, [len(m) for m, _ in groups],
+        subnets = allocate(spec.stack.pool, [len(m) for m, _ in groups],
                            spec.firewall.ssh_sources)
     except ValueError as exc:
         finding = Finding("error", ("stack", "subnet_pool"), str(exc),
@@ -382,6 +385,7 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None) -> Plan:
         published=_published(spec, conns),
         targets=select_targets(spec, targets),
         flow_lines=tuple(loaded.line_of(("flows", i)) for i in range(len(spec.flows))),
+        spec_dir=spec_dir,
     )
 
 

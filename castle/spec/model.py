@@ -18,6 +18,8 @@ from pydantic import (
     field_validator,
 )
 
+from castle.spec.pools import default_pool
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Reserved peer names: they mean something else in `from` / `to`.
 RESERVED = frozenset({"internet"})
@@ -46,6 +48,7 @@ _LABEL_KEY = re.compile(
 )
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
 TLS_REF = re.compile(r"ca|server_cert|server_key|(client_cert|client_key):([a-z0-9-]{1,63})")
+_TOP_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
 
@@ -80,6 +83,25 @@ def passthrough_problem(value: Any) -> str | None:
         elif not isinstance(item, str | int | float | bool):
             return (f"a TOML {type(item).__name__} is not a compose value; "
                     "write it as a quoted string")
+    return None
+
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR:+alt}: compose fills them
+_INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?+][^${}]*)?\}")
+_HOST_ALIAS = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,252}[A-Za-z0-9])?$")
+
+
+_BARE_VAR = re.compile(r"\$\$|\$[A-Za-z_][A-Za-z0-9_]*")
+
+
+def image_problem(image: str) -> str | None:
+    """Why `image` is not an image reference (compose variables allowed), or None."""
+    filled = _BARE_VAR.sub("x", image)
+    for _ in range(4):  # a default may hold another variable: fill the innermost first
+        filled = _INTERPOLATION.sub("x", filled)
+    if not _IMAGE.match(filled):
+        return (f"{image[:60]!r} is not an image reference (letters, digits and ._/:@+- "
+                "only, and ${VAR} variables)")
     return None
 
 
@@ -272,9 +294,10 @@ class Stack(_Model):
     name: Label = Field(
         description="compose project name and default Kubernetes namespace (DNS-1123 label)"
     )
-    subnet_pool: ipaddress.IPv4Network = Field(
-        default=ipaddress.IPv4Network("10.89.0.0/16"),
-        description="IPv4 pool the compose networks' subnets are allocated from",
+    subnet_pool: ipaddress.IPv4Network | None = Field(
+        default=None,
+        description="IPv4 pool the compose networks' subnets are allocated from (default: "
+        "a /16 in 10.128.0.0/9 chosen from the stack name, so stacks on one host differ)",
     )
     description: Text = Field(default="", description="free text, carried into generated headers")
     targets: list[Literal["compose", "iptables", "nftables", "k8s", "mesh"]] | None = Field(
@@ -285,12 +308,20 @@ class Stack(_Model):
 
     @field_validator("subnet_pool")
     @classmethod
-    def _pool(cls, v: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    def _pool(cls, v: ipaddress.IPv4Network | None) -> ipaddress.IPv4Network | None:
+        if v is None:
+            return v
         for bad, why in _UNUSABLE_POOLS:
             if v.overlaps(bad):
                 raise ValueError(f"{v} overlaps {bad} ({why}); use private space such as "
                                  "10.89.0.0/16")
         return v
+
+
+    @property
+    def pool(self) -> ipaddress.IPv4Network:
+        """The pool in use: subnet_pool, or the stack's own default."""
+        return self.subnet_pool or default_pool(self.name)
 
 
 class Tier(_Model):
@@ -372,13 +403,44 @@ class Service(_Model):
         default_factory=dict,
     )
 
+    aliases: list[str] = Field(
+        default_factory=list,
+        description="other host names the service answers to on each of its networks "
+        "(compose network aliases), e.g. its name before `castle import` renamed it",
+    )
+    secrets: list[str | dict[str, Any]] = Field(
+        default_factory=list,
+        description="compose secrets the service mounts (names or long-syntax tables, as "
+        "compose writes them), declared under [compose.secrets]; castle adds its TLS ones",
+    )
+
     @field_validator("image")
     @classmethod
     def _image(cls, v: str) -> str:
-        if not _IMAGE.match(v):
-            raise ValueError(
-                f"{v[:60]!r} is not an image reference (letters, digits and ._/:@+- only)"
-            )
+        problem = image_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: list[str]) -> list[str]:
+        for alias in v:
+            if not _HOST_ALIAS.match(alias):
+                raise ValueError(f"{alias[:60]!r} is not a host name")
+        return v
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        for item in v:
+            source = item if isinstance(item, str) else item.get("source")
+            if not isinstance(source, str) or not _TOP_NAME.match(source):
+                raise ValueError(f"{str(source)[:60]!r} is not a secret name (a string, or a "
+                                 "table with `source`)")
+            problem = passthrough_problem(item)
+            if problem:
+                raise ValueError(problem)
         return v
 
     @field_validator("labels")
@@ -621,7 +683,7 @@ TopName = Annotated[str, BeforeValidator(_top_name)]
 
 class ComposeTop(_Model):
     """The `[compose]` table: top-level compose objects services refer to (named volumes,
-    configs), passed through as written; castle owns networks and secrets."""
+    configs, secrets), passed through as written; castle owns networks."""
 
     volumes: dict[TopName, dict[str, Any]] = Field(
         description="top-level named volumes, as compose writes them", default_factory=dict
@@ -629,8 +691,13 @@ class ComposeTop(_Model):
     configs: dict[TopName, dict[str, Any]] = Field(
         description="top-level configs, as compose writes them", default_factory=dict
     )
+    secrets: dict[TopName, dict[str, Any]] = Field(
+        description="top-level secrets services mount, as compose writes them (file paths "
+        "relative to the spec's folder); castle adds its own TLS secrets beside them",
+        default_factory=dict,
+    )
 
-    @field_validator("volumes", "configs")
+    @field_validator("volumes", "configs", "secrets")
     @classmethod
     def _names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, body in v.items():

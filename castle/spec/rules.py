@@ -344,7 +344,9 @@ class Checker:
                     self.warn(("services", name, "publish", j),
                               f"{written(entry)} binds the host's loopback: the flows from "
                               f"outside that publish {entry.container} cannot reach it",
-                              "bind 0.0.0.0 (leave the IP out), or drop the flow")
+                              "host-only is kept as written: narrow the flow's source to "
+                              "cidr:127.0.0.1/32; to let others in, bind the one host address "
+                              "they reach (every interface would open it to the world)")
                 if not any(r.covers(entry.container) for r in ingress.get(name, [])):
                     self.error(("services", name, "publish", j),
                                f"{written(entry)} publishes {entry.container} but no flow from "

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from castle.errors import CastleError
 from castle.io.render import render
 from castle.io.write import Output, header
 from castle.plan import Plan, PlanService, Published
 from castle.spec.model import span
 from castle.spec.rules import INTERNET
+from castle.targets import relocate
 from castle.tls import recipes as tls_recipes
 
 PATH = "compose.yaml"
@@ -41,7 +43,8 @@ def bind_ip(p: Published) -> str:
 
 def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
     """What the template needs about one service."""
-    passthrough = {k: v for k, v in svc.spec.compose.items() if k != "environment"}
+    passthrough = relocate.service_keys(
+        {k: v for k, v in svc.spec.compose.items() if k != "environment"}, plan.spec_dir)
     wiring = tls_recipes.service_tls(plan, svc.name)
     env = _environment(plan, svc, wiring)
     if env is not None:
@@ -71,6 +74,7 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         "tier": svc.tier,
         "passthrough": dict(sorted(passthrough.items())),
         "networks": [(net, str(ip)) for net, ip in svc.networks],
+        "aliases": list(svc.spec.aliases),
         # informational for readers and `castle import`; reachability comes from networks
         "expose": [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "")
                    for p in svc.spec.listen],
@@ -80,6 +84,7 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
             for p in plan.published if p.service == svc.name
         ],
         "secrets": secrets,
+        "own_secrets": list(svc.spec.secrets),
         "tls_dir": tls_dir,
     }
 
@@ -96,6 +101,11 @@ def _recipe_configs(plan: Plan) -> dict[str, dict[str, Any]]:
 
 def context(plan: Plan) -> dict[str, Any]:
     """The template context of compose.yaml."""
+    tls = tls_recipes.secret_files(plan)
+    clash = sorted(set(tls) & set(plan.spec.compose.secrets))
+    if clash:
+        raise CastleError(f"[compose.secrets] {clash[0]!r} is the name of a TLS secret castle "
+                          "writes: rename it")
     return {
         "header": header(plan.source_name, plan.sha256),
         "stack": plan.stack,
@@ -103,16 +113,20 @@ def context(plan: Plan) -> dict[str, Any]:
         "networks": plan.networks,
         "secrets": [
             (name, f"./{plan.spec.tls.dir}/{file}")
-            for name, file in tls_recipes.secret_files(plan).items()
+            for name, file in tls.items()
         ],
+        "own_secrets": {name: relocate.top_object(body, plan.spec_dir)
+                        for name, body in sorted(plan.spec.compose.secrets.items())},
         "volumes": dict(sorted(plan.spec.compose.volumes.items())),
-        "configs": dict(sorted((plan.spec.compose.configs | _recipe_configs(plan)).items())),
+        "configs": {name: relocate.top_object(body, plan.spec_dir)
+                    for name, body in sorted(plan.spec.compose.configs.items())}
+                   | dict(sorted(_recipe_configs(plan).items())),
     }
 
 
 def paths(plan: Plan) -> list[str]:
-    """The files `outputs` writes, without rendering them."""
-    return [PATH]
+    """The files `outputs` writes, without rendering compose.yaml."""
+    return [PATH, *(o.path for o in tls_recipes.outputs(plan))]
 
 
 def outputs(plan: Plan) -> list[Output]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,15 +31,24 @@ class Result:
     tls: str = ""  # what the TLS step did (castle certs' report), empty when nothing was needed
 
 
-def build(spec_path: str | Path, targets: Iterable[str] | None = None) -> tuple[Loaded, Plan,
-                                                                               list[Output]]:
-    """Load, compile and render a spec without touching the disk."""
+def spec_dir_from(spec_path: str | Path, out: str | Path | None) -> str:
+    """The spec's folder relative to the output folder (POSIX, "." when they are one)."""
+    if out is None:
+        return "."
+    rel = os.path.relpath(Path(spec_path).resolve().parent, Path(out).resolve())
+    return Path(rel).as_posix()
+
+
+def build(spec_path: str | Path, targets: Iterable[str] | None = None,
+          out: str | Path | None = None) -> tuple[Loaded, Plan, list[Output]]:
+    """Load, compile and render a spec without touching the disk (paths in passthrough keys
+    are written relative to `out`, default the spec's folder)."""
     wanted = list(targets or [])
     unknown = [t for t in wanted if t not in TARGETS]
     if unknown:
         raise UsageError(f"unknown target {unknown[0]!r}; choose from {', '.join(TARGETS)}")
     loaded = load(spec_path)
-    plan = compile_plan(loaded, wanted or None)
+    plan = compile_plan(loaded, wanted or None, spec_dir_from(spec_path, out))
     if "mesh" in plan.targets and plan.spec.mesh.kind == "none":
         raise UsageError("target 'mesh' needs [mesh] kind = \"istio\" or \"linkerd\" in the spec")
     return loaded, plan, target_registry.outputs(plan)
@@ -49,7 +59,7 @@ def generate(spec_path: str | Path, out: str | Path | None = None, *,
              force: bool = False) -> Result:
     """Generate every artifact of a spec into `out` (default: the spec's folder)."""
     wanted = list(targets or [])
-    loaded, plan, outputs = build(spec_path, wanted)
+    loaded, plan, outputs = build(spec_path, wanted, out)
     root = Path(out) if out is not None else Path(spec_path).parent
     prune = Prune(plan.source_name, full_paths(loaded, plan, outputs, narrowed=bool(wanted)))
     if check:

@@ -23,6 +23,7 @@ from castle.io.render import comment, quoted_comment, render
 from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, Published
 from castle.spec.rules import is_outside
+from castle.targets.systemd import unit, unit_path
 
 PATH = "firewall/iptables.sh"
 MAX_CHAIN = 28  # iptables' limit on chain names (29 bytes with the NUL)
@@ -436,16 +437,12 @@ def _opted_in(plan: Plan) -> list[PlanService]:
 
 def paths(plan: Plan) -> list[str]:
     """The files `outputs` writes, without rendering them."""
-    from castle.targets.systemd import unit_path
-
     return [PATH, unit_path(plan.stack, "iptables")] + [
         f"firewall/container-{svc.name}.sh" for svc in _opted_in(plan)]
 
 
 def outputs(plan: Plan) -> list[Output]:
     """The host script and, for services that opt in, their container scripts."""
-    from castle.targets.systemd import unit  # imports this module's siblings only when used
-
     files = [Output(PATH, script(plan, host_ruleset(plan)), 0o755), unit(plan, "iptables")]
     for svc in _opted_in(plan):
         files.append(Output(f"firewall/container-{svc.name}.sh",

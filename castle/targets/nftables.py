@@ -17,6 +17,7 @@ from castle.io.write import Output, header
 from castle.plan import Plan
 from castle.spec.model import span
 from castle.targets.iptables import blocks, cidr, describe, shared
+from castle.targets.systemd import unit, unit_path
 
 PATH = "firewall/castle.nft"
 
@@ -134,13 +135,10 @@ def context(plan: Plan) -> dict[str, object]:
 
 def paths(plan: Plan) -> list[str]:
     """The files `outputs` writes, without rendering them."""
-    from castle.targets.systemd import unit_path
-
     return [PATH, unit_path(plan.stack, "nftables")]
 
 
 def outputs(plan: Plan) -> list[Output]:
     """The nftables target's file."""
-    from castle.targets.systemd import unit
-
-    return [Output(PATH, render("castle.nft.j2", **context(plan))), unit(plan, "nftables")]
+    return [Output(PATH, render("castle.nft.j2", **context(plan))),
+            unit(plan, "nftables", table_name(plan.stack))]

@@ -30,10 +30,8 @@ def installed(stack: str, firewall: str) -> str:
     return f"{INSTALL_DIR}/{stack}/{FIREWALLS[firewall]}"
 
 
-def unit(plan: Plan, firewall: str) -> Output:
-    """The systemd unit that applies one of the stack's firewall files."""
-    from castle.targets.nftables import table_name  # one module per target; no cycle at import
-
+def unit(plan: Plan, firewall: str, nft_table: str = "") -> Output:
+    """The systemd unit that applies one of the stack's firewall files (nft: and its table)."""
     script = installed(plan.stack, firewall)
     if firewall == "iptables":
         pre: list[list[str]] = []
@@ -43,7 +41,7 @@ def unit(plan: Plan, firewall: str) -> Output:
         pre = [["-/usr/sbin/modprobe", "br_netfilter"],
                ["/usr/sbin/sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"]]
         start = ["/usr/sbin/nft", "-f", script]
-        stop = ["-/usr/sbin/nft", "delete", "table", "inet", table_name(plan.stack)]
+        stop = ["-/usr/sbin/nft", "delete", "table", "inet", nft_table]
     other = next(f for f in FIREWALLS if f != firewall)
     text = render(
         "castle.service.j2",

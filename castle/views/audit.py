@@ -134,8 +134,9 @@ def exposed(cf: ComposeFile, rc: Reach, svc: ComposeService) -> list[PortMap]:
     return [p for p in svc.ports if not p.loopback]
 
 
-def analyze(compose: str | Path, spec: str | Path | None = None) -> Audit:
-    """Read a compose file and collect every finding, comparing with a spec when given."""
+def analyze(compose: str | Path | list[Path], spec: str | Path | None = None) -> Audit:
+    """Read a compose file (or file set) and collect every finding, comparing with a spec
+    when given."""
     cf = read(compose)
     plan = compile_plan(load(spec)) if spec is not None else None
     result = Audit(cf, reach(cf), Path(spec) if spec is not None else None)
@@ -342,7 +343,7 @@ def _check_egress(a: Audit, plan: Plan) -> None:
 # -- reports -------------------------------------------------------------------------------
 
 
-def audit(compose: Path, spec: Path | None, fmt: str) -> AuditResult:
+def audit(compose: Path | list[Path], spec: Path | None, fmt: str) -> AuditResult:
     """Audit a compose file (optionally against a spec) and render the report in `fmt`."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")

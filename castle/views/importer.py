@@ -6,6 +6,7 @@ import datetime
 import itertools
 import json
 import math
+import os
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from castle.readers.compose import (
     ComposeFile,
     PortMap,
     Reach,
+    dotenv,
     listen_ports,
     merge_ports,
     reach,
@@ -27,11 +29,20 @@ from castle.readers.compose import (
     unknown_members,
 )
 from castle.spec.load import parse
-from castle.spec.model import DNS_LABEL, OWNED_COMPOSE_KEYS, ComposeTop, PortRange
+from castle.spec.model import (
+    DNS_LABEL,
+    OWNED_COMPOSE_KEYS,
+    ComposeTop,
+    PortRange,
+    image_problem,
+    parse_port,
+)
+from castle.targets import relocate
+from castle.views import import_values
+from castle.views.evidence import Evidence, gather, share_volumes
 
 ANY_PORT = ("1-65535/tcp", "1-65535/udp")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")  # as castle/spec/model.py checks it
 # Valid for zones.toml, so the draft loads; docker refuses it (capitals), so it cannot run by
 # mistake before someone puts the real image in its place.
 PLACEHOLDER_IMAGE = "REPLACE-ME:latest"
@@ -43,6 +54,14 @@ IMAGE_PORTS = {
     "keydb": 6379, "memcached": 11211, "rabbitmq": 5672, "elasticsearch": 9200,
     "opensearch": 9200, "minio": 9000, "kafka": 9092, "zookeeper": 2181, "nats": 4222,
     "etcd": 2379, "clickhouse-server": 8123, "influxdb": 8086, "couchdb": 5984,
+    "nginx": 80, "httpd": 80, "caddy": 80, "traefik": 80, "haproxy": 80, "grafana": 3000,
+    "prometheus": 9090, "kibana": 5601, "logstash": 5044, "jaeger": 16686,
+    "cassandra": 9042, "neo4j": 7687, "mssql": 1433, "mongo-express": 8081,
+    "adminer": 8080, "pgadmin4": 80, "phpmyadmin": 80, "wordpress": 80, "nextcloud": 80,
+    "gitea": 3000, "keycloak": 8080, "vault": 8200, "consul": 8500, "loki": 3100,
+    "tempo": 3200, "otel-collector": 4317, "opentelemetry-collector-contrib": 4317,
+    "opentelemetry-collector": 4317, "temporal": 7233, "memcache": 11211,
+    "node-exporter": 9100, "cadvisor": 8080,
 }
 
 
@@ -68,6 +87,8 @@ class DraftService:
     publish: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     compose: list[tuple[str, str]] = field(default_factory=list)  # (toml key, toml value)
+    aliases: list[str] = field(default_factory=list)
+    secrets: list[Any] = field(default_factory=list)
 
 
 # -- TOML values -----------------------------------------------------------------------------
@@ -142,6 +163,7 @@ class Importer:
 
     cf: ComposeFile
     rc: Reach
+    spec_dir: Path = field(default_factory=Path.cwd)  # where the draft is written
     cannot: list[str] = field(default_factory=list)
     services: dict[str, DraftService] = field(default_factory=dict)
     flows: list[DraftFlow] = field(default_factory=list)
@@ -149,6 +171,8 @@ class Importer:
     ingress: set[str] = field(default_factory=set)
     top: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # kind -> (key, value)
     stack: str = ""  # the project name as a DNS-1123 label: [stack] name
+    evidence: dict[str, Evidence] = field(default_factory=dict)
+    closed: list[tuple[str, str]] = field(default_factory=list)  # pairs no flow keeps
 
     def run(self) -> str:
         """The draft's text."""
@@ -158,12 +182,14 @@ class Importer:
         taken = {n for n in self.cf.services if DNS_LABEL.match(n) and n != "internet"}
         for name in self.cf.services:
             self.names[name] = name if name in taken else dns_name(name, taken)
-            if self.names[name] != name:
-                self.cannot.append(f"service {name!r} is {self.names[name]!r} here (a DNS-1123 "
-                                   "label): containers that call it by its old name need the new "
-                                   "one")
         for name in self.cf.services:
             self.services[name] = self._service(name)
+        self.evidence = gather(
+            {n: self._interpolated(n) for n in self.cf.services},
+            {n: s.raw for n, s in self.cf.services.items()},
+            {n: self._hostnames(n) for n in self.cf.services},
+            dotenv(self.cf.path.resolve().parent))
+        share_volumes(self.evidence, {n: s.raw for n, s in self.cf.services.items()})
         self._ingress()
         self._pairs()
         self._egress()
@@ -173,29 +199,63 @@ class Importer:
         self._layout_notes()
         return self._render(tiers)
 
+    def _env_option(self) -> str:
+        """`--env-file PATH ` when the stack has a .env: compose reads .env from the folder
+        of the first compose file, which out/ is not."""
+        dotenv_path = self.cf.path.resolve().parent / ".env"
+        if not dotenv_path.is_file():
+            return ""
+        return "--env-file .env "
+
+    def _interpolated(self, name: str) -> Any:
+        """The service as compose-go interpolated it (what the container sees)."""
+        services = self.cf.interpolated.get("services") or {}
+        return services.get(name) or {}
+
+    def _hostnames(self, name: str) -> set[str]:
+        """Every name the service answers to on its networks in the file."""
+        svc = self.cf.services[name]
+        names = {name}
+        for key in ("container_name", "hostname"):
+            value = svc.raw.get(key)
+            if isinstance(value, str) and "$" not in value:
+                names.add(value)
+        nets = svc.raw.get("networks")
+        if isinstance(nets, dict):
+            for cfg in nets.values():
+                if isinstance(cfg, dict):
+                    names.update(str(a) for a in cfg.get("aliases") or [] if "$" not in str(a))
+        return names
+
     def _service(self, name: str) -> DraftService:
         svc = self.cf.services[name]
         spec_name = self.names[name]
-        image = svc.image
+        written = svc.raw.get("image")
+        image = written if isinstance(written, str) and written else svc.image
         draft = DraftService(spec_name, image)
+        if spec_name != name:
+            # compose answers to the old name too: the containers that call it keep working
+            draft.aliases.append(name)
+            draft.notes.append(f"{name!r} in the file: renamed to a DNS-1123 label, the old "
+                               "name stays a network alias")
         if not image and "build" in svc.raw:
             # Both parts are DNS labels, so this is always a valid reference.
             draft.image = f"{self.stack}-{spec_name}"
             draft.notes.append(f"no image in the file, only a build: {draft.image!r} is "
                                "compose's default name for the image it builds")
-        elif not _IMAGE.match(image):
+        elif image_problem(image):
             draft.image = PLACEHOLDER_IMAGE
             found = f"image {image[:60]!r} is not an image reference" if image else "no image"
             draft.notes.append(f"{found} in the file: {PLACEHOLDER_IMAGE} is a placeholder, "
                                "replace it with the real image")
-        if svc.network_mode != "host":
-            draft.listen = [_port_text(r) for r in listen_ports(svc)]
-            known = IMAGE_PORTS.get(image_repo(image))
-            if not draft.listen and known:
-                draft.listen = [known]
-                draft.notes.append(f"listen guessed from the image: {image_repo(image)} "
-                                   f"listens on {known} by default")
+        draft.listen = [_port_text(r) for r in listen_ports(svc)]
+        known = IMAGE_PORTS.get(image_repo(svc.image))
+        if not draft.listen and known:
+            draft.listen = [known]
+            draft.notes.append(f"listen guessed from the image: {image_repo(svc.image)} "
+                               f"listens on {known} by default")
         passthrough: dict[str, Any] = {}
+        held: set[str] = set()
         for key, value in svc.raw.items():
             if key in OWNED_COMPOSE_KEYS:
                 continue
@@ -204,14 +264,46 @@ class Importer:
                 continue
             if key == "depends_on":
                 value = self._rename_deps(value)
-            passthrough[str(key)] = value
-        # image, networks, ports, expose and network_mode are read into the draft itself.
+            if key == "environment":
+                value = import_values.environment(value)
+            if key == "volumes":
+                value = import_values.volume_types(value, self._interpolated(name).get("volumes"))
+            if key in ("volumes", "env_file", "build"):
+                held.update(import_values.variable_paths(key, value))
+            passthrough[str(key)] = self._paths(value, str(key))
+        if held:
+            self.cannot.append(f"{name!r}: paths held in variables ({', '.join(sorted(held))}) "
+                               "resolve from the folder of the compose file: generated "
+                               "elsewhere, they need absolute values")
+        secrets = svc.raw.get("secrets")
+        if isinstance(secrets, list):
+            draft.secrets = list(secrets)
+        # image, networks, ports, expose, network_mode and secrets are read into the draft.
         dropped = sorted(k for k in svc.raw if k in OWNED_COMPOSE_KEYS - {
-            "image", "networks", "ports", "expose", "network_mode"})
+            "image", "networks", "ports", "expose", "network_mode", "secrets"})
         if dropped:
             draft.notes.append(f"dropped {', '.join(dropped)}: castle owns them")
         draft.compose = [(toml_key(k), toml_value(v)) for k, v in sorted(passthrough.items())]
         return draft
+
+    def _paths(self, value: Any, key: str = "") -> Any:
+        """Absolute paths inside the stack's folder, written relative to the draft's folder
+        (castle resolves them from there): the draft moves with the stack."""
+        root = str(self.cf.path.resolve().parent)
+        if self.cf.verbatim is self.cf.raw:  # as written: relative to the compose file
+            base = Path(os.path.relpath(root, self.spec_dir.resolve())).as_posix()
+            return relocate.service_keys({key: value}, base)[key] if key else \
+                relocate.top_object(value, base)
+        if isinstance(value, str):
+            if value == root or value.startswith(root + os.sep):
+                rel = os.path.relpath(value, self.spec_dir.resolve())
+                return rel if rel.startswith("..") else f"./{rel}".removesuffix("/.")
+            return value
+        if isinstance(value, dict):
+            return {k: self._paths(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._paths(v, key) for v in value]
+        return value
 
     def _rename_deps(self, value: Any) -> Any:
         if isinstance(value, list):
@@ -236,45 +328,71 @@ class Importer:
                     notes=[f"{h!r} was on the host network and reached {pub!r}'s published "
                            "ports through the host"]))
                 continue
-            dep_ab = b in cf.services[a].depends_on
-            dep_ba = a in cf.services[b].depends_on
-            la, lb = self._listen(a), self._listen(b)
-            chosen: list[tuple[str, str, str]] = []
-            if dep_ab and lb:
-                chosen.append((a, b, f"guessed direction: {a!r} depends on {b!r} "
-                                     "(depends_on or links)"))
-            if dep_ba and la:
-                chosen.append((b, a, f"guessed direction: {b!r} depends on {a!r} "
-                                     "(depends_on or links)"))
+            chosen: list[tuple[str, str, str, list[int | str] | None]] = []
+            for src, dst in ((a, b), (b, a)):
+                seen = self._called(src, dst)
+                if seen is not None:
+                    chosen.append((src, dst, *seen))
             if not chosen:
-                if la and lb:
-                    note = ("both listen and nothing says who calls whom: both directions "
-                            "kept (if they never talk, delete both and castle separates them)")
-                    chosen = [(a, b, note), (b, a, note)]
-                elif lb:
-                    chosen = [(a, b, f"guessed direction: only {b!r} listens")]
-                elif la:
-                    chosen = [(b, a, f"guessed direction: only {a!r} listens")]
-                else:
-                    self.cannot.append(f"{a!r} and {b!r} can reach each other ({how}) but "
-                                       "neither has a known port (no expose or ports): no flow "
-                                       "was drafted; add listen and a flow if they talk")
-                    continue
-            for src, dst, note in chosen:
-                self.flows.append(DraftFlow([self.names[src]], self.names[dst],
+                # Nothing says they talk. A service whose configuration the file shows (it
+                # names the services it calls) does not call this one; one whose file says
+                # nothing may call whatever listens (its configuration is in its image).
+                for src, dst in ((a, b), (b, a)):
+                    if self._listen(dst) and not self._informative(src):
+                        chosen.append((src, dst, f"guessed direction: {dst!r} listens and "
+                                       f"nothing in the file says whom {src!r} calls", None))
+            if not chosen:
+                self.closed.append((self.names[a], self.names[b]))
+                continue
+            for src, dst, note, named in chosen:
+                self.flows.append(DraftFlow([self.names[src]], self.names[dst], named,
                                             notes=[f"shared in the file: {how}", note]))
+
+    def _informative(self, name: str) -> bool:
+        """True when the file shows whom the service calls (host names or depends_on)."""
+        return bool(self.evidence.get(name, Evidence()).calls
+                    or self.cf.services[name].depends_on)
+
+    def _called(self, src: str, dst: str) -> tuple[str, list[int | str] | None] | None:
+        """(why, ports) when the file shows that src calls dst, else None; ports None means
+        all of dst's listen ports. Ports seen in src's config join dst's listen."""
+        ev = self.evidence.get(src, Evidence())
+        depends = dst in self.cf.services[src].depends_on
+        if dst not in ev.calls and not depends:
+            return None
+        why = (f"{src!r} calls {dst!r} ({ev.why[dst]})" if dst in ev.calls
+               else f"{src!r} depends on {dst!r} (depends_on or links)")
+        draft = self.services[dst]
+        seen = sorted(ev.calls.get(dst, set()))
+        if seen:
+            known = {parse_port(x) for x in draft.listen}
+            for port in seen:
+                if not any(r.covers(PortRange("tcp", port, port)) for r in known):
+                    draft.listen.append(port)
+                    draft.notes.append(f"listen {port} seen in {src!r}'s configuration")
+            return why, list(seen)
+        if not draft.listen:
+            draft.listen.append(ANY_PORT[0])
+            draft.notes.append(f"{src!r} calls it on a port the file does not name: every tcp "
+                               "port is open to it; narrow listen to the real ones")
+        return why, None
 
     def _ingress(self) -> None:
         cf, rc = self.cf, self.rc
         claimed: set[tuple[str, int]] = set()
         runs: list[tuple[str, list[PortMap]]] = []
+        for name in sorted(rc.host_mode):
+            # it listened on the host itself: whoever reached the host reached it there
+            draft = self.services[name]
+            if draft.listen:
+                self.ingress.add(name)
+                self.flows.append(DraftFlow(["internet"], draft.name, list(draft.listen), notes=[
+                    "network_mode: host in the file: it listened on the host's own ports, "
+                    "now published on the same numbers"]))
         for name, svc in cf.services.items():
-            if not svc.ports:
+            if not svc.ports or name in rc.host_mode:
                 continue
             draft = self.services[name]
-            if name in rc.host_mode:
-                draft.notes.append("ports had no effect under network_mode: host: left out")
-                continue
             if rc.networks.get(name) and name not in rc.egress:
                 draft.notes.append("ports had no effect (only internal networks): left out")
                 continue
@@ -391,9 +509,9 @@ class Importer:
                 flow.waiver = "imported: the compose file let it skip a wall"
 
     def _top_level(self) -> None:
-        """Carry top-level volumes and configs into [compose.*]; secrets stay castle's."""
-        for kind in ("volumes", "configs"):
-            top = self.cf.raw.get(kind)
+        """Carry top-level volumes, configs and secrets into [compose.*]."""
+        for kind in ("volumes", "configs", "secrets"):
+            top = self.cf.verbatim.get(kind)
             if top is None:
                 continue
             if not isinstance(top, dict):
@@ -407,12 +525,9 @@ class Importer:
                     self.cannot.append(f"top-level {kind[:-1]} {str(name)[:60]!r}: {why}; left "
                                        "out (services that use it need it declared by hand)")
                 else:
-                    kept[str(name)] = entry
+                    own = import_values.own_name(entry, str(name), self.cf.project)
+                    kept[str(name)] = self._paths(own)
             self.top[kind] = [(toml_key(k), toml_value(v)) for k, v in sorted(kept.items())]
-        secrets = self.cf.raw.get("secrets")
-        if isinstance(secrets, dict) and secrets:
-            self.cannot.append(f"top-level secrets ({', '.join(sorted(map(str, secrets)))}): "
-                               "castle owns secrets (it wires TLS ones itself): they were dropped")
 
     def _layout_notes(self) -> None:
         cf, rc = self.cf, self.rc
@@ -440,17 +555,21 @@ class Importer:
             nets = svc.raw.get("networks")
             if isinstance(nets, dict) and any(isinstance(c, dict) and c.get("ipv4_address")
                                               for c in nets.values()):
-                self.services[name].notes.append("static addresses dropped: castle assigns its "
-                                                 "own from subnet_pool")
+                self.cannot.append(f"{name!r} had a static address: castle assigns its own "
+                                   "from subnet_pool (configuration that names the old one "
+                                   "needs the new one, or the service name)")
 
     def _render(self, tiers: list[str]) -> str:
         ordered = sorted(self.services.values(), key=lambda d: (tiers.index(d.tier), d.name))
         text = render(
             "import.toml.j2",
             source=comment(self.cf.path.name),
+            env_option=comment(self._env_option()),
             reader=comment(self.cf.reader),
             reader_note=comment(self.cf.reader_note),
             cannot=[comment(c) for c in self.cannot],
+            closed=[comment(line) for line in
+                    import_values.wrap(import_values.grouped(self.closed))],
             stack=toml_value(self.stack),
             tiers=[toml_value(t) for t in tiers],
             services=[{
@@ -459,6 +578,8 @@ class Importer:
                 "image": toml_value(d.image),
                 "listen": toml_value(d.listen),
                 "publish": toml_value(d.publish) if d.publish else "",
+                "aliases": toml_value(d.aliases) if d.aliases else "",
+                "secrets": toml_value(d.secrets) if d.secrets else "",
                 "notes": [comment(n) for n in dict.fromkeys(d.notes)],
                 "compose": d.compose,
             } for d in ordered],
@@ -510,7 +631,8 @@ def _runs(ports: list[PortMap]) -> list[list[PortMap]]:
     return runs
 
 
-def import_compose(compose: Path) -> str:
-    """A zones.toml draft reproducing a compose file's reachability, guesses commented."""
-    cf = read(compose)
-    return Importer(cf, reach(cf)).run()
+def import_compose(compose: Path | list[Path], spec_dir: Path | None = None) -> str:
+    """A zones.toml draft reproducing a compose file set's reachability, guesses commented;
+    its paths are relative to `spec_dir` (where the draft goes; default: the current folder)."""
+    cf = read(compose if isinstance(compose, list) else [compose])
+    return Importer(cf, reach(cf), spec_dir or Path.cwd()).run()

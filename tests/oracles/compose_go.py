@@ -67,9 +67,18 @@ def config_check(path: Path | str, project: str | None = None) -> tuple[bool, st
     return proc.returncode == 0, proc.stderr
 
 
-def config_json(path: Path | str, project: str | None = None) -> dict[str, Any]:
-    """The normalized project as compose sees it (`config --format json`); raises if rejected."""
-    proc = _run(path, project, ["config", "--format", "json"])
+def config_json(path: Path | str, project: str | None = None, *,
+                more: list[Path] | None = None, env_file: Path | None = None,
+                all_profiles: bool = False) -> dict[str, Any]:
+    """The normalized project as compose sees it (`config --format json`); raises if rejected.
+    `more` are further -f files merged after `path`, `env_file` replaces the folder's .env,
+    `all_profiles` enables every profile (`--profile '*'`)."""
+    args = [arg for extra in more or [] for arg in ("-f", str(Path(extra).resolve()))]
+    if all_profiles:
+        args += ["--profile", "*"]
+    if env_file is not None:
+        args += ["--env-file", str(Path(env_file).resolve())]
+    proc = _run(path, project, [*args, "config", "--format", "json"])
     if proc.returncode != 0:
         raise OracleError(f"compose rejected {path}: {proc.stderr.strip()}")
     doc: dict[str, Any] = json.loads(proc.stdout)

@@ -5,24 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from castle.errors import UsageError
 from castle.io.render import render
 from castle.io.write import Output, header
-from castle.plan import Conn, Plan, PlanService, select_targets
+from castle.plan import Conn, Plan, PlanService
 from castle.spec.rules import INTERNET, is_outside
+from castle.targets import workloads
+from castle.targets.k8s_names import (
+    EVERYWHERE,
+    MANAGED,
+    NAMESPACES,
+    NS_LABEL,
+    WORKLOADS,
+    mesh_kind,
+    namespace_of,
+    secret_item,
+    used_namespaces,
+)
 from castle.tls import plan as tlsplan
 from castle.tls import recipes as tls_recipes
 
 POLICIES = "k8s/networkpolicies.yaml"
 KUSTOMIZATION = "k8s/kustomization.yaml"
-MESH = "k8s/mesh.yaml"
-NAMESPACES = "k8s/namespaces.yaml"  # written by castle.targets.workloads
-WORKLOADS = "k8s/workloads.yaml"
-NS_LABEL = "kubernetes.io/metadata.name"
-MANAGED = ("app.kubernetes.io/managed-by", "castle")
 DENY = "castle-default-deny"
 DNS = "castle-allow-dns"
-EVERYWHERE = "0.0.0.0/0"
 
 Labels = list[tuple[str, str]]
 
@@ -58,29 +63,6 @@ class Policy:
     annotations: list[tuple[str, str]] = field(default_factory=list)
     ingress: list[Rule] = field(default_factory=list)
     egress: list[Rule] = field(default_factory=list)
-
-
-def namespaces_by_tier(plan: Plan) -> dict[str, str]:
-    """tier -> namespace; each must be a DNS label (the wall rules reject longer ones)."""
-    out = plan.tier_namespaces
-    for t, ns in out.items():
-        if len(ns) > 63:
-            raise UsageError(
-                f"Kubernetes namespace {ns!r} for tier {t!r} is longer than 63 characters; "
-                "set a shorter [kubernetes].namespace"
-            )
-    return out
-
-
-def namespace_of(plan: Plan, service: str) -> str:
-    """The namespace a service's pods run in."""
-    return plan.namespace_of(service)
-
-
-def used_namespaces(plan: Plan) -> list[str]:
-    """The namespaces that hold at least one service, sorted."""
-    tiers = namespaces_by_tier(plan)
-    return sorted({tiers[s.tier] for s in plan.services})
 
 
 def _pods_peer(plan: Plan, svc: PlanService, home: str) -> Peer:
@@ -208,17 +190,6 @@ def tls_path_prefix(plan: Plan) -> tuple[str, bool]:
     return f"../{folder}/", False
 
 
-def secret_item(name: str) -> tuple[str, str]:
-    """The Kubernetes Secret and key that hold one compose secret (tlsplan.secret_files name):
-    `db-server-cert` -> (`db-server-tls`, `tls.crt`), `castle-ca` -> (`castle-ca`, `ca.crt`)."""
-    if name == tlsplan.CA_SECRET:
-        return tlsplan.CA_SECRET, "ca.crt"
-    if name.endswith(tls_recipes.PASSWORD_SUFFIX):  # a generated password: Opaque, one key
-        return name, "password"
-    base, _, part = name.rpartition("-")
-    return f"{base}-tls", {"cert": "tls.crt", "key": "tls.key"}[part]
-
-
 def secret_generators(plan: Plan) -> list[dict[str, Any]]:
     """secretGenerator entries: a kubernetes.io/tls Secret per cert pair, the CA per namespace."""
     files = tlsplan.secret_files(plan)
@@ -263,15 +234,6 @@ def secret_generators(plan: Plan) -> list[dict[str, Any]]:
     return sorted(gens, key=lambda g: (g["name"], g["namespace"] or ""))
 
 
-def mesh_kind(plan: Plan) -> str:
-    """The mesh the spec emits ("none" unless [mesh] kind is set and mesh is a target).
-
-    From the spec, not from this run's --target: `--target k8s --check` must not drift."""
-    if "mesh" in select_targets(plan.spec, None):
-        return plan.spec.mesh.kind
-    return "none"
-
-
 def kustomization_context(plan: Plan) -> dict[str, Any]:
     """What kustomization.yaml.j2 needs."""
     resources = ["networkpolicies.yaml"]
@@ -305,7 +267,5 @@ def outputs(plan: Plan) -> list[Output]:
     kust = render("kustomization.yaml.j2", **kustomization_context(plan))
     files = [Output(POLICIES, pols), Output(KUSTOMIZATION, kust)]
     if plan.spec.kubernetes.workloads:
-        from castle.targets import workloads
-
         files += workloads.outputs(plan)
     return files

@@ -14,8 +14,9 @@ from typing import Any
 
 from castle.errors import SpecError
 from castle.spec.load import Loaded, to_diagnostic
-from castle.spec.model import METADATA, TARGETS, PortRange, Service, Spec, span
+from castle.spec.model import METADATA, TARGETS, Service, Spec
 from castle.spec.rules import INTERNET, Edge, Finding, is_outside, publish_ranges
+from castle.spec.values import PortRange, span
 from castle.words import count
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from castle.errors import UsageError
-from castle.spec.model import PortRange
+from castle.spec.values import PortRange
 
 COMPOSE_GO = "compose-go"
 YAML_READER = "castle's YAML reader"

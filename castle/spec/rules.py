@@ -9,15 +9,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from castle.spec.model import (
-    RESERVED,
-    PortRange,
-    PublishEntry,
-    Service,
-    Spec,
-    dns_label_problem,
-    spec_recipe,
-)
+from castle.spec.model import RESERVED, Service, Spec, spec_recipe
+from castle.spec.values import PortRange, PublishEntry, dns_label_problem
 
 INTERNET = "internet"
 # A Deployment and a Service list ports one by one (Kubernetes has no port ranges): past

@@ -29,14 +29,8 @@ from castle.readers.compose import (
     unknown_members,
 )
 from castle.spec.load import parse
-from castle.spec.model import (
-    DNS_LABEL,
-    OWNED_COMPOSE_KEYS,
-    ComposeTop,
-    PortRange,
-    image_problem,
-    parse_port,
-)
+from castle.spec.model import OWNED_COMPOSE_KEYS, ComposeTop
+from castle.spec.values import DNS_LABEL, PortRange, image_problem, parse_port
 from castle.targets import relocate
 from castle.views import import_values
 from castle.views.evidence import Evidence, gather, share_volumes

@@ -2,76 +2,28 @@
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from castle.spec.findings import (
+    INTERNET,
+    Edge,
+    Finding,
+    Loc,
+    closest,
+    is_outside,
+    toml_endpoints,
+    written,
+)
 from castle.spec.model import RESERVED, Service, Spec, spec_recipe
-from castle.spec.values import PortRange, PublishEntry, dns_label_problem
-
-INTERNET = "internet"
-# A Deployment and a Service list ports one by one (Kubernetes has no port ranges): past
-# this many, the scaffold declares none rather than thousands.
-MAX_DECLARED_PORTS = 1024
-Loc = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A rule broken (error) or a smell (warning), at a field path of the spec."""
-
-    severity: str
-    loc: Loc
-    message: str
-    hint: str = ""
-
-
-@dataclass(frozen=True)
-class Edge:
-    """One expanded (source, destination) of a flow with the port ranges it opens."""
-
-    flow: int
-    src: str
-    dst: str
-    ports: tuple[PortRange, ...]
-
-
-def is_outside(peer: str) -> bool:
-    """True for `internet` and `cidr:` peers: anything not a service of the stack."""
-    return peer == INTERNET or peer.startswith("cidr:")
-
-
-def where(loc: Loc) -> str:
-    """Render a field path as flows[2].to."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            continue
-        # a key TOML must quote is shown quoted: services."a b", not services.a b
-        name = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
-        out += f".{name}" if out else name
-    return out
-
-
-def written(entry: PublishEntry) -> str:
-    """A publish entry quoted as the user wrote it: "8443:443"."""
-    return f'"{entry.text or entry}"'
-
-
-def toml_endpoints(endpoints: list[str]) -> str:
-    """A flow's from or to as TOML: "web", or ["web", "tier:data"] for several."""
-    quoted = [f'"{e}"' for e in endpoints]
-    return quoted[0] if len(quoted) == 1 else f"[{', '.join(quoted)}]"
-
-
-def closest(name: str, candidates: list[str], prefix: str = "") -> str:
-    """A "did you mean" hint for an unknown name, or an empty string."""
-    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
-    return f"did you mean '{prefix}{match[0]}'?" if match else ""
+from castle.spec.values import (
+    MAX_DECLARED_PORTS,
+    PortRange,
+    dns_label_problem,
+    listen_count,
+    publish_ranges,
+)
 
 
 @dataclass
@@ -553,36 +505,6 @@ class Checker:
                            f"the {recipe} TLS recipe writes {key} for {name!r}",
                            f'drop {key} here, or set [services.{name}.tls] recipe = "generic" '
                            "and wire TLS yourself")
-
-
-def listen_count(listen: list[PortRange]) -> int:
-    """How many (protocol, port) pairs a listen list names."""
-    return len({(p.proto, n) for p in listen for n in range(p.lo, p.hi + 1)})
-
-
-def publish_ranges(
-    publish: list[PublishEntry], port: PortRange
-) -> list[tuple[str, PortRange, PortRange]]:
-    """(host IP, host range, container range) pieces that publish a container port range:
-    each port keeps its number unless a `publish` entry renames it (a range may be split)."""
-    pieces: list[tuple[str, PortRange, PortRange]] = []
-    lo = port.lo
-    while lo <= port.hi:
-        entry = next((e for e in publish if e.container.proto == port.proto
-                      and e.container.lo <= lo <= e.container.hi), None)
-        if entry is None:
-            starts = [e.container.lo for e in publish
-                      if e.container.proto == port.proto and lo < e.container.lo <= port.hi]
-            hi = min(starts, default=port.hi + 1) - 1
-            same = PortRange(port.proto, lo, hi)
-            pieces.append(("", same, same))
-        else:
-            hi = min(entry.container.hi, port.hi)
-            off = entry.host.lo - entry.container.lo
-            pieces.append((entry.host_ip, PortRange(port.proto, lo + off, hi + off),
-                           PortRange(port.proto, lo, hi)))
-        lo = hi + 1
-    return pieces
 
 
 def check(spec: Spec, skip_flows: frozenset[int] = frozenset(),

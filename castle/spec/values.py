@@ -247,3 +247,38 @@ Endpoints = Annotated[
         {"anyOf": [_ENDPOINT_SCHEMA, {"type": "array", "items": _ENDPOINT_SCHEMA, "minItems": 1}]}
     ),
 ]
+
+
+# A Deployment and a Service list ports one by one (Kubernetes has no port ranges): past
+# this many, the scaffold declares none rather than thousands.
+MAX_DECLARED_PORTS = 1024
+
+
+def listen_count(listen: list[PortRange]) -> int:
+    """How many (protocol, port) pairs a listen list names."""
+    return len({(p.proto, n) for p in listen for n in range(p.lo, p.hi + 1)})
+
+
+def publish_ranges(
+    publish: list[PublishEntry], port: PortRange
+) -> list[tuple[str, PortRange, PortRange]]:
+    """(host IP, host range, container range) pieces that publish a container port range:
+    each port keeps its number unless a `publish` entry renames it (a range may be split)."""
+    pieces: list[tuple[str, PortRange, PortRange]] = []
+    lo = port.lo
+    while lo <= port.hi:
+        entry = next((e for e in publish if e.container.proto == port.proto
+                      and e.container.lo <= lo <= e.container.hi), None)
+        if entry is None:
+            starts = [e.container.lo for e in publish
+                      if e.container.proto == port.proto and lo < e.container.lo <= port.hi]
+            hi = min(starts, default=port.hi + 1) - 1
+            same = PortRange(port.proto, lo, hi)
+            pieces.append(("", same, same))
+        else:
+            hi = min(entry.container.hi, port.hi)
+            off = entry.host.lo - entry.container.lo
+            pieces.append((entry.host_ip, PortRange(port.proto, lo + off, hi + off),
+                           PortRange(port.proto, lo, hi)))
+        lo = hi + 1
+    return pieces

@@ -8,7 +8,7 @@ from typing import Any
 from castle.io.render import render
 from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService
-from castle.spec.rules import INTERNET, is_outside
+from castle.spec.findings import INTERNET, is_outside
 from castle.targets import workloads
 from castle.targets.k8s_names import (
     EVERYWHERE,

@@ -18,7 +18,7 @@ from typing import Any
 from castle.io.render import render
 from castle.io.write import Output, header
 from castle.plan import Plan, PlanService
-from castle.spec.rules import MAX_DECLARED_PORTS, listen_count
+from castle.spec.values import MAX_DECLARED_PORTS, listen_count
 from castle.targets.k8s_names import (
     MANAGED,
     NAMESPACES,

@@ -8,7 +8,7 @@ from castle.errors import UsageError
 from castle.plan import Plan, Published
 from castle.readers.compose import ComposeFile, PortMap, reach
 from castle.readers.compose import read as read_compose
-from castle.spec.rules import INTERNET
+from castle.spec.findings import INTERNET
 from castle.spec.values import span
 from castle.views.matrix import Matrix, render_matrix, render_table, spec_matrix
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from castle.readers.compose import PortMap
+from castle.readers.compose_ports import PortMap
 from castle.spec.model import ComposeTop
 from castle.spec.values import PortRange
 

@@ -14,15 +14,14 @@ from castle.errors import CastleError, SpecError
 from castle.io.render import comment, render
 from castle.readers.compose import (
     ComposeFile,
-    PortMap,
     Reach,
     dotenv,
     listen_ports,
-    merge_ports,
     reach,
     read,
     unknown_members,
 )
+from castle.readers.compose_ports import PortMap, merge_ports
 from castle.spec.load import parse
 from castle.spec.model import OWNED_COMPOSE_KEYS
 from castle.spec.values import DNS_LABEL, PortRange, image_problem, parse_port

@@ -170,8 +170,8 @@ def allowed_tuples(spec: Path) -> tuple[list[tuple[str, str, str, str]], list[tu
     """castle's allowed (src, dst, proto, port), egress (src, proto, port) and ingress
     (dst, proto, port), from the plan: the policy the peers compile too."""
     from castle.plan import compile_plan
+    from castle.spec.findings import is_outside
     from castle.spec.load import load
-    from castle.spec.rules import is_outside
     from castle.targets.iptables import shared
 
     plan = compile_plan(load(spec))

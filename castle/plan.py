@@ -13,9 +13,10 @@ from ipaddress import IPv4Address, IPv4Network, collapse_addresses
 from typing import Any
 
 from castle.errors import SpecError
+from castle.spec.findings import INTERNET, Edge, Finding, is_outside
 from castle.spec.load import Loaded, to_diagnostic
-from castle.spec.model import METADATA, TARGETS, PortRange, Service, Spec, span
-from castle.spec.rules import INTERNET, Edge, Finding, is_outside, publish_ranges
+from castle.spec.model import METADATA, TARGETS, Service, Spec
+from castle.spec.values import PortRange, publish_ranges, span
 from castle.words import count
 
 

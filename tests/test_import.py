@@ -23,7 +23,8 @@ from castle.spec.load import parse
 from castle.spec.model import OWNED_COMPOSE_KEYS
 from castle.targets.generate import build
 from castle.views.audit import analyze
-from castle.views.importer import dns_name, import_compose, toml_value
+from castle.views.import_draft import dns_name, toml_value
+from castle.views.importer import import_compose
 from tests.oracles import compose_go, compose_reach
 from tests.strategies import examples, specs
 

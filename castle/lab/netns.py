@@ -14,6 +14,14 @@ from ipaddress import IPv4Address
 from types import FrameType, TracebackType
 from typing import Any
 
+from castle.lab.dockerd import (
+    bridge_names,
+    docker_iptables,
+    docker_proxy,
+    gateway_net,
+    mac,
+    published_targets,
+)
 from castle.lab.probe import (
     EXT_IF,
     HOST_EXT,
@@ -23,18 +31,12 @@ from castle.lab.probe import (
     SEQ,
     Connect,
     Listen,
-    bridge_names,
     cleanup_leftovers,
     delete_namespaces,
-    docker_iptables,
-    docker_proxy,
-    gateway_net,
     in_netns,
     ip_batches,
-    mac,
     netns_available,
     nsexec,
-    published_targets,
     run_cmd,
     run_probes,
     write_sysctls,

@@ -1,4 +1,4 @@
-"""The lab's machinery: namespace plumbing, dockerd's rules, and a paced TCP/UDP prober."""
+"""The lab's machinery: namespace plumbing and a paced TCP/UDP prober."""
 
 from __future__ import annotations
 
@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING, TypeVar
 from castle.lab.topology import LabError
 
 if TYPE_CHECKING:
-    from castle.lab.topology import LabNet, Published, Topology
+    pass
 
 HOST_EXT = IPv4Address("203.0.113.1")  # the host's address towards the internet
 HOST_EXT6 = "2001:db8::1"  # the host's IPv6 address, where docker-proxy listens on [::]
 OUTSIDE6 = "2001:db8::2"
 OUTSIDE = IPv4Address("203.0.113.2")  # the internet's address, in the outside namespace
 EXT_IF = "eth0"  # the host's uplink, as on a typical Docker host
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 PAYLOAD = b"!"
@@ -40,8 +39,6 @@ OURS = re.compile(r"^cst(\d+)-\d+-")  # lab namespaces: cst<pid>-<lab number>-<r
 SEQ = itertools.count()  # lab numbers within this process
 
 _T = TypeVar("_T")
-
-
 
 
 def run_cmd(argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -183,101 +180,11 @@ def _family(addr: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
-def docker_proxy() -> str | None:
-    """Docker's userland proxy binary, when installed (Debian: docker.io)."""
-    found = shutil.which("docker-proxy")
-    for path in (found, "/usr/sbin/docker-proxy", "/usr/libexec/docker/docker-proxy",
-                 "/usr/bin/docker-proxy"):
-        if path and os.access(path, os.X_OK):
-            return path
-    return None
-
-
 def write_sysctls(values: Mapping[str, str]) -> None:
     """Write /proc/sys/KEY (e.g. 'net/ipv4/ip_forward') for the calling thread's namespace."""
     for key, value in values.items():
         with open(f"/proc/sys/{key}", "w", encoding="ascii") as fh:
             fh.write(value)
-
-
-def mac(addr: IPv4Address) -> str:
-    """Docker's classic scheme: 02:42 then the IPv4 address."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in addr.packed)
-
-
-def bridge_names(nets: Sequence[LabNet]) -> dict[str, str]:
-    """Network name -> bridge interface name in the host namespace."""
-    taken = {n.bridge for n in nets if n.bridge}
-    out, counter = {}, itertools.count()
-    for n in nets:
-        if n.bridge:
-            if not _IFNAME.match(n.bridge) or n.bridge in {EXT_IF, "lo"} or n.bridge[:4] == "veth":
-                raise LabError(f"network {n.name}: bridge name {n.bridge!r} unusable")
-            out[n.name] = n.bridge
-        else:
-            out[n.name] = next(b for i in counter if (b := f"b{i}") not in taken)
-    if len(set(out.values())) != len(out):
-        raise LabError("two networks share a bridge name")
-    return out
-
-
-def gateway_net(topo: Topology, container: str) -> str | None:
-    """The network that carries a container's default route and published ports, if any."""
-    nets = {n.name: n for n in topo.nets}
-    c = next(c for c in topo.containers if c.name == container)
-    return next((net for net in c.addrs if not nets[net].internal), None)
-
-
-def published_targets(topo: Topology) -> list[tuple[Published, str, IPv4Address]]:
-    """Each published port dockerd would map: (port, its network, container address)."""
-    byname = {c.name: c for c in topo.containers}
-    out = []
-    for p in topo.published:
-        net = gateway_net(topo, p.container)
-        if net is not None:  # Docker publishes nothing for a container on internal networks only
-            out.append((p, net, byname[p.container].addrs[net]))
-    return out
-
-
-def docker_iptables(topo: Topology, bridges: Mapping[str, str], *, conntrack: bool = True) -> str:
-    """dockerd's own rules (Engine 28 layout) for this topology, as iptables-restore input."""
-    f = ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-FORWARD",
-         "-A DOCKER-FORWARD -j DOCKER-CT", "-A DOCKER-FORWARD -j DOCKER-INTERNAL",
-         "-A DOCKER-FORWARD -j DOCKER-BRIDGE"]
-    accept, drop, raw = [], [], []
-    nat = ["-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
-           "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER"]
-    for n in topo.nets:
-        b = bridges[n.name]
-        if n.internal:
-            f += [f"-A DOCKER-INTERNAL ! -s {n.subnet} -o {b} -j DROP",
-                  f"-A DOCKER-INTERNAL ! -d {n.subnet} -i {b} -j DROP",
-                  f"-A DOCKER-FORWARD -i {b} -o {b} -j ACCEPT"]
-            continue
-        if conntrack:
-            f.append(f"-A DOCKER-CT -o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
-        f += [f"-A DOCKER-BRIDGE -o {b} -j DOCKER", f"-A DOCKER-FORWARD -i {b} -j ACCEPT"]
-        drop.append(f"-A DOCKER ! -i {b} -o {b} -j DROP")
-        nat += [f"-A POSTROUTING -s {n.subnet} ! -o {b} -j MASQUERADE",
-                f"-A DOCKER -i {b} -j RETURN"]
-    for p, net, addr in published_targets(topo):
-        b, pr = bridges[net], p.proto
-        rule = f"-A DOCKER -d {addr}/32 ! -i {b} -o {b} -p {pr} -m {pr} --dport {p.container_port}"
-        if rule + " -j ACCEPT" not in accept:
-            accept.append(rule + " -j ACCEPT")
-        if f"-A PREROUTING -d {addr}/32 ! -i {b} -j DROP" not in raw:
-            raw.append(f"-A PREROUTING -d {addr}/32 ! -i {b} -j DROP")
-        dst = f"-d {p.host_ip}/32 " if p.host_ip is not None else ""
-        nat.append(f"-A DOCKER {dst}! -i {b} -p {pr} -m {pr} --dport {p.host_port}"
-                   f" -j DNAT --to-destination {addr}:{p.container_port}")
-    chains = ["DOCKER", "DOCKER-BRIDGE", "DOCKER-CT", "DOCKER-FORWARD", "DOCKER-INTERNAL",
-              "DOCKER-USER"]
-    return "\n".join([
-        "*raw", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", *raw, "COMMIT",
-        "*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-        ":POSTROUTING ACCEPT [0:0]", ":DOCKER - [0:0]", *nat, "COMMIT",
-        "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
-        *[f":{c} - [0:0]" for c in chains], *f, *accept, *drop, "COMMIT", ""])
 
 
 @dataclass(frozen=True)

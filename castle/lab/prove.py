@@ -20,7 +20,7 @@ import yaml
 
 from castle.errors import CastleError, UsageError
 from castle.plan import Plan
-from castle.spec.rules import INTERNET
+from castle.spec.findings import INTERNET
 from castle.words import count
 
 Progress = Callable[[int, int], None]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from castle.errors import UsageError
 from castle.plan import Plan
-from castle.spec.rules import INTERNET
+from castle.spec.findings import INTERNET
 from castle.targets.iptables import PATH, blocks, host_ruleset, main_chain
 
 ALLOWED = ("RETURN", "ACCEPT")

@@ -17,8 +17,9 @@ import yaml
 
 from castle.errors import UsageError
 from castle.plan import Plan
-from castle.spec.rules import INTERNET, is_outside
-from castle.targets.k8s import NS_LABEL, namespace_of, policy_names
+from castle.spec.findings import INTERNET, is_outside
+from castle.targets.k8s import policy_names
+from castle.targets.k8s_names import NS_LABEL, namespace_of
 
 __all__ = ["compare_k8s", "evaluate", "policy_names", "Pod"]
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from castle.spec.findings import Finding, closest
 from castle.spec.model import Spec
-from castle.spec.rules import Finding, closest
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "compose-spec.json"
 # Keywords that say nothing about validity.

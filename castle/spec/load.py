@@ -12,8 +12,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from castle.errors import Diagnostic, SpecError, UsageError
+from castle.spec.findings import Edge, Finding, Loc, closest, where
 from castle.spec.model import Flow, Service, Spec
-from castle.spec.rules import Edge, Finding, Loc, check, closest, where
+from castle.spec.rules import check
 
 _PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
 _HEADER = re.compile(rf"^\s*(\[\[?)\s*({_PART}(?:\s*\.\s*{_PART})*)\s*\]\]?\s*(#.*)?$")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -14,13 +13,23 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
-    WithJsonSchema,
     field_validator,
 )
 
 from castle.spec.pools import default_pool
+from castle.spec.values import (
+    Endpoints,
+    Label,
+    PortList,
+    PortRange,
+    PublishList,
+    Text,
+    _text,
+    check_labels,
+    image_problem,
+    passthrough_problem,
+)
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Reserved peer names: they mean something else in `from` / `to`.
 RESERVED = frozenset({"internet"})
 # Keys castle owns in a compose service; passthrough may not set them.
@@ -41,247 +50,12 @@ _UNUSABLE_POOLS = tuple(
 # link-local, which holds the cloud metadata endpoint): private and link-local ranges.
 NOT_INTERNET = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
 METADATA = "169.254.169.254/32"  # the cloud metadata endpoint: only a flow naming it reaches it
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_LABEL_KEY = re.compile(
-    r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
-)
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
 TLS_REF = re.compile(r"ca|server_cert|server_key|(client_cert|client_key):([a-z0-9-]{1,63})")
 _TOP_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
 
-MAX_COMPOSE_DEPTH = 32
-
-
-def _too_deep(value: Any, limit: int) -> bool:
-    """True when lists and tables nest more than `limit` levels (iterative: no recursion)."""
-    stack = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            if level >= limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
-    return False
-
-
-def passthrough_problem(value: Any) -> str | None:
-    """Why a passthrough value cannot go into compose.yaml as data, or None."""
-    if _too_deep(value, MAX_COMPOSE_DEPTH):
-        # the YAML writer recurses per level; no real compose key nests this deep
-        return f"nested more than {MAX_COMPOSE_DEPTH} levels deep"
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif not isinstance(item, str | int | float | bool):
-            return (f"a TOML {type(item).__name__} is not a compose value; "
-                    "write it as a quoted string")
-    return None
-
-
-# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR:+alt}: compose fills them
-_INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?+][^${}]*)?\}")
 _HOST_ALIAS = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,252}[A-Za-z0-9])?$")
-
-
-_BARE_VAR = re.compile(r"\$\$|\$[A-Za-z_][A-Za-z0-9_]*")
-
-
-def image_problem(image: str) -> str | None:
-    """Why `image` is not an image reference (compose variables allowed), or None."""
-    filled = _BARE_VAR.sub("x", image)
-    for _ in range(4):  # a default may hold another variable: fill the innermost first
-        filled = _INTERPOLATION.sub("x", filled)
-    if not _IMAGE.match(filled):
-        return (f"{image[:60]!r} is not an image reference (letters, digits and ._/:@+- "
-                "only, and ${VAR} variables)")
-    return None
-
-
-def check_labels(labels: dict[str, str]) -> dict[str, str]:
-    """Kubernetes label keys and values, or ValueError naming the first bad one."""
-    for key, val in labels.items():
-        if not _LABEL_KEY.match(key):
-            raise ValueError(f"{key[:60]!r} is not a Kubernetes label key")
-        if not _LABEL_VALUE.match(val):
-            raise ValueError(f"{val[:60]!r} is not a Kubernetes label value")
-    return labels
-
-
-def dns_label_problem(name: str) -> str | None:
-    """Why `name` is not a DNS-1123 label, or None when it is one."""
-    if DNS_LABEL.match(name):
-        return None
-    shown = name if len(name) <= 40 else name[:37] + "..."
-    return (
-        f"{shown!r} is not a DNS-1123 label (lowercase letters, digits and '-', "
-        "starting and ending with a letter or digit, at most 63 characters)"
-    )
-
-
-def _label(value: Any) -> Any:
-    if isinstance(value, str):
-        problem = dns_label_problem(value)
-        if problem:
-            raise ValueError(problem)
-    return value
-
-
-def _text(value: Any) -> Any:
-    if isinstance(value, str):
-        if _CONTROL.search(value):
-            raise ValueError("control characters (newline, tab, NUL...) are not allowed here")
-        if len(value) > 500:
-            raise ValueError("at most 500 characters")
-    return value
-
-
-Label = Annotated[str, BeforeValidator(_label)]
-Text = Annotated[str, BeforeValidator(_text)]
-
-
-def span(lo: int, hi: int) -> str:
-    """A port or a range as people write it: 80, 8000-8010."""
-    return str(lo) if lo == hi else f"{lo}-{hi}"
-
-
-@dataclass(frozen=True, order=True)
-class PortRange:
-    """A protocol and an inclusive port range: 80/tcp is PortRange('tcp', 80, 80)."""
-
-    proto: str
-    lo: int
-    hi: int
-
-    def __str__(self) -> str:
-        return f"{span(self.lo, self.hi)}/{self.proto}"
-
-    def covers(self, other: PortRange) -> bool:
-        """True when every port of `other` is in this range (same protocol)."""
-        return self.proto == other.proto and self.lo <= other.lo and other.hi <= self.hi
-
-
-def parse_port(value: int | str) -> PortRange:
-    """Parse 80, "53/udp" or "8000-8010/tcp" into a PortRange; ValueError says why not."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a port")
-    if isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, str):
-        text = value.strip()
-    else:
-        raise ValueError(f'{value!r} is not a port (use 80, "53/udp" or "8000-8010/tcp")')
-    m = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(tcp|udp))?", text)
-    if not m:
-        raise ValueError(f'{value!r} is not a port (use 80, "53/udp" or "8000-8010/tcp")')
-    lo = int(m.group(1))
-    hi = int(m.group(2)) if m.group(2) else lo
-    if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
-        raise ValueError(f"{value!r}: ports are 1-65535")
-    if hi < lo:
-        raise ValueError(f"{value!r}: the range ends before it starts")
-    return PortRange(m.group(3) or "tcp", lo, hi)
-
-
-def _ports(value: Any) -> Any:
-    if isinstance(value, list):
-        return [v if isinstance(v, PortRange) else parse_port(v) for v in value]
-    return value
-
-
-_PORT_SCHEMA = {
-    "anyOf": [
-        {"type": "integer", "minimum": 1, "maximum": 65535},
-        {"type": "string", "pattern": r"^\d{1,5}(-\d{1,5})?(/(tcp|udp))?$"},
-    ]
-}
-PortList = Annotated[
-    list[PortRange],
-    BeforeValidator(_ports),
-    WithJsonSchema({"type": "array", "items": _PORT_SCHEMA}),
-]
-
-
-@dataclass(frozen=True, order=True)
-class PublishEntry:
-    """A `publish` entry: optional host IP, host port(s), container port(s), protocol."""
-
-    host_ip: str
-    host: PortRange
-    container: PortRange
-    text: str = field(default="", compare=False)  # the entry as the user wrote it
-
-    def __str__(self) -> str:
-        ip = f"{self.host_ip}:" if self.host_ip else ""
-        h, c = self.host, self.container
-        return f"{ip}{span(h.lo, h.hi)}:{span(c.lo, c.hi)}/{c.proto}"
-
-
-def parse_publish(value: Any) -> PublishEntry:
-    """Parse "80:80", "8443:443/tcp" or "127.0.0.1:8080:80" as compose writes them."""
-    if not isinstance(value, str):
-        raise ValueError(f'{value!r} is not a publish entry (use "HOST:CONTAINER")')
-    m = re.fullmatch(
-        r"(?:([0-9]{1,3}(?:\.[0-9]{1,3}){3}):)?([0-9-]+):([0-9-]+)(/(?:tcp|udp))?", value.strip()
-    )
-    if not m:
-        raise ValueError(
-            f'{value!r} is not a publish entry (use "HOST:CONTAINER", "HOST:CONTAINER/udp" '
-            'or "IP:HOST:CONTAINER")'
-        )
-    ip = m.group(1) or ""
-    if ip:
-        ipaddress.IPv4Address(ip)
-    proto = m.group(4) or "/tcp"
-    host = parse_port(m.group(2) + proto)
-    container = parse_port(m.group(3) + proto)
-    if host.hi - host.lo != container.hi - container.lo:
-        raise ValueError(f"{value!r}: host and container ranges differ in length")
-    return PublishEntry(ip, host, container, value)
-
-
-def _publish(value: Any) -> Any:
-    if isinstance(value, list):
-        return [parse_publish(v) for v in value]
-    return value
-
-
-PublishList = Annotated[
-    list[PublishEntry],
-    BeforeValidator(_publish),
-    WithJsonSchema(
-        {
-            "type": "array",
-            "items": {"type": "string", "description": "HOST:CONTAINER[/udp] or IP:HOST:CONTAINER"},
-        }
-    ),
-]
-
-
-def _endpoints(value: Any) -> Any:
-    if isinstance(value, str):
-        return [value]
-    return value
-
-
-_ENDPOINT_SCHEMA = {
-    "type": "string",
-    "description": "a service, tier:NAME, internet, or cidr:A.B.C.D/N",
-}
-Endpoints = Annotated[
-    list[str],
-    BeforeValidator(_endpoints),
-    WithJsonSchema(
-        {"anyOf": [_ENDPOINT_SCHEMA, {"type": "array", "items": _ENDPOINT_SCHEMA, "minItems": 1}]}
-    ),
-]
 
 
 class _Model(BaseModel):

@@ -2,87 +2,33 @@
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from castle.spec.model import (
-    RESERVED,
-    PortRange,
-    PublishEntry,
-    Service,
-    Spec,
-    dns_label_problem,
-    spec_recipe,
+from castle.spec.findings import (
+    INTERNET,
+    Edge,
+    Finding,
+    Loc,
+    closest,
+    is_outside,
+    toml_endpoints,
+    written,
 )
-
-INTERNET = "internet"
-# A Deployment and a Service list ports one by one (Kubernetes has no port ranges): past
-# this many, the scaffold declares none rather than thousands.
-MAX_DECLARED_PORTS = 1024
-Loc = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A rule broken (error) or a smell (warning), at a field path of the spec."""
-
-    severity: str
-    loc: Loc
-    message: str
-    hint: str = ""
-
-
-@dataclass(frozen=True)
-class Edge:
-    """One expanded (source, destination) of a flow with the port ranges it opens."""
-
-    flow: int
-    src: str
-    dst: str
-    ports: tuple[PortRange, ...]
-
-
-def is_outside(peer: str) -> bool:
-    """True for `internet` and `cidr:` peers: anything not a service of the stack."""
-    return peer == INTERNET or peer.startswith("cidr:")
-
-
-def where(loc: Loc) -> str:
-    """Render a field path as flows[2].to."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            continue
-        # a key TOML must quote is shown quoted: services."a b", not services.a b
-        name = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
-        out += f".{name}" if out else name
-    return out
-
-
-def written(entry: PublishEntry) -> str:
-    """A publish entry quoted as the user wrote it: "8443:443"."""
-    return f'"{entry.text or entry}"'
-
-
-def toml_endpoints(endpoints: list[str]) -> str:
-    """A flow's from or to as TOML: "web", or ["web", "tier:data"] for several."""
-    quoted = [f'"{e}"' for e in endpoints]
-    return quoted[0] if len(quoted) == 1 else f"[{', '.join(quoted)}]"
-
-
-def closest(name: str, candidates: list[str], prefix: str = "") -> str:
-    """A "did you mean" hint for an unknown name, or an empty string."""
-    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
-    return f"did you mean '{prefix}{match[0]}'?" if match else ""
+from castle.spec.model import RESERVED, Spec
+from castle.spec.tls_rules import TlsRules
+from castle.spec.values import (
+    MAX_DECLARED_PORTS,
+    PortRange,
+    dns_label_problem,
+    listen_count,
+    publish_ranges,
+)
 
 
 @dataclass
-class Checker:
+class Checker(TlsRules):
     """Walks a Spec once, collecting findings and the expanded edges of every flow."""
 
     spec: Spec
@@ -479,117 +425,6 @@ class Checker:
         for i, tier in enumerate(self.spec.tiers):
             if tier.name not in used:
                 self.warn(("tiers", i), f"tier {tier.name!r} has no services")
-
-
-    def check_tls(self) -> None:
-        """tls_env references must match the service's tls flows; no clash with compose env."""
-        pairs = {(e.src, e.dst) for e in self.edges
-                 if self.spec.flows[e.flow].tls and not is_outside(e.src)}
-        for e in self.edges:
-            if self.spec.flows[e.flow].tls and (is_outside(e.src) or is_outside(e.dst)):
-                self.error(("flows", e.flow, "tls"), "tls = true needs a service at both ends",
-                           "castle makes certificates for services only; remove tls here")
-                break
-        # with a flow or service already rejected the pairs are incomplete: references are
-        # checked once those errors are fixed, rather than reported falsely now
-        trusted = not self.skip_flows and not self.broken
-        for name, svc in self.spec.services.items():
-            servers = {dst for src, dst in pairs if src == name}
-            is_server = any(dst == name for _, dst in pairs)
-            literal_only = all(ref.startswith("=") for ref in svc.tls_env.values())
-            if svc.tls_env and trusted and literal_only and not servers and not is_server:
-                self.warn(("services", name, "tls_env"), f"{name!r} is in no tls flow: its "
-                          "tls_env is not written", "add tls = true to a flow, or drop it")
-            for key, ref in svc.tls_env.items():
-                if not trusted:
-                    break
-                loc = ("services", name, "tls_env", key)
-                if ref.startswith("="):
-                    continue
-                if ref.startswith("server_") and not is_server:
-                    self.error(loc, f"{ref} but no tls flow reaches {name!r}",
-                               "add tls = true to a flow into it, or drop the entry")
-                elif ref.startswith("client_"):
-                    dest = ref.split(":", 1)[1]
-                    if dest not in servers:
-                        self.error(loc, f"{ref} but {name!r} has no tls flow to {dest!r}",
-                                   closest(dest, sorted(servers)) or "add tls = true to that flow")
-                elif ref == "ca" and not is_server and not servers:
-                    self.error(loc, f"{name!r} is in no tls flow", "add tls = true to a flow")
-            if svc.tls_env:
-                # tls_env replaces the default wiring entirely: say which files nothing points at.
-                refs = set(svc.tls_env.values())
-                wanted = ({"server_cert", "server_key"} if is_server else set()) | {
-                    f"client_{kind}:{dest}" for dest in servers for kind in ("cert", "key")}
-                missing = sorted(wanted - refs)
-                if missing:
-                    self.warn(("services", name, "tls_env"),
-                              f"no variable points at {', '.join(missing)}",
-                              "the secret is mounted, but the program is not told where; add "
-                              "an entry (or drop tls_env to get the default wiring)")
-            env = svc.compose.get("environment")
-            names: set[str] = set()
-            if isinstance(env, dict):
-                names = set(env)
-            elif isinstance(env, list):
-                names = {str(x).split("=", 1)[0] for x in env}
-            for key in sorted(names & set(svc.tls_env)):
-                self.error(("services", name, "compose", "environment"),
-                           f"{key} is set both here and in tls_env", "keep one of them")
-            if trusted and (is_server or servers):
-                self.check_recipe(name, svc, is_server)
-
-    def check_recipe(self, name: str, svc: Service, is_server: bool) -> None:
-        """A server recipe writes the command (and the entrypoint): passthrough may not."""
-        recipe = spec_recipe(svc)
-        if not is_server or recipe == "generic":
-            return
-        plain = sorted({e.src for e in self.edges if e.dst == name and not is_outside(e.src)
-                        and not self.spec.flows[e.flow].tls})
-        if plain:
-            self.warn(("services", name, "tls"), f"the {recipe} TLS recipe makes {name!r} "
-                      f"TLS-only with client certificates, but flows from "
-                      f"{', '.join(plain)} reach it without tls",
-                      "add tls = true to those flows too")
-        if recipe == "nginx":
-            return
-        owned = ["command", "entrypoint"]  # the entrypoint hands the key to the server's user
-        for key in owned:
-            if key in svc.compose:
-                self.error(("services", name, "compose", key),
-                           f"the {recipe} TLS recipe writes {key} for {name!r}",
-                           f'drop {key} here, or set [services.{name}.tls] recipe = "generic" '
-                           "and wire TLS yourself")
-
-
-def listen_count(listen: list[PortRange]) -> int:
-    """How many (protocol, port) pairs a listen list names."""
-    return len({(p.proto, n) for p in listen for n in range(p.lo, p.hi + 1)})
-
-
-def publish_ranges(
-    publish: list[PublishEntry], port: PortRange
-) -> list[tuple[str, PortRange, PortRange]]:
-    """(host IP, host range, container range) pieces that publish a container port range:
-    each port keeps its number unless a `publish` entry renames it (a range may be split)."""
-    pieces: list[tuple[str, PortRange, PortRange]] = []
-    lo = port.lo
-    while lo <= port.hi:
-        entry = next((e for e in publish if e.container.proto == port.proto
-                      and e.container.lo <= lo <= e.container.hi), None)
-        if entry is None:
-            starts = [e.container.lo for e in publish
-                      if e.container.proto == port.proto and lo < e.container.lo <= port.hi]
-            hi = min(starts, default=port.hi + 1) - 1
-            same = PortRange(port.proto, lo, hi)
-            pieces.append(("", same, same))
-        else:
-            hi = min(entry.container.hi, port.hi)
-            off = entry.host.lo - entry.container.lo
-            pieces.append((entry.host_ip, PortRange(port.proto, lo + off, hi + off),
-                           PortRange(port.proto, lo, hi)))
-        lo = hi + 1
-    return pieces
 
 
 def check(spec: Spec, skip_flows: frozenset[int] = frozenset(),

@@ -8,8 +8,8 @@ from castle.errors import CastleError
 from castle.io.render import render
 from castle.io.write import Output, header
 from castle.plan import Plan, PlanService, Published
-from castle.spec.model import span
-from castle.spec.rules import INTERNET
+from castle.spec.findings import INTERNET
+from castle.spec.values import span
 from castle.targets import relocate
 from castle.tls import recipes as tls_recipes
 

@@ -22,7 +22,7 @@ from castle.errors import CastleError
 from castle.io.render import comment, quoted_comment, render
 from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, Published
-from castle.spec.rules import is_outside
+from castle.spec.findings import is_outside
 from castle.targets.systemd import unit, unit_path
 
 PATH = "firewall/iptables.sh"

@@ -5,23 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from castle.errors import UsageError
 from castle.io.render import render
 from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService
-from castle.spec.rules import INTERNET, is_outside
+from castle.spec.findings import INTERNET, is_outside
 from castle.targets import workloads
-from castle.targets.workloads import MANAGED, NAMESPACES, WORKLOADS, mesh_kind, secret_item
+from castle.targets.k8s_names import (
+    EVERYWHERE,
+    MANAGED,
+    NAMESPACES,
+    NS_LABEL,
+    WORKLOADS,
+    mesh_kind,
+    namespace_of,
+    secret_item,
+    used_namespaces,
+)
 from castle.tls import plan as tlsplan
 from castle.tls import recipes as tls_recipes
 
 POLICIES = "k8s/networkpolicies.yaml"
 KUSTOMIZATION = "k8s/kustomization.yaml"
-MESH = "k8s/mesh.yaml"
-NS_LABEL = "kubernetes.io/metadata.name"
 DENY = "castle-default-deny"
 DNS = "castle-allow-dns"
-EVERYWHERE = "0.0.0.0/0"
 
 Labels = list[tuple[str, str]]
 
@@ -57,29 +63,6 @@ class Policy:
     annotations: list[tuple[str, str]] = field(default_factory=list)
     ingress: list[Rule] = field(default_factory=list)
     egress: list[Rule] = field(default_factory=list)
-
-
-def namespaces_by_tier(plan: Plan) -> dict[str, str]:
-    """tier -> namespace; each must be a DNS label (the wall rules reject longer ones)."""
-    out = plan.tier_namespaces
-    for t, ns in out.items():
-        if len(ns) > 63:
-            raise UsageError(
-                f"Kubernetes namespace {ns!r} for tier {t!r} is longer than 63 characters; "
-                "set a shorter [kubernetes].namespace"
-            )
-    return out
-
-
-def namespace_of(plan: Plan, service: str) -> str:
-    """The namespace a service's pods run in."""
-    return plan.namespace_of(service)
-
-
-def used_namespaces(plan: Plan) -> list[str]:
-    """The namespaces that hold at least one service, sorted."""
-    tiers = namespaces_by_tier(plan)
-    return sorted({tiers[s.tier] for s in plan.services})
 
 
 def _pods_peer(plan: Plan, svc: PlanService, home: str) -> Peer:

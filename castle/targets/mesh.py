@@ -9,9 +9,8 @@ from castle.errors import UsageError
 from castle.io.render import render
 from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService
-from castle.spec.rules import INTERNET, is_outside
-from castle.targets.k8s import EVERYWHERE, MESH, namespace_of, used_namespaces
-from castle.targets.workloads import MANAGED
+from castle.spec.findings import INTERNET, is_outside
+from castle.targets.k8s_names import EVERYWHERE, MANAGED, MESH, namespace_of, used_namespaces
 
 # Meshes authorize TCP only (neither proxies UDP); Istio and Linkerd name single ports, so a
 # range is listed port by port, up to this many per destination.

@@ -15,7 +15,7 @@ from ipaddress import IPv4Network
 from castle.io.render import render
 from castle.io.write import Output, header
 from castle.plan import Plan
-from castle.spec.model import span
+from castle.spec.values import span
 from castle.targets.iptables import blocks, cidr, describe, shared
 from castle.targets.systemd import unit, unit_path
 

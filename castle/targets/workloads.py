@@ -17,14 +17,18 @@ from typing import Any
 
 from castle.io.render import render
 from castle.io.write import Output, header
-from castle.plan import Plan, PlanService, select_targets
-from castle.spec.rules import MAX_DECLARED_PORTS, listen_count
-from castle.tls import plan as tlsplan
+from castle.plan import Plan, PlanService
+from castle.spec.values import MAX_DECLARED_PORTS, listen_count
+from castle.targets.k8s_names import (
+    MANAGED,
+    NAMESPACES,
+    WORKLOADS,
+    mesh_kind,
+    namespace_of,
+    secret_item,
+    used_namespaces,
+)
 from castle.tls import recipes as tls_recipes
-
-MANAGED = ("app.kubernetes.io/managed-by", "castle")
-NAMESPACES = "k8s/namespaces.yaml"
-WORKLOADS = "k8s/workloads.yaml"
 
 TLS_VOLUME = "castle-tls"
 LINKERD_POD = (("config.linkerd.io/default-inbound-policy", "deny"),
@@ -33,26 +37,6 @@ ISTIO_NAMESPACE = (("istio-injection", "enabled"),)
 _INTERPOLATION = re.compile(r"\$(?!\$)")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")  # what the API server accepts
 _DNS_1035 = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
-
-
-def secret_item(name: str) -> tuple[str, str]:
-    """The Kubernetes Secret and key that hold one compose secret (tlsplan.secret_files name):
-    `db-server-cert` -> (`db-server-tls`, `tls.crt`), `castle-ca` -> (`castle-ca`, `ca.crt`)."""
-    if name == tlsplan.CA_SECRET:
-        return tlsplan.CA_SECRET, "ca.crt"
-    if name.endswith(tls_recipes.PASSWORD_SUFFIX):  # a generated password: Opaque, one key
-        return name, "password"
-    base, _, part = name.rpartition("-")
-    return f"{base}-tls", {"cert": "tls.crt", "key": "tls.key"}[part]
-
-
-def mesh_kind(plan: Plan) -> str:
-    """The mesh the spec emits ("none" unless [mesh] kind is set and mesh is a target).
-
-    From the spec, not from this run's --target: `--target k8s --check` must not drift."""
-    if "mesh" in select_targets(plan.spec, None):
-        return plan.spec.mesh.kind
-    return "none"
 
 
 @dataclass
@@ -195,7 +179,7 @@ def workload(plan: Plan, svc: PlanService) -> Workload:
         group = None  # root reads anything
     w = Workload(
         name=svc.name,
-        namespace=plan.namespace_of(svc.name),
+        namespace=namespace_of(plan, svc.name),
         comment=svc.spec.description,
         labels=list(svc.labels),
         service_account=svc.service_account,
@@ -228,12 +212,12 @@ def namespace_objects(plan: Plan) -> list[dict[str, Any]]:
         "name": ns,
         "labels": [MANAGED, *(ISTIO_NAMESPACE if kind == "istio" else ())],
         "annotations": list(LINKERD_POD) if kind == "linkerd" else [],
-    } for ns in sorted({plan.tier_namespaces[s.tier] for s in plan.services})]
+    } for ns in used_namespaces(plan)]
 
 
 def service_accounts(plan: Plan) -> list[tuple[str, str]]:
     """(namespace, service account) of every service: the identities the mesh checks."""
-    return sorted({(plan.namespace_of(s.name), s.service_account) for s in plan.services})
+    return sorted({(namespace_of(plan, s.name), s.service_account) for s in plan.services})
 
 
 def outputs(plan: Plan) -> list[Output]:

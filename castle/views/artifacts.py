@@ -6,10 +6,11 @@ from pathlib import Path
 
 from castle.errors import UsageError
 from castle.plan import Plan, Published
-from castle.readers.compose import ComposeFile, PortMap, reach
+from castle.readers.compose import ComposeFile, reach
 from castle.readers.compose import read as read_compose
-from castle.spec.model import span
-from castle.spec.rules import INTERNET
+from castle.readers.compose_ports import PortMap
+from castle.spec.findings import INTERNET
+from castle.spec.values import span
 from castle.views.matrix import Matrix, render_matrix, render_table, spec_matrix
 
 Cell = tuple[str, str]

@@ -10,15 +10,8 @@ from pathlib import Path
 from castle import __version__
 from castle.errors import UsageError
 from castle.plan import Plan, compile_plan
-from castle.readers.compose import (
-    ComposeFile,
-    ComposeService,
-    PortMap,
-    Reach,
-    reach,
-    read,
-    unknown_members,
-)
+from castle.readers.compose import ComposeFile, ComposeService, Reach, reach, read, unknown_members
+from castle.readers.compose_ports import PortMap
 from castle.spec.load import load
 
 LEVELS = ("error", "warning", "note")

@@ -16,8 +16,8 @@ from typing import Any
 from castle.errors import UsageError
 from castle.io.render import comment, render, xml_text
 from castle.plan import Conn, Plan, compile_plan
+from castle.spec.findings import INTERNET, is_outside
 from castle.spec.load import load
-from castle.spec.rules import INTERNET, is_outside
 from castle.words import count
 
 FONT = 13.0  # service labels, px

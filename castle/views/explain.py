@@ -21,9 +21,11 @@ import yaml
 from castle.errors import CastleError, UsageError
 from castle.io.write import Output
 from castle.plan import Conn, Plan, compile_plan
+from castle.spec.findings import INTERNET, closest, is_outside
 from castle.spec.load import Loaded, load
-from castle.spec.model import Flow, PortRange
-from castle.spec.rules import INTERNET, check, closest, is_outside
+from castle.spec.model import Flow
+from castle.spec.rules import check
+from castle.spec.values import PortRange
 from castle.views.specdiff import merge, subtract
 
 IPTABLES = "firewall/iptables.sh"

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from castle.plan import Conn, Plan
-from castle.spec.rules import INTERNET, is_outside
+from castle.spec.findings import INTERNET, is_outside
 
 Cell = frozenset[str]  # "80/tcp", "8000-8010/tcp"
 

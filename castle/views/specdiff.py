@@ -7,8 +7,8 @@ from pathlib import Path
 
 from castle.errors import UsageError
 from castle.plan import Conn, Plan, compile_plan
+from castle.spec.findings import INTERNET, is_outside
 from castle.spec.load import load
-from castle.spec.rules import INTERNET, is_outside
 
 Key = tuple[str, str, str]  # (src, dst, proto)
 Span = tuple[int, int]  # inclusive port range

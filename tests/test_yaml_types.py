@@ -176,9 +176,12 @@ def test_special_strings_read_back(server: str, client: str, value: str, key: st
     compose = read_12((out / "compose.yaml").read_text(encoding="utf-8"))[0]
     assert set(compose["services"]) == {server, client}
     assert compose["services"][server]["environment"]["PLAIN"] == value
-    for path in (out / "k8s" / "networkpolicies.yaml", out / "k8s" / "mesh.yaml"):
+    for path in (out / "k8s" / "networkpolicies.yaml", out / "k8s" / "workloads.yaml"):
         names = strings_in(read_12(path.read_text(encoding="utf-8")))
         assert server in names and client in names, path.name
+    # the mesh names the client by its identity (its ServiceAccounts are in workloads.yaml)
+    names = strings_in(read_12((out / "k8s" / "mesh.yaml").read_text(encoding="utf-8")))
+    assert server in names and any(n.endswith(f"/sa/{client}") for n in names), names
     check_compose(out, server, client, value, key, top)
     if value in LINE_SAFE and value:  # free text reaches Kubernetes as annotations
         docs = read_12((out / "k8s" / "networkpolicies.yaml").read_text(encoding="utf-8"))

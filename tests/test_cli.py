@@ -156,6 +156,11 @@ def test_version() -> None:
 def test_plurals_count_one_thing_as_one(tmp_path: Path) -> None:
     """One file is "1 file", never "1 files", in generate and generate --check."""
     spec = spec_in(tmp_path)
+    # without a tls flow `-t compose` writes compose.yaml alone (no tls/<svc>/ recipe files)
+    text = spec.read_text()
+    plain = "\n".join(line for line in text.splitlines() if not line.startswith("tls = true"))
+    assert plain != text
+    spec.write_text(plain + "\n")
     result = runner.invoke(app, ["generate", str(spec), "-t", "compose"])
     assert ": 1 file, 1 changed" in result.output, result.output
     result = runner.invoke(app, ["generate", str(spec), "-t", "compose", "--check"])
@@ -164,6 +169,8 @@ def test_plurals_count_one_thing_as_one(tmp_path: Path) -> None:
     result = runner.invoke(app, ["generate", str(spec), "-t", "compose", "--check"])
     assert result.exit_code == 1 and "castle: 1 file in" in result.output, result.output
     assert "files" not in result.output.splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "compose.yaml", "zones.toml"]
 
 
 def test_schema_validates_the_example() -> None:

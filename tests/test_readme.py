@@ -20,10 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
-# Pages the docs index links that are written on branches not merged yet: a missing one is
-# tolerated, an existing one is checked like any other. Empty this set once they have landed.
-PENDING = {"host-firewall.md", "persistence-and-logging.md", "hostile-input.md", "tls.md",
-           "import.md", "kubernetes.md", "benchmarks.md"}
 SHELL_OPERATORS = re.compile(r"[|<>;&`$()]")
 
 
@@ -165,8 +161,6 @@ def test_links_resolve() -> None:
         for target in links(page):
             path, _, anchor = target.partition("#")
             dest = (page.parent / path).resolve() if path else page
-            if not dest.exists() and dest.name in PENDING and dest.parent == DOCS:
-                continue
             assert dest.exists(), (page.name, target)
             if anchor and dest.suffix == ".md":
                 assert anchor in anchors(dest), (page.name, target, sorted(anchors(dest)))

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -295,6 +296,8 @@ def test_init_seed_uses_the_postgres_recipe(tmp_path: Path) -> None:
 
 
 def test_user_variables_win_and_tls_env_renames_the_generic_ones(example: Path) -> None:
+    """A variable the user sets keeps its value over the recipe's; `tls_env` replaces the
+    generic DB_TLS_* names; a literal `$` reaches compose escaped as `$$`."""
     text = example.read_text().replace(
         'environment = { DB_HOST = "db", DB_PORT = "5432" }',
         'environment = { DB_HOST = "db", PGHOST = "db.shop" }').replace(
@@ -306,8 +309,11 @@ def test_user_variables_win_and_tls_env_renames_the_generic_ones(example: Path) 
     assert "PGHOST" not in env and env["PGSSLMODE"] == "verify-full"
     assert not any(k.startswith("DB_TLS_") for k in env)
     assert env["DB_CERT"] == "/run/secrets/db-client-cert" and env["DB_SSL"] == "$on"
-    compose = next(o for o in outputs if o.path == "compose.yaml").content
-    assert "DB_SSL: $$on" in compose and "PGHOST: db.shop" in compose
+    compose = yaml.safe_load(next(o for o in outputs if o.path == "compose.yaml").content)
+    written = compose["services"]["app"]["environment"]
+    assert written["DB_SSL"] == "$$on" and written["PGHOST"] == "db.shop"
+    assert written["DB_CERT"] == "/run/secrets/db-client-cert"
+    assert not any(k.startswith("DB_TLS_") for k in written)
 
 
 def test_recipe_files_of_a_dropped_recipe_are_removed(example: Path) -> None:

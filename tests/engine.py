@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,8 @@ MMDEBSTRAP_OPTIONS = (  # part of the cache key: a changed option builds anew
     "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*",
 )
 SLEEP_CMD = '["/bin/sleep", "2147483647"]'
+PROBE_ENTRYPOINT = ("/bin/sleep",)  # what probe_override runs in place of a service's own
+PROBE_COMMAND = ("2147483647",)
 
 CACHE = Path(os.environ.get("CASTLE_TEST_CACHE", "/var/cache/castle-tests"))
 RUNS = Path(tempfile.gettempdir()) / "castle-engine"  # one folder per lab: RUNS/<pid>-<n>
@@ -473,15 +476,55 @@ class Engine:
         return SERVER_IMAGE
 
     def compose(self, out: Path, project: str, *args: str, check: bool = True,
-                timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """Run `docker compose -p project -f out/compose.yaml ARGS...` against this engine."""
+                timeout: float = 300, files: Sequence[Path] = (),
+                ) -> subprocess.CompletedProcess[str]:
+        """Run `docker compose -p project -f out/compose.yaml [-f FILE...] ARGS...` here.
+
+        files are override files merged over compose.yaml, as compose merges a second -f.
+        """
+        extra = [arg for f in files for arg in ("-f", str(f))]
         return self.docker("compose", "-p", project, "--project-directory", str(out),
-                           "-f", str(out / "compose.yaml"), *args, check=check,
+                           "-f", str(out / "compose.yaml"), *extra, *args, check=check,
                            timeout=timeout)
 
-    def up(self, out: Path, project: str, *args: str) -> None:
-        """`compose up -d` the stack in out/ and wait for its containers to run."""
-        self.compose(out, project, "up", "-d", "--no-build", "--pull", "never", *args)
+    def up(self, out: Path, project: str, *args: str, files: Sequence[Path] = ()) -> None:
+        """`compose up -d` the stack in out/ (with override files) and wait for it to run."""
+        self.compose(out, project, "up", "-d", "--no-build", "--pull", "never", *args,
+                     files=files)
+
+    def probe_override(self, out: Path, project: str) -> Path:
+        """An override file that runs every service of out/compose.yaml as the probe: sleep.
+
+        A service's own entrypoint and command (a TLS recipe's `sh /etc/castle/entrypoint.sh`
+        and server flags) need the real server image; on the busybox probe they exit. The
+        override replaces those two keys and nothing else: networks, addresses, ports,
+        secrets and configs stay as castle wrote them, and this is checked by comparing
+        the normalized project (`compose config`) with and without the override.
+        """
+        base = self._config(out, project)
+        override = {"services": {name: {"entrypoint": list(PROBE_ENTRYPOINT),
+                                        "command": list(PROBE_COMMAND)}
+                                 for name in sorted(base["services"])}}
+        key = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
+        path = self.root / "overrides" / f"{project}-{key}.json"  # JSON is YAML
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(override, indent=2) + "\n")
+        merged = self._config(out, project, path)
+        for doc in (base, merged):
+            for body in doc["services"].values():
+                body.pop("entrypoint", None)
+                body.pop("command", None)
+        if merged != base:
+            raise EngineError(f"the probe override of {out} changes more than entrypoint "
+                              "and command")
+        return path
+
+    def _config(self, out: Path, project: str, *files: Path) -> dict[str, Any]:
+        """The normalized compose project (`compose config --format json`)."""
+        doc = json.loads(self.compose(out, project, "config", "--format", "json",
+                                      files=files).stdout)
+        assert isinstance(doc, dict)
+        return doc
 
     def down(self, out: Path, project: str) -> None:
         """`compose down` the stack in out/ (containers and networks removed)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ class Stack:
     out: Path
     raw: dict[str, Any]
     compose: dict[str, Any]
+    files: list[Path] = field(default_factory=list)  # override files up() merges (the probe's)
 
     @property
     def project(self) -> str:
@@ -80,9 +81,15 @@ def prepare(spec: Path, out: Path) -> Stack:
 
 
 def up(eng: Engine, stack: Stack) -> None:
-    """Bring the stack up on the probe image and start echo servers on every listen port."""
+    """Bring the stack up on the probe image and start echo servers on every listen port.
+
+    Every service runs the probe's sleep in place of its own entrypoint and command (a TLS
+    recipe's entrypoint needs the real server image); all else is castle's compose.yaml.
+    """
     eng.tag_probe(*sorted({str(b["image"]) for b in stack.compose["services"].values()}))
-    eng.up(stack.out, stack.project)
+    if not stack.files:
+        stack.files = [eng.probe_override(stack.out, stack.project)]
+    eng.up(stack.out, stack.project, files=stack.files)
     serve(eng, stack)
 
 

@@ -25,7 +25,6 @@ from tests.engine_stack import (
     differences,
     prepare,
     remove,
-    serve,
     serve_world,
     up,
 )
@@ -78,8 +77,7 @@ def test_every_round_equals_the_spec(docker_engine: Engine, stacks: list[Stack],
 
     eng.restart_dockerd()
     for st in stacks:
-        eng.up(st.out, st.project)  # no restart policy: compose starts them again
-        serve(eng, st)
+        up(eng, st)  # no restart policy: compose starts them again
     check("after a dockerd restart")
 
     for st in stacks:

@@ -43,20 +43,26 @@ ENTRYPOINT ["docker-entrypoint.sh"]
 STOPSIGNAL SIGINT
 CMD ["postgres"]
 """
+POSTGRES_IMAGE = "castle-postgres:16"  # what DOCKERFILE builds; tagged postgres:16 before use
 GOSU = ('#!/bin/sh\nuser=$1\nshift\n'
         'exec setpriv --reuid="$user" --regid="$user" --init-groups "$@"\n')
 
 
 def build_images(eng: Engine, folder: Path) -> None:
-    """postgres:16 (official-like), myapp:1.0 and admin-panel:1.0 (with psql), nginx:1.27."""
+    """postgres:16 (official-like), myapp:1.0 and admin-panel:1.0 (with psql), nginx:1.27.
+
+    The server is built under a tag of its own and tagged postgres:16 on every call: other
+    tests of the session tag the busybox probe as postgres:16 (tests/engine_stack.py).
+    """
     base = eng.server_image()
     ctx = folder / "postgres-image"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(DOCKERFILE)
     shutil.copy(ENTRYPOINT, ctx / "docker-entrypoint.sh")
     (ctx / "gosu").write_text(GOSU)
-    if eng.docker("image", "inspect", "postgres:16", check=False).returncode != 0:
-        eng.docker("build", "-q", "-t", "postgres:16", str(ctx), timeout=300)
+    if eng.docker("image", "inspect", POSTGRES_IMAGE, check=False).returncode != 0:
+        eng.docker("build", "-q", "-t", POSTGRES_IMAGE, str(ctx), timeout=300)
+    eng.docker("tag", POSTGRES_IMAGE, "postgres:16")
     eng.docker("tag", base, "myapp:1.0")
     eng.docker("tag", base, "admin-panel:1.0")
     eng.tag_probe("nginx:1.27")

@@ -404,8 +404,11 @@ def k8s_specs(draw: st.DrawFn) -> str:
     if len(data["stack"]["name"]) + 1 + longest <= 63 and draw(st.booleans()):
         k8s["tier_namespaces"] = True
     ingress = draw(st.sampled_from(["", "edge", "edge-labels"]))
-    if ingress:
-        k8s["ingress_namespace"] = "edge"
+    if ingress:  # outside the stack's own namespaces (castle refuses those)
+        stack = data["stack"]["name"]
+        own = {stack} | {f"{stack}-{t['name']}" for t in data["tiers"]}
+        k8s["ingress_namespace"] = next(n for n in ("edge", "edge-ctl", "ingress-ctl-x")
+                                        if n not in own)
     if ingress == "edge-labels":
         k8s["ingress_pod_labels"] = {"role": "lb"}
     if draw(st.booleans()):

@@ -280,6 +280,9 @@ db = { tier = "c", image = "pg", listen = [5432] }
     (BASE.replace("listen = [5432]", "listen = [5432.0]"), ["5432.0 is not a port"]),
     (BASE.replace('name = "shop"', 'name = "' + "s" * 60 + '"')
      + "[kubernetes]\ntier_namespaces = true\n", [":34: error: kubernetes.tier_namespaces:"]),
+    (BASE + '[kubernetes]\ningress_namespace = "shop"\n',
+     [":34: error: kubernetes.ingress_namespace: ingress_namespace 'shop' is a namespace of "
+      "this stack"]),
 ])
 def test_acceptance_findings(tmp_path: Path, text: str, expected: list[str]) -> None:
     """Lines inside arrays of inline tables, misspelt array tables, strict types, ASCII

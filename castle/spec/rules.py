@@ -341,8 +341,17 @@ class Checker(TlsRules):
                         yield edge.dst, ip, host, container
 
     def check_kubernetes(self) -> None:
-        """With tier_namespaces, every `<namespace>-<tier>` must still be a DNS label."""
-        if not self.spec.kubernetes.tier_namespaces:
+        """The ingress controller lives outside the stack's namespaces; with tier_namespaces,
+        every `<namespace>-<tier>` must still be a DNS label."""
+        k = self.spec.kubernetes
+        own = ({f"{self.spec.namespace}-{t.name}" for t in self.spec.tiers} if k.tier_namespaces
+               else {self.spec.namespace})
+        if k.ingress_namespace in own:
+            self.error(("kubernetes", "ingress_namespace"),
+                       f"ingress_namespace {k.ingress_namespace!r} is a namespace of this stack: "
+                       "its default deny would cover the ingress controller too",
+                       "name the namespace the ingress controller runs in, outside the stack's")
+        if not k.tier_namespaces:
             return
         for i, tier in enumerate(self.spec.tiers):
             ns = f"{self.spec.namespace}-{tier.name}"

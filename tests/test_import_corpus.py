@@ -103,6 +103,30 @@ def _comparable(svc: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def flow_pairs(text: str) -> set[frozenset[str]]:
+    """Every pair of services a [[flows]] entry of the draft lets talk (either direction)."""
+    import tomllib
+
+    def ends(value: str | list[str]) -> list[str]:
+        return [value] if isinstance(value, str) else list(value)
+
+    data = tomllib.loads(text)
+    return {frozenset((a, b)) for f in data.get("flows", []) for a in ends(f["from"])
+            for b in ends(f["to"]) if a in data["services"] and b in data["services"]}
+
+
+def host_pairs(text: str) -> set[frozenset[str]]:
+    """Pairs of a flow from a service that was on the host network (it reached published
+    ports through the host, which shares no compose network)."""
+    import tomllib
+
+    data = tomllib.loads(text)
+    blocks = text.split("[[flows]]")[1:]
+    return {frozenset((f["from"], f["to"])) for f, block in zip(data.get("flows", []), blocks,
+                                                               strict=True)
+            if "was on the host network" in block}
+
+
 def _mapped(pairs: set[frozenset[str]], names: dict[str, str]) -> set[frozenset[str]]:
     return {frozenset(names.get(s, s) for s in pair) for pair in pairs}
 
@@ -166,11 +190,16 @@ def test_round_trip(case: str, tmp_path: Path, compose_ok: None) -> None:
         assert mine == _comparable(svc, names), name
     for kind in ("volumes", "configs", "secrets"):
         assert made.get(kind) == original.get(kind), kind
-    # reachability: the original's, less only the pairs the draft names as closed
+    # reachability: the original's, less only the pairs the draft names as closed, both in
+    # the draft's flows and in the networks of the generated file
     was = _mapped(compose_reach.reach(original).pairs, names)
+    closed = closed_pairs(text, was)
+    flows = flow_pairs(text)
+    assert closed <= was and closed.isdisjoint(flows), (closed - was, closed & flows)
+    assert flows | closed == was | (flows - was & host_pairs(text)), was - flows - closed
     now = compose_reach.reach(made).pairs
     assert now <= was, now - was
-    assert was - now == closed_pairs(text)
+    assert was - now == closed
 
 
 def test_negative_control_paths_not_moved(tmp_path: Path, compose_ok: None) -> None:
@@ -207,8 +236,8 @@ def test_negative_control_closed_pairs_are_counted(tmp_path: Path, compose_ok: N
     made = compose_go.config_json(tmp_path / "out" / "compose.yaml")
     was = _mapped(compose_reach.reach(original).pairs, names)
     now = compose_reach.reach(made).pairs
-    assert was - now == closed_pairs(text) != set()
-    assert closed_pairs(text.replace("closed by the walls", "kept")) != was - now
+    assert was - now == closed_pairs(text, was) != set()
+    assert closed_pairs(text.replace("closed by the walls", "kept"), was) != was - now
 
 
 def test_default_pools_differ_per_stack(tmp_path: Path, compose_ok: None) -> None:

@@ -11,8 +11,16 @@ from typing import Any
 # Environment keys whose value names a host to call.
 _HOST_KEY = re.compile(r"(HOST|ADDR|SERVER|URL|URI|ENDPOINT|UPSTREAM|BROKER|DSN|BACKEND|PROXY)",
                        re.IGNORECASE)
+# `DB_HOST=db` beside `DB_PORT=5433`: the port of that host
+_PORT_KEY = re.compile(r"^(.*?)_?(?:HOST|HOSTNAME|ADDR|ADDRESS|SERVER)$", re.IGNORECASE)
 # proxy and client configs that name a host without a port or scheme: `server db;`
-_DIRECTIVE = re.compile(r"\b(?:server|proxy_pass|upstream|host)\s+([A-Za-z0-9_.-]+)")
+_DIRECTIVE = re.compile(r"\b(?:server|proxy_pass|upstream|host|reverse_proxy|to)\s+"
+                        r"([A-Za-z0-9_.-]+)")
+# a reverse proxy's labels on the services it routes to (traefik, caddy-docker-proxy)
+_LABEL_PORT = re.compile(r"^traefik\.(?:http|tcp|udp)\.services\.[^.]+\.loadbalancer\.server"
+                         r"\.port$")
+_CADDY_UPSTREAM = re.compile(r"\{\{\s*upstreams(?:\s+(?:https?\s+)?([0-9]{1,5}))?\s*\}\}")
+LABEL_PROXIES = ("traefik", "caddy-docker-proxy")
 _MAX_FILE = 256 * 1024
 _MAX_FILES = 200  # per service, in mounted folders
 
@@ -23,6 +31,8 @@ class Evidence:
 
     calls: dict[str, set[int]] = field(default_factory=dict)
     why: dict[str, str] = field(default_factory=dict)  # destination -> where it was seen
+    serves: set[int] = field(default_factory=set)  # ports it names for itself (its own URL)
+    names_self: bool = False  # its configuration names its own host: it is configured here
 
     def add(self, dst: str, port: int | None, why: str) -> None:
         """Record one sign that this service calls `dst` (on `port` when one was written)."""
@@ -86,16 +96,22 @@ def _read(path: Path) -> str:
     return "" if b"\0" in data else data.decode("utf-8", errors="replace")
 
 
-def _mounted_texts(svc: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+def _mounted_texts(svc: Mapping[str, Any], root: Path | None,
+                   config_files: Mapping[str, str]) -> Iterable[tuple[str, str]]:
     """(file name, text) of the bind-mounted files and configs a service reads (a proxy's
-    nginx.conf, an app's settings file), small text files only."""
+    nginx.conf, an app's settings file): small text files inside the project's folder only
+    (a bind of the host's /etc or of the engine's socket says nothing about this stack)."""
     sources: list[str] = []
     for vol in svc.get("volumes") or []:
         if isinstance(vol, Mapping) and vol.get("type") == "bind":
             sources.append(str(vol.get("source") or ""))
+    for cfg in svc.get("configs") or []:
+        name = cfg.get("source") if isinstance(cfg, Mapping) else cfg
+        if isinstance(name, str) and name in config_files:
+            sources.append(config_files[name])
     for src in sources:
         p = Path(src)
-        if not p.is_absolute():
+        if not p.is_absolute() or (root is not None and not p.is_relative_to(root)):
             continue
         if p.is_dir():
             try:
@@ -110,10 +126,39 @@ def _mounted_texts(svc: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
                 yield f.name, text
 
 
+def _labels(services: Mapping[str, Mapping[str, Any]],
+            images: Mapping[str, str]) -> Iterable[tuple[str, str, int | None, str]]:
+    """(proxy, routed service, port, why) from the labels a label-driven reverse proxy reads:
+    `traefik.enable=true` or a traefik router/service label, a caddy-docker-proxy
+    `{{upstreams PORT}}`. The proxy is every service running that proxy's image."""
+    proxies = {kind: sorted(n for n, img in images.items() if img == kind)
+               for kind in LABEL_PROXIES}
+    for name, svc in sorted(services.items()):
+        labels = dict(_env_pairs(svc.get("labels")))
+        routed: dict[str, tuple[int | None, str]] = {}
+        for key, value in sorted(labels.items()):
+            if key.startswith("traefik.") and key != "traefik.enable" or (
+                    key == "traefik.enable" and value.strip().lower() == "true"):
+                port = int(value) if _LABEL_PORT.match(key) and value.strip().isdigit() else None
+                if port is not None or "traefik" not in routed:
+                    routed["traefik"] = (port, f"label {key}")
+            m = _CADDY_UPSTREAM.search(value) if key.startswith("caddy") else None
+            if m:
+                routed["caddy-docker-proxy"] = (int(m.group(1)) if m.group(1) else None,
+                                                f"label {key}")
+        if labels.get("traefik.enable", "").strip().lower() == "false":
+            routed.pop("traefik", None)
+        for kind, (port, why) in sorted(routed.items()):
+            for proxy in proxies[kind]:
+                if proxy != name:
+                    yield proxy, name, port, f"{why} of {name!r}"
+
+
 def _pattern(names: Iterable[str]) -> re.Pattern[str]:
     alts = "|".join(re.escape(n) for n in sorted(set(names), key=lambda n: (-len(n), n)))
-    # a host name: not inside a longer name or a path, optionally followed by :PORT
-    return re.compile(rf"(?<![A-Za-z0-9_.\-/])({alts})(?::([0-9]{{1,5}}))?"
+    # a host name: not inside a longer name or a path (a `/` only as in `://`), optionally
+    # followed by :PORT
+    return re.compile(rf"(?<![A-Za-z0-9_.\-])(?<![^/]/)(?<!^/)({alts})(?::([0-9]{{1,5}}))?"
                       r"(?![A-Za-z0-9_\-]|\.[A-Za-z])")
 
 
@@ -128,13 +173,18 @@ def _calls_in(text: str, pat: re.Pattern[str], strict: bool) -> Iterable[tuple[s
 
 def gather(services: Mapping[str, Mapping[str, Any]], written: Mapping[str, Mapping[str, Any]],
            hostnames: Mapping[str, set[str]],
-           host_env: Mapping[str, str] | None = None) -> dict[str, Evidence]:
-    """Evidence of calls between services.
+           host_env: Mapping[str, str] | None = None, *, root: Path | None = None,
+           images: Mapping[str, str] | None = None,
+           config_files: Mapping[str, str] | None = None) -> dict[str, Evidence]:
+    """Evidence of calls between services: the caller's own configuration says whom it calls.
 
     `services` is the interpolated model (what containers see), `written` the same
     services as merged without interpolation (absolute paths), `hostnames` maps each
     service to every name it answers to (service name, container_name, hostname, aliases),
-    `host_env` is what compose fills value-less entries (`- VAR`) from (shell and .env).
+    `host_env` is what compose fills value-less entries (`- VAR`) from (shell and .env),
+    `root` the project's folder (mounted files outside it are not read), `images` each
+    service's image name without registry and tag, `config_files` the file of each
+    top-level config. Healthchecks are not read: a container testing itself calls nobody.
     """
     host_env = host_env or {}
     owner = {h: s for s, names in hostnames.items() for h in names}
@@ -146,11 +196,17 @@ def gather(services: Mapping[str, Mapping[str, Any]], written: Mapping[str, Mapp
         ev = out.setdefault(name, Evidence())
         raw = written.get(name) or {}
 
-        def note(text: str, why: str, strict: bool, ev: Evidence = ev, me: str = name) -> None:
+        def note(text: str, why: str, strict: bool, ev: Evidence = ev, me: str = name,
+                 port_of: int | None = None) -> None:
             for host, port in _calls_in(text, pat, strict):
                 dst = owner[host]
+                port = port if port is not None else port_of
                 if dst != me:
                     ev.add(dst, port, why)
+                else:
+                    ev.names_self = True
+                    if port is not None:
+                        ev.serves.add(port)
 
         env = list(_env_pairs(svc.get("environment")))
         env += [(k, host_env[k]) for k in _bare_keys(raw.get("environment")) if k in host_env]
@@ -158,16 +214,22 @@ def gather(services: Mapping[str, Mapping[str, Any]], written: Mapping[str, Mapp
             path = item.get("path") if isinstance(item, Mapping) else item
             if isinstance(path, str):
                 env += _read_env_file(Path(path))
+        values = dict(env)
         for key, value in env:
-            note(value, f"environment {key}", strict=not _HOST_KEY.search(key))
+            m = _PORT_KEY.match(key)
+            sibling = values.get(f"{m.group(1)}_PORT" if m.group(1) else "PORT", "") if m else ""
+            note(value, f"environment {key}", strict=not _HOST_KEY.search(key),
+                 port_of=int(sibling) if sibling.strip().isdigit() else None)
         for key in ("command", "entrypoint"):
             for text in _strings(svc.get(key)):
                 note(text, key, strict=True)
-        for fname, text in _mounted_texts(raw):
+        for fname, text in _mounted_texts(raw, root, config_files or {}):
             note(text, f"mounted file {fname}", strict=True)
             for m in _DIRECTIVE.finditer(text):
                 if m.group(1) in owner and owner[m.group(1)] != name:
                     ev.add(owner[m.group(1)], None, f"mounted file {fname}")
+    for proxy, routed, port, why in _labels(services, images or {}):
+        out.setdefault(proxy, Evidence()).add(routed, port, why)
     return out
 
 
@@ -186,15 +248,15 @@ def named_volumes(svc: Mapping[str, Any]) -> set[str]:
 
 
 def share_volumes(found: dict[str, Evidence], written: Mapping[str, Mapping[str, Any]]) -> None:
-    """A service that shares a named volume with one whose configuration names hosts may
-    read the configuration it writes there (a setup job writing the app's settings): it
-    gets those calls too."""
+    """A service whose own configuration names nobody, sharing a named volume with one whose
+    configuration names hosts, may read the configuration written there (a setup job writing
+    the app's settings): it gets those calls too. One that names its own hosts keeps them."""
     mounts = {name: named_volumes(svc) for name, svc in written.items()}
     seen = {name: (dict(ev.calls), dict(ev.why)) for name, ev in found.items()}
     for a, vols in sorted(mounts.items()):
         for b, others in sorted(mounts.items()):
             common = sorted(vols & others)
-            if a == b or not common or b not in seen:
+            if a == b or not common or b not in seen or seen.get(a, ({}, {}))[0]:
                 continue
             calls, _ = seen[b]
             for dst, ports in sorted(calls.items()):

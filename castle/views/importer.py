@@ -24,9 +24,9 @@ from castle.readers.compose import (
 from castle.readers.compose_ports import PortMap, merge_ports
 from castle.spec.load import parse
 from castle.spec.model import OWNED_COMPOSE_KEYS
-from castle.spec.values import DNS_LABEL, PortRange, image_problem, parse_port
+from castle.spec.values import DNS_LABEL, image_problem
 from castle.targets import relocate
-from castle.views import import_values
+from castle.views import import_flows, import_values
 from castle.views.evidence import Evidence, gather, share_volumes
 from castle.views.import_draft import (
     ANY_PORT,
@@ -84,10 +84,12 @@ class Importer:
             {n: self._interpolated(n) for n in self.cf.services},
             {n: s.raw for n, s in self.cf.services.items()},
             {n: self._hostnames(n) for n in self.cf.services},
-            dotenv(self.cf.path.resolve().parent))
+            dotenv(self.cf.path.resolve().parent), root=self.cf.path.resolve().parent,
+            images={n: image_repo(s.image) for n, s in self.cf.services.items()},
+            config_files=import_flows.config_files(self.cf))
         share_volumes(self.evidence, {n: s.raw for n, s in self.cf.services.items()})
         self._ingress()
-        self._pairs()
+        import_flows.pair_flows(self)
         self._egress()
         tiers = self._tiers()
         self._walls(tiers)
@@ -208,70 +210,14 @@ class Importer:
             return {self.names.get(str(k), str(k)): v for k, v in value.items()}
         return value
 
-    def _listen(self, name: str) -> list[int | str]:
-        return self.services[name].listen
-
-    def _pairs(self) -> None:
-        cf, rc = self.cf, self.rc
-        for pair, via in rc.pairs.items():
-            a, b = sorted(pair)
-            how = "; ".join(via)
-            if any(v.startswith("host network") for v in via) and len(via) == 1:
-                h, pub = (a, b) if a in rc.host_mode else (b, a)
-                ports = merge_ports({(p.proto, p.container) for p in cf.services[pub].ports})
-                self.flows.append(DraftFlow(
-                    [self.names[h]], self.names[pub], [_port_text(r) for r in ports],
-                    notes=[f"{h!r} was on the host network and reached {pub!r}'s published "
-                           "ports through the host"]))
-                continue
-            chosen: list[tuple[str, str, str, list[int | str] | None]] = []
-            for src, dst in ((a, b), (b, a)):
-                seen = self._called(src, dst)
-                if seen is not None:
-                    chosen.append((src, dst, *seen))
-            if not chosen:
-                # Nothing says they talk. A service whose configuration the file shows (it
-                # names the services it calls) does not call this one; one whose file says
-                # nothing may call whatever listens (its configuration is in its image).
-                for src, dst in ((a, b), (b, a)):
-                    if self._listen(dst) and not self._informative(src):
-                        chosen.append((src, dst, f"guessed direction: {dst!r} listens and "
-                                       f"nothing in the file says whom {src!r} calls", None))
-            if not chosen:
-                self.closed.append((self.names[a], self.names[b]))
-                continue
-            for src, dst, note, named in chosen:
-                self.flows.append(DraftFlow([self.names[src]], self.names[dst], named,
-                                            notes=[f"shared in the file: {how}", note]))
-
-    def _informative(self, name: str) -> bool:
-        """True when the file shows whom the service calls (host names or depends_on)."""
-        return bool(self.evidence.get(name, Evidence()).calls
-                    or self.cf.services[name].depends_on)
-
-    def _called(self, src: str, dst: str) -> tuple[str, list[int | str] | None] | None:
-        """(why, ports) when the file shows that src calls dst, else None; ports None means
-        all of dst's listen ports. Ports seen in src's config join dst's listen."""
-        ev = self.evidence.get(src, Evidence())
-        depends = dst in self.cf.services[src].depends_on
-        if dst not in ev.calls and not depends:
-            return None
-        why = (f"{src!r} calls {dst!r} ({ev.why[dst]})" if dst in ev.calls
-               else f"{src!r} depends on {dst!r} (depends_on or links)")
-        draft = self.services[dst]
-        seen = sorted(ev.calls.get(dst, set()))
-        if seen:
-            known = {parse_port(x) for x in draft.listen}
-            for port in seen:
-                if not any(r.covers(PortRange("tcp", port, port)) for r in known):
-                    draft.listen.append(port)
-                    draft.notes.append(f"listen {port} seen in {src!r}'s configuration")
-            return why, list(seen)
-        if not draft.listen:
-            draft.listen.append(ANY_PORT[0])
-            draft.notes.append(f"{src!r} calls it on a port the file does not name: every tcp "
-                               "port is open to it; narrow listen to the real ones")
-        return why, None
+    def _neighbours(self) -> dict[str, set[str]]:
+        """Spec name -> the services it shared a network with in the file."""
+        out: dict[str, set[str]] = {}
+        for pair in self.rc.pairs:
+            a, b = (self.names[n] for n in sorted(pair))
+            out.setdefault(a, set()).add(b)
+            out.setdefault(b, set()).add(a)
+        return out
 
     def _ingress(self) -> None:
         cf, rc = self.cf, self.rc
@@ -465,7 +411,7 @@ class Importer:
             reader_note=comment(self.cf.reader_note),
             cannot=[comment(c) for c in self.cannot],
             closed=[comment(line) for line in
-                    import_values.wrap(import_values.grouped(self.closed))],
+                    import_flows.closed_lines(self.closed, self._neighbours())],
             stack=toml_value(self.stack),
             tiers=[toml_value(t) for t in tiers],
             services=[{

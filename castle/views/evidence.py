@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 # Environment keys whose value names a host to call.
-_HOST_KEY = re.compile(r"(HOST|ADDR|SERVER|URL|URI|ENDPOINT|UPSTREAM|BROKER|DSN|BACKEND|PROXY)",
-                       re.IGNORECASE)
+# A word at the end of a part of the key: DB_HOST, DATABASE_URL, BOOTSTRAP_SERVERS_CONFIG,
+# not SECURITY (a URI inside a word) nor NO_PROXY (hosts not to call through a proxy).
+_HOST_KEY = re.compile(r"(?<!NO_)(HOST|HOSTNAME|ADDR|ADDRESS|SERVER|URL|URI|ENDPOINT|UPSTREAM|"
+                       r"BROKER|DSN|BACKEND|PROXY)S?(?:_|$)", re.IGNORECASE)
 # `DB_HOST=db` beside `DB_PORT=5433`: the port of that host
 _PORT_KEY = re.compile(r"^(.*?)_?(?:HOST|HOSTNAME|ADDR|ADDRESS|SERVER)$", re.IGNORECASE)
 # proxy and client configs that name a host without a port or scheme: `server db;`
@@ -103,15 +105,18 @@ def _mounted_texts(svc: Mapping[str, Any], root: Path | None,
     (a bind of the host's /etc or of the engine's socket says nothing about this stack)."""
     sources: list[str] = []
     for vol in svc.get("volumes") or []:
-        if isinstance(vol, Mapping) and vol.get("type") == "bind":
-            sources.append(str(vol.get("source") or ""))
+        if isinstance(vol, Mapping):
+            if vol.get("type") == "bind":
+                sources.append(str(vol.get("source") or ""))
+        elif isinstance(vol, str) and vol.startswith((".", "/")) and ":" in vol:
+            sources.append(vol.split(":", 1)[0])
     for cfg in svc.get("configs") or []:
         name = cfg.get("source") if isinstance(cfg, Mapping) else cfg
         if isinstance(name, str) and name in config_files:
             sources.append(config_files[name])
     for src in sources:
-        p = Path(src)
-        if not p.is_absolute() or (root is not None and not p.is_relative_to(root)):
+        p = Path(src) if root is None else root / src  # an absolute src stays itself
+        if not p.is_absolute() or (root is not None and not p.resolve().is_relative_to(root)):
             continue
         if p.is_dir():
             try:
@@ -223,7 +228,7 @@ def gather(services: Mapping[str, Mapping[str, Any]], written: Mapping[str, Mapp
         for key in ("command", "entrypoint"):
             for text in _strings(svc.get(key)):
                 note(text, key, strict=True)
-        for fname, text in _mounted_texts(raw, root, config_files or {}):
+        for fname, text in _mounted_texts(svc, root, config_files or {}):
             note(text, f"mounted file {fname}", strict=True)
             for m in _DIRECTIVE.finditer(text):
                 if m.group(1) in owner and owner[m.group(1)] != name:

@@ -35,6 +35,10 @@ SERVER_IMAGES = frozenset({
     "victoria-metrics", "victoria-logs", "vault", "consul", "nginx", "httpd", "caddy",
     "memgraph", "ejabberd", "coturn", "registry",
 })
+SERVER_FAMILIES = ("postgres", "mysql", "mariadb", "mongo", "redis", "valkey", "memcache",
+                   "rabbitmq", "elasticsearch", "opensearch", "clickhouse", "cassandra",
+                   "influxdb", "mailhog", "timescale", "cockroach", "minio", "zookeeper",
+                   "kafka", "nats", "mssql")
 # Images that call what their user points them at (admin consoles, dashboards): clients
 # even when others call them.
 CLIENT_IMAGES = frozenset({
@@ -42,6 +46,13 @@ CLIENT_IMAGES = frozenset({
     "grafana", "metabase", "superset", "kibana", "opensearch-dashboards", "cloudbeaver",
     "dbgate", "pgweb", "sqlpad", "kafka-ui", "akhq", "prometheus",
 })
+
+
+def server_image(repo: str) -> bool:
+    """A server-only image, its variants included: redis, redis-stack, redismod, postgres-16
+    (a known name, or a name that starts with a known family)."""
+    return repo in SERVER_IMAGES or any(
+        repo.startswith(family) for family in SERVER_FAMILIES)
 
 
 def served(imp: Importer) -> dict[str, list[int | str]]:
@@ -73,9 +84,11 @@ def client(imp: Importer, name: str) -> bool:
     if ev.calls or ev.names_self or svc.depends_on:
         return False
     repo = image_repo(svc.image)
-    if repo in SERVER_IMAGES:
+    if repo in CLIENT_IMAGES:
+        return True
+    if server_image(repo):
         return False
-    if "build" in svc.raw or repo in CLIENT_IMAGES:
+    if "build" in svc.raw:
         return True
     # a sidecar in its network namespace depends on it without calling it
     return not any(name in e.calls for e in imp.evidence.values()) and not any(

@@ -163,7 +163,7 @@ def test_closed_lines_are_one_entry_per_service() -> None:
     closed = sorted(tuple(sorted(p)) for p in was if "s0" in p and "s1" not in p)
     lines = closed_lines([(a, b) for a, b in closed], neighbours)
     assert lines == ["s0 <-> all but s1;"]
-    text = ("# - closed by the walls (they shared a network, but no port is known and nothing "
+    text = ("# - closed by the walls (they shared a network, but no guess applies and nothing "
             "in the\n#   file says that one calls the other):\n"
             + "".join(f"#   {line}\n" for line in lines) + "version = 1\n")
     assert closed_pairs(text, was) == {P(*p) for p in closed}

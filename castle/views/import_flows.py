@@ -4,16 +4,26 @@ plausible clients, and the pairs the walls close."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
+from castle.readers.compose import ComposeFile, Reach
 from castle.readers.compose_ports import merge_ports
 from castle.spec.values import PortRange, parse_port
 from castle.views.evidence import Evidence
-from castle.views.import_draft import ANY_PORT, DraftFlow, _port_text, image_repo
+from castle.views.import_draft import ANY_PORT, DraftFlow, DraftService, _port_text, image_repo
 from castle.views.import_values import wrap
 
-if TYPE_CHECKING:
-    from castle.views.importer import Importer
+
+class Importer(Protocol):
+    """What the flow decisions read and fill in of the draft being built."""
+
+    cf: ComposeFile
+    rc: Reach
+    services: dict[str, DraftService]
+    flows: list[DraftFlow]
+    names: dict[str, str]
+    evidence: dict[str, Evidence]
+    closed: list[tuple[str, str]]
 
 # Images that only answer: databases, caches, brokers, search and object stores, mail and
 # request catchers, DNS, tracing backends, a web server or proxy without a mounted config.
@@ -156,7 +166,7 @@ def _list(ports: list[int | str]) -> str:
     return ", ".join(str(p) for p in ports)
 
 
-def config_files(cf: Any) -> dict[str, str]:
+def config_files(cf: ComposeFile) -> dict[str, str]:
     """Top-level config name -> its file, absolute (compose-go made it so, else from the
     compose file's folder)."""
     root = cf.path.resolve().parent

@@ -168,3 +168,23 @@ def test_closed_lines_are_one_entry_per_service() -> None:
             + "".join(f"#   {line}\n" for line in lines) + "version = 1\n")
     assert closed_pairs(text, was) == {P(*p) for p in closed}
     assert closed_lines([("a", "b")], {"a": {"b"}, "b": {"a"}}) == ["a <-> b;"]
+
+
+def test_mounted_source_tree_reads_config_files_only(tmp_path: Path) -> None:
+    """An app that mounts the whole project folder reads its config files (settings.yml,
+    .env as an environment), not the compose file, which names every service (`image:
+    redis:7` is no call to redis on port 7), nor source code."""
+    services = {
+        "app": {"image": "acme/app:1", "volumes": ["./:/code"], "depends_on": ["api"]},
+        "other": {"image": "acme/other:1", "environment": {"CACHE": "redis:6379"}},
+        "redis": {"image": "redis:7"}, "db": {"image": "postgres:16"},
+        "api": {"image": "acme/api:1", "expose": ["9000"]},
+        "search": {"image": "acme/search:1", "expose": ["9200"]},
+    }
+    (tmp_path / "main.py").write_text("URL = 'http://search:9200/'\n")
+    _, data = _draft(tmp_path, services)
+    assert {dst for src, dst in _flows(data) if src == "app"} == {"api"}
+    (tmp_path / "settings.yml").write_text("cache: redis:6379\n")
+    (tmp_path / ".env").write_text("DB_HOST=db\n")
+    _, data = _draft(tmp_path, services)
+    assert {dst for src, dst in _flows(data) if src == "app"} == {"api", "redis", "db"}

@@ -25,6 +25,12 @@ _CADDY_UPSTREAM = re.compile(r"\{\{\s*upstreams(?:\s+(?:https?\s+)?([0-9]{1,5}))
 LABEL_PROXIES = ("traefik", "caddy-docker-proxy")
 _MAX_FILE = 256 * 1024
 _MAX_FILES = 200  # per service, in mounted folders
+# In a mounted folder (often the project's whole source tree) only configuration files
+# count; a compose file names every service and image (`image: redis:7` is no call).
+_CONFIG_SUFFIXES = (".conf", ".cfg", ".cnf", ".ini", ".yml", ".yaml", ".json", ".toml",
+                    ".env", ".properties", ".xml", ".template", ".tmpl", ".caddy", ".lua")
+_CONFIG_NAMES = ("Caddyfile", ".env", "nginx.conf", "haproxy.cfg")
+_COMPOSE_FILE = re.compile(r"^(docker-)?compose([.-].*)?\.ya?ml$")
 
 
 @dataclass
@@ -80,8 +86,13 @@ def _bare_keys(env: Any) -> list[str]:
 
 
 def _read_env_file(path: Path) -> list[tuple[str, str]]:
+    return _env_text(_read(path))
+
+
+def _env_text(text: str) -> list[tuple[str, str]]:
+    """KEY=value lines of an env file."""
     pairs = []
-    for line in _read(path).splitlines():
+    for line in text.splitlines():
         m = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*(.*)$", line)
         if m:
             pairs.append((m.group(1), m.group(2).strip().strip("'\"")))
@@ -120,12 +131,15 @@ def _mounted_texts(svc: Mapping[str, Any], root: Path | None,
             continue
         if p.is_dir():
             try:
-                files = sorted(f for f in p.rglob("*") if f.is_file())[:_MAX_FILES]
+                files = sorted(f for f in p.rglob("*") if f.is_file() and (
+                    f.suffix in _CONFIG_SUFFIXES or f.name in _CONFIG_NAMES))[:_MAX_FILES]
             except OSError:
                 files = []
         else:
             files = [p]
         for f in files:
+            if _COMPOSE_FILE.match(f.name):
+                continue
             text = _read(f)
             if text:
                 yield f.name, text
@@ -230,6 +244,9 @@ def gather(services: Mapping[str, Mapping[str, Any]], written: Mapping[str, Mapp
                 note(text, key, strict=True)
         for fname, text in _mounted_texts(svc, root, config_files or {}):
             note(text, f"mounted file {fname}", strict=True)
+            if fname.endswith(".env"):  # the app reads it as its environment
+                for key, value in _env_text(text):
+                    note(value, f"mounted file {fname}", strict=not _HOST_KEY.search(key))
             for m in _DIRECTIVE.finditer(text):
                 if m.group(1) in owner and owner[m.group(1)] != name:
                     ev.add(owner[m.group(1)], None, f"mounted file {fname}")

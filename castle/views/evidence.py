@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ _MAX_FILES = 200  # per service, in mounted folders
 _CONFIG_SUFFIXES = (".conf", ".cfg", ".cnf", ".ini", ".yml", ".yaml", ".json", ".toml",
                     ".env", ".properties", ".xml", ".template", ".tmpl", ".caddy", ".lua")
 _CONFIG_NAMES = ("Caddyfile", ".env", "nginx.conf", "haproxy.cfg")
+_SKIP_DIRS = ("node_modules", "vendor", "__pycache__", "venv", "site-packages")
+_MAX_SEEN = 20000  # files looked at per mounted folder
 _COMPOSE_FILE = re.compile(r"^(docker-)?compose([.-].*)?\.ya?ml$")
 
 
@@ -109,6 +112,21 @@ def _read(path: Path) -> str:
     return "" if b"\0" in data else data.decode("utf-8", errors="replace")
 
 
+def _config_files(folder: Path) -> list[Path]:
+    """Config files in a mounted folder, a bounded walk: dependency and hidden folders
+    (node_modules, .git) are not configuration."""
+    found: list[Path] = []
+    seen = 0
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS)
+        seen += len(files)
+        found += [Path(top, f) for f in sorted(files)
+                  if Path(f).suffix in _CONFIG_SUFFIXES or f in _CONFIG_NAMES]
+        if seen > _MAX_SEEN or len(found) >= _MAX_FILES:
+            break
+    return sorted(found)[:_MAX_FILES]
+
+
 def _mounted_texts(svc: Mapping[str, Any], root: Path | None,
                    config_files: Mapping[str, str]) -> Iterable[tuple[str, str]]:
     """(file name, text) of the bind-mounted files and configs a service reads (a proxy's
@@ -127,17 +145,13 @@ def _mounted_texts(svc: Mapping[str, Any], root: Path | None,
             sources.append(config_files[name])
     for src in sources:
         p = Path(src) if root is None else root / src  # an absolute src stays itself
-        if not p.is_absolute() or (root is not None and not p.resolve().is_relative_to(root)):
+        try:
+            inside = root is None or p.resolve().is_relative_to(root)
+        except (OSError, RuntimeError):  # a symlink loop
+            inside = False
+        if not p.is_absolute() or not inside:
             continue
-        if p.is_dir():
-            try:
-                files = sorted(f for f in p.rglob("*") if f.is_file() and (
-                    f.suffix in _CONFIG_SUFFIXES or f.name in _CONFIG_NAMES))[:_MAX_FILES]
-            except OSError:
-                files = []
-        else:
-            files = [p]
-        for f in files:
+        for f in _config_files(p) if p.is_dir() else [p]:
             if _COMPOSE_FILE.match(f.name):
                 continue
             text = _read(f)

@@ -122,6 +122,19 @@ def test_traefik_labels(tmp_path: Path) -> None:
     assert ("edge", "ui") not in _flows(data)
 
 
+def test_caddy_docker_proxy_labels(tmp_path: Path) -> None:
+    """caddy-docker-proxy routes to `{{upstreams PORT}}`; the same label under a plain caddy
+    image (which does not read labels) routes nothing (negative control)."""
+    def stack(image: str) -> dict[str, Any]:
+        return {"edge": {"image": image, "ports": ["443:443"]},
+                "app": {"image": "acme/app:1", "labels": {
+                    "caddy": "app.example", "caddy.reverse_proxy": "{{upstreams 8080}}"}}}
+    _, data = _draft(tmp_path, stack("lucaslorentz/caddy-docker-proxy:2.9"))
+    assert _flows(data) == {("edge", "app"): [8080]}
+    _, data = _draft(tmp_path, stack("caddy:2"))
+    assert ("edge", "app") not in _flows(data)
+
+
 def test_mounted_proxy_config_inside_the_project_only(tmp_path: Path) -> None:
     """A mounted nginx.conf under the project's folder names the upstream; the same file
     mounted from outside the folder is not read (negative control)."""

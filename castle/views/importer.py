@@ -25,7 +25,12 @@ from castle.readers.compose import (
 from castle.readers.compose_ports import PortMap, merge_ports
 from castle.spec.load import parse
 from castle.spec.model import OWNED_COMPOSE_KEYS
-from castle.spec.values import DNS_LABEL, PortRange, image_problem, parse_port
+from castle.spec.values import (
+    DNS_LABEL,
+    PortRange,
+    image_problem,
+    parse_port,
+)
 from castle.targets import relocate
 from castle.views import import_values
 from castle.views.evidence import Evidence, gather, share_volumes
@@ -313,15 +318,22 @@ class Importer:
                                         notes=[f"published in the file: {_ports(svc.ports)}"]))
         # Fixed host ports keep their numbers; ephemeral ones fit around them.
         for name, run in sorted(runs, key=lambda r: any(p.host is None for p in r[1])):
-            self.services[name].publish += self._publish(self.services[name], run, claimed)
+            self.services[name].publish += self._publish(self.services[name], run, claimed,
+                                                         self._variable_hosts(name))
         for draft in self.services.values():
             draft.publish.sort(key=lambda e: (e.rsplit("/", 1)[-1] == "udp",
                                               int(re.split(r"[-/]", e.rsplit(":", 1)[1])[0])))
 
+    def _variable_hosts(self, name: str) -> dict[tuple[str, int, int], str]:
+        written = (self.cf.verbatim.get("services") or {}).get(name) or {}
+        return import_values.variable_hosts(written.get("ports"))
+
     def _publish(self, draft: DraftService, run: list[PortMap],
-                 claimed: set[tuple[str, int]]) -> list[str]:
+                 claimed: set[tuple[str, int]],
+                 variables: dict[tuple[str, int, int], str]) -> list[str]:
         """The publish entry of a run of consecutive container ports (castle publishes a
-        merged range through one entry), moved clear of host ports already taken."""
+        merged range through one entry), moved clear of host ports already taken; a host
+        port written as a variable stays one."""
         first, proto, n = run[0], run[0].proto, len(run)
         hosts = [p.host for p in run]
         if None in hosts:
@@ -341,9 +353,21 @@ class Importer:
         ip = "" if first.host_ip in ("", "0.0.0.0") else first.host_ip
         if first.loopback:
             draft.notes.append(f"{_ports(run)}: bound to loopback (the host only), kept so")
-        if lo == first.container and not ip:
-            return []
         host = str(lo) if n == 1 else f"{lo}-{lo + n - 1}"
+        written = variables.get((proto, first.container, run[-1].container), "")
+        if written and lo == start:
+            kept = import_values.with_default(written, host)
+            if kept and kept != written:
+                draft.notes.append(f"host port {written} is {host} here: kept as {kept}, the "
+                                   "default being the port castle walls")
+            if not kept:
+                draft.notes.append(f"host port {written}: written as its value {host} (castle "
+                                   "keeps a single ${VAR} or ${VAR:-PORT})")
+            host = kept or host
+        elif written:
+            draft.notes.append(f"host port {written}: written as {host}, where it was moved")
+        if host == str(first.container) and not ip:
+            return []
         cont = str(first.container) if n == 1 else f"{first.container}-{run[-1].container}"
         suffix = "" if proto == "tcp" else f"/{proto}"
         return [f"{ip + ':' if ip else ''}{host}:{cont}{suffix}"]

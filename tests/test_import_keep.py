@@ -146,3 +146,201 @@ def test_spec_variable_host_port_generates(tmp_path: Path, compose_ok: None) -> 
     text = (tmp_path / "out" / "compose.yaml").read_text()
     assert '"${WEB_PORT-8080}:80/tcp"' in text
     assert compose_go.config_check(tmp_path / "out" / "compose.yaml")[0]
+
+
+# resolver's address is named by app (environment) and web (a URL in its command); other's
+# address is named by nobody; app and web never talk, so castle gives them a network each
+STATIC = """\
+services:
+  resolver:
+    image: alpine:3.20
+    networks:
+      dnsnet:
+        ipv4_address: 172.28.5.53
+        ipv6_address: fd00:28::53
+  app:
+    image: alpine:3.20
+    environment:
+      DNS: 172.28.5.53
+    networks: [dnsnet]
+  web:
+    image: alpine:3.20
+    command: ["wget", "http://172.28.5.53:8053/health"]
+    networks: [dnsnet]
+  other:
+    image: alpine:3.20
+    networks:
+      dnsnet:
+        ipv4_address: 172.28.5.8
+  log:
+    image: alpine:3.20
+    labels:
+      sink: "udp://[fd00:28::8]:514"
+    networks:
+      dnsnet:
+        ipv6_address: fd00:28::8
+networks:
+  dnsnet:
+    enable_ipv6: true
+    ipam:
+      config:
+        - subnet: 172.28.0.0/16
+        - subnet: fd00:28::/64
+"""
+
+
+def _networks_of(project: dict[str, Any], service: str) -> dict[str, str]:
+    nets = project["services"][service].get("networks") or {}
+    return {n: (c or {}).get("ipv4_address", "") for n, c in nets.items()}
+
+
+def _subnet(project: dict[str, Any], net: str) -> str:
+    return str(project["networks"][net]["ipam"]["config"][0]["subnet"])
+
+
+def test_named_static_address_is_kept(tmp_path: Path, compose_ok: None) -> None:
+    import ipaddress
+
+    draft, out = _pipeline(tmp_path, STATIC)
+    spec = tomllib.loads(draft)
+    assert spec["services"]["resolver"]["address"] == "172.28.5.53"
+    assert "address" not in spec["services"]["other"]  # nobody names it
+    assert "172.28.5.8 on 'dnsnet': nothing else names it" in draft
+    # naming the address is a sign of calling: flows app -> resolver and web -> resolver
+    flows = {(src, f["to"]) for f in spec["flows"]
+             for src in ([f["from"]] if isinstance(f["from"], str) else f["from"])}
+    assert {("app", "resolver"), ("web", "resolver")} <= flows
+    assert any(f["from"] == "web" and f.get("ports") == [8053] for f in spec["flows"])
+    project = compose_go.config_json(out / "compose.yaml")
+    held = [n for n, ip in _networks_of(project, "resolver").items() if ip == "172.28.5.53"]
+    assert len(held) == 1
+    assert ipaddress.IPv4Address("172.28.5.53") in ipaddress.IPv4Network(
+        _subnet(project, held[0]))
+    # app and web cannot share a network (no flow joins them): the address sits on one
+    callers = [c for c in ("app", "web") if held[0] in _networks_of(project, c)]
+    assert len(callers) == 1
+    lost = ({"app", "web"} - set(callers)).pop()
+    assert (f"'{lost}' names 'resolver''s address 172.28.5.53, which castle keeps on network "
+            f"'{held[0]}'") in draft
+    # an IPv6 address nobody names goes quietly (castle's networks are IPv4 only)
+    assert "static address fd00:28::53 on 'dnsnet' dropped: no other service names it" in draft
+
+
+def test_named_ipv6_address_is_listed_as_not_kept(tmp_path: Path, compose_ok: None) -> None:
+    text = STATIC.replace('sink: "udp://[fd00:28::8]:514"', 'sink: "udp://[fd00:28::53]:514"')
+    draft, _ = _pipeline(tmp_path, text)
+    assert ("'resolver' had the static address fd00:28::53 on 'dnsnet', named by 'log' "
+            "(labels): not kept (castle's networks are IPv4 only)") in draft
+
+
+def test_negative_control_an_unnamed_address_is_not_kept(tmp_path: Path,
+                                                         compose_ok: None) -> None:
+    text = STATIC.replace("DNS: 172.28.5.53", "DNS: 172.28.5.530").replace(
+        "http://172.28.5.53:8053/health", "http://172.28.5.5:8053/health")
+    draft, _ = _pipeline(tmp_path, text)
+    assert "address" not in tomllib.loads(draft)["services"]["resolver"]
+
+
+ADDRESS_SPEC = """\
+version = 1
+[stack]
+name = "dns"
+{pool}
+[[tiers]]
+name = "public"
+[services.app]
+tier = "public"
+image = "alpine:3.20"
+listen = [80]
+[services.web]
+tier = "public"
+image = "alpine:3.20"
+listen = [80]
+[services.resolver]
+tier = "public"
+image = "alpine:3.20"
+listen = [53]
+address = "{address}"
+[[flows]]
+from = ["app", "web"]
+to = "resolver"
+"""
+
+
+@pytest.mark.parametrize(("address", "pool", "message"), [
+    ("172.20.0.1", "", "172.20.0.1 is the gateway address of its network 172.20.0.0/24"),
+    ("172.20.0.0", "", "is the network or broadcast address of its network"),
+    ("127.0.0.5", "", "127.0.0.5 is in 127.0.0.0/8 (loopback)"),
+    ("not-an-ip", "", "services.resolver.address"),
+])
+def test_spec_address_errors(tmp_path: Path, address: str, pool: str, message: str) -> None:
+    spec = tmp_path / "zones.toml"
+    spec.write_text(ADDRESS_SPEC.format(address=address, pool=pool))
+    line = 1 + ADDRESS_SPEC.format(address=address, pool=pool).split("\n").index(
+        f'address = "{address}"')
+    cli = runner.invoke(app, ["generate", str(spec), "-o", str(tmp_path / "out")])
+    assert cli.exit_code == 2, cli.output
+    assert f"zones.toml:{line}: error: services.resolver.address" in cli.output
+    assert message in cli.output and "Traceback" not in cli.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_spec_address_taken_twice(tmp_path: Path) -> None:
+    text = ADDRESS_SPEC.format(address="172.20.0.9", pool="").replace(
+        'image = "alpine:3.20"\nlisten = [80]\n[services.web]',
+        'image = "alpine:3.20"\nlisten = [80]\naddress = "172.20.0.9"\n[services.web]')
+    spec = tmp_path / "zones.toml"
+    spec.write_text(text)
+    cli = runner.invoke(app, ["validate", str(spec)])
+    assert cli.exit_code == 2
+    assert "172.20.0.9 is also the address of 'app'" in cli.output
+
+
+def test_spec_address_keeps_every_other_address_clear(tmp_path: Path, compose_ok: None) -> None:
+    import ipaddress
+
+    spec = tmp_path / "zones.toml"
+    spec.write_text(ADDRESS_SPEC.format(address="172.20.0.2", pool=""))
+    cli = runner.invoke(app, ["generate", str(spec), "-o", str(tmp_path / "out"), "-t",
+                              "compose", "-t", "iptables"])
+    assert cli.exit_code == 0, cli.output
+    project = compose_go.config_json(tmp_path / "out" / "compose.yaml")
+    seen: dict[str, list[str]] = {}
+    for name in ("app", "web", "resolver"):
+        for net, ip in _networks_of(project, name).items():
+            assert ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(_subnet(project, net))
+            seen.setdefault(net, []).append(ip)
+    assert all(len(ips) == len(set(ips)) for ips in seen.values())  # .2 is taken: others move
+    assert "172.20.0.2" in _networks_of(project, "resolver").values()
+    # the firewall speaks of the same address
+    assert "-d 172.20.0.2/32" in (tmp_path / "out" / "firewall" / "iptables.sh").read_text()
+
+
+@pytest.mark.parametrize(("app_address", "pool", "where", "message"), [
+    # both addresses on one network: its subnet widens to a /23, which covers the pool
+    ("172.20.1.9", 'subnet_pool = "172.20.0.0/24"', "app",
+     "172.20.1.9 needs 172.20.0.0/23, which covers subnet_pool 172.20.0.0/24"),
+    ("172.21.0.9", "", "app", "172.21.0.9 and 172.20.0.9 ('resolver') share a network but not "
+     "a /16"),
+])
+def test_spec_two_addresses_on_one_network(tmp_path: Path, app_address: str, pool: str,
+                                           where: str, message: str) -> None:
+    text = ADDRESS_SPEC.format(address="172.20.0.9", pool=pool).replace(
+        'image = "alpine:3.20"\nlisten = [80]\n[services.web]',
+        f'image = "alpine:3.20"\nlisten = [80]\naddress = "{app_address}"\n[services.web]')
+    spec = tmp_path / "zones.toml"
+    spec.write_text(text)
+    cli = runner.invoke(app, ["validate", str(spec)])
+    assert cli.exit_code == 2, cli.output
+    assert f"error: services.{where}.address: {message}" in cli.output
+
+
+def test_spec_address_inside_the_pool_moves_the_others(tmp_path: Path) -> None:
+    spec = tmp_path / "zones.toml"
+    spec.write_text(ADDRESS_SPEC.format(address="10.50.0.9", pool='subnet_pool = "10.50.0.0/24"'))
+    cli = runner.invoke(app, ["generate", str(spec), "-o", str(tmp_path / "out"), "-t",
+                              "compose"])
+    assert cli.exit_code == 0, cli.output
+    text = (tmp_path / "out" / "compose.yaml").read_text()
+    assert '"10.50.0.0/25"' in text and '"10.50.0.128/25"' in text
+    assert 'ipv4_address: "10.50.0.9"' in text

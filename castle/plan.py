@@ -366,8 +366,11 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
     try:
         subnets = allocate(spec.stack.pool, [len(m) for m, _ in groups],
                            spec.firewall.ssh_sources)
+        callers: dict[str, set[str]] = {}
+        for c in conns:
+            callers.setdefault(c.dst, set()).add(c.src)
         kept = kept_addresses({n: s.address for n, s in spec.services.items()},
-                              [m for m, _ in groups])
+                              [m for m, _ in groups], callers)
         if kept:
             subnets = _around_kept(spec, groups, subnets, kept)
     except ValueError as exc:

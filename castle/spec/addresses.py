@@ -39,11 +39,12 @@ class AddressError(Exception):
         self.service, self.hint = service, hint
 
 
-def kept_addresses(wanted: Mapping[str, IPv4Address | None],
-                   groups: list[tuple[str, ...]]) -> dict[int, dict[str, IPv4Address]]:
+def kept_addresses(wanted: Mapping[str, IPv4Address | None], groups: list[tuple[str, ...]],
+                   callers: Mapping[str, set[str]]) -> dict[int, dict[str, IPv4Address]]:
     """group index -> {service: address}: each service with an address keeps it on the
-    largest network it is on (the first such on a tie); a container has one address per
-    network and networks may not overlap, so it cannot keep it on more than one."""
+    network it shares with the most of its `callers` (then the largest, then the first); a
+    container has one address per network and networks may not overlap, so it cannot keep
+    it on more than one."""
     kept: dict[int, dict[str, IPv4Address]] = {}
     owner: dict[IPv4Address, str] = {}
     for name in sorted(wanted):
@@ -59,7 +60,8 @@ def kept_addresses(wanted: Mapping[str, IPv4Address | None],
             raise AddressError(name, f"{name!r} is on no network (no flow joins it to another "
                                "service or to outside), so its address has none to sit on",
                                "add the flows its callers use, or drop `address`")
-        best = max(mine, key=lambda i: (len(groups[i]), -i))
+        calls = callers.get(name, set())
+        best = max(mine, key=lambda i: (len(calls & set(groups[i])), len(groups[i]), -i))
         kept.setdefault(best, {})[name] = ip
     return kept
 

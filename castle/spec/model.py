@@ -184,8 +184,8 @@ class Service(_Model):
         "compose writes them), declared under [compose.secrets]; castle adds its TLS ones",
     )
     address: Address | None = Field(default=None, description="an IPv4 address it keeps (others "
-                                    "name it): the largest network it is on gets a subnet "
-                                    "around it; default: one from subnet_pool")
+                                    "name it): its network with the most callers gets a "
+                                    "subnet around it; default: one from subnet_pool")
 
     @field_validator("image")
     @classmethod

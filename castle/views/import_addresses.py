@@ -194,10 +194,11 @@ def placed(text: str, kept: dict[str, Static], names: dict[str, str],
     for name, st in sorted(kept.items()):
         ip = ipaddress.IPv4Address(st.address)
         net = next(n for n in plan.networks if (names[name], ip) in n.addresses)
-        for caller in sorted(st.named):
-            if names[caller] not in net.members:
-                lines.append(f"{caller!r} names {name!r}'s address {st.address}, which castle "
-                             f"keeps on network {net.name!r} ({', '.join(net.members)}) only: "
-                             f"{caller!r} reaches {name!r} by name")
+        off = sorted(c for c in st.named if names[c] not in net.members)
+        if off:
+            lines.append(f"{name!r} keeps {st.address} on castle's network {net.name!r} only "
+                         f"(a container has one address per network); {', '.join(off)} "
+                         f"name{'s' if len(off) == 1 else ''} it from another network and "
+                         f"reach{'es' if len(off) == 1 else ''} {name!r} by name only")
     cannot += lines
     return bool(lines)

@@ -52,7 +52,8 @@ def _pipeline(folder: Path, compose: str, env: str = "") -> tuple[str, Path]:
     try:
         for args in (["import", "docker-compose.yml", "-o", "zones.toml"],
                      ["validate", "zones.toml"],
-                     ["generate", "zones.toml", "-o", "out", "-t", "compose", "-t", "iptables"]):
+                     ["generate", "zones.toml", "-o", "out", "-t", "compose", "-t", "iptables",
+                      "-t", "nftables"]):
             cli = runner.invoke(app, args)
             assert cli.exit_code == 0, (args, cli.output)
     finally:
@@ -91,6 +92,9 @@ def test_variable_host_ports_stay_variables(tmp_path: Path, compose_ok: None,
     script = (out / "firewall" / "iptables.sh").read_text()
     assert "--dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080" in script
     assert "9999" not in script
+    # nftables matches the container port after Docker's DNAT, never a host port
+    nft = (out / "firewall" / "castle.nft").read_text()
+    assert "ct status dnat" in nft and "8080" not in nft
 
 
 def test_artifacts_check_sees_a_variable_set_to_another_port(

@@ -338,8 +338,8 @@ def import_(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="write the draft here "
                    "(default: stdout)")] = None,
 ) -> None:
-    """Draft a zones.toml from compose files: a flow for each connection the services show, the
-    other pairs closed by the walls and listed at the top of the draft."""
+    """Draft a zones.toml from compose files: flows for the connections the file shows (or
+    guesses, noted), the other pairs of a shared network closed and listed in the draft."""
     from castle.views.importer import import_compose
 
     files = [*(file or []), *(compose or [])]

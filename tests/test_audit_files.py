@@ -110,3 +110,17 @@ def test_no_file_is_a_usage_error() -> None:
     assert cli.exit_code == 2
     assert "give a compose file" in cli.output
     assert "Traceback" not in cli.output
+
+
+def test_findings_point_into_included_files(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sub").mkdir()
+    # cap_add at line 6 of the included file, privileged at line 5 of the including one
+    (tmp_path / "sub" / "inc.yml").write_text(
+        "services:\n  db:\n    image: postgres:16\n    networks: [front]\n"
+        "    # a comment\n    cap_add: [NET_ADMIN]\nnetworks:\n  front: {}\n")
+    (tmp_path / "main.yml").write_text(
+        "include:\n  - sub/inc.yml\nservices:\n  web:\n    privileged: true\n"
+        "    image: nginx:1.27\n    networks: [front]\n")
+    monkeypatch.chdir(tmp_path)
+    assert _json(["main.yml"]) == {("inc.yml", 6, "CASTLE007"), ("main.yml", 5, "CASTLE008")}

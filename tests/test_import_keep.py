@@ -4,6 +4,7 @@ generated compose file means."""
 
 from __future__ import annotations
 
+import copy
 import os
 import tomllib
 from pathlib import Path
@@ -11,10 +12,15 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from castle.cli import app
+from castle.errors import SpecError
 from tests.oracles import compose_go
+from tests.strategies import dump_toml, examples, specs
+from tests.test_properties import Example, check_compose, outputs
 
 runner = CliRunner()
 
@@ -441,3 +447,28 @@ def test_extends_is_written_out_or_named(tmp_path: Path, compose_ok: None,
     assert cli.exit_code == 0, cli.output
     assert "extends left unresolved (only compose-go resolves it" in cli.output
     assert "environment" not in tomllib.loads(cli.output)["services"]["app"].get("compose", {})
+
+
+@settings(max_examples=examples(30), deadline=None)
+@given(specs(), st.data())
+def test_a_kept_address_changes_no_reachability(example: Example, data: st.DataObject) -> None:
+    """Random specs with one service's address set: compose reachability still equals the
+    reference, every address lies in its subnet and is unique (compose_reach's oracle), and
+    the service holds the address; or a placement error at the address's line."""
+    _, spec = example
+    name = data.draw(st.sampled_from(sorted(spec["services"])))
+    address = f"172.30.{data.draw(st.integers(0, 255))}.{data.draw(st.integers(2, 254))}"
+    kept = copy.deepcopy(spec)
+    kept["services"][name]["address"] = address
+    try:
+        compose = outputs(dump_toml(kept), ["compose"])["compose.yaml"]
+    except SpecError as exc:
+        assert f"services.{name}.address" in str(exc)
+        assert any(why in str(exc) for why in (
+            "is on no network", "gateway address", "network or broadcast", "covers subnet_pool"))
+        event("placement error")
+        return
+    event("placed")
+    check_compose(kept, compose)
+    nets = yaml.safe_load(compose)["services"][name]["networks"]
+    assert address in [cfg["ipv4_address"] for cfg in nets.values()]

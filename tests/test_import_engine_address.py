@@ -73,3 +73,49 @@ def test_kept_address_is_the_containers_and_reached_there(docker_engine: Engine,
         assert not _talks(eng, project, "app", "172.28.5.53", 5354)
     finally:
         eng.down(out, project)
+
+
+PORTS = """\
+services:
+  web:
+    image: example/web:1
+    ports:
+      - "${WEB_PORT:-18088}:80"
+"""
+
+
+def _host_talks(eng: Engine, port: int) -> bool:
+    run = eng.host("sh", "-c", f"echo castle-{port} | busybox nc -w 2 127.0.0.1 {port}",
+                   check=False)
+    return f"castle-{port}" in run.stdout
+
+
+def test_variable_host_port_is_filled_at_start(docker_engine: Engine, tmp_path: Path) -> None:
+    """The generated file publishes ${WEB_PORT:-18088}: the default without the variable,
+    the variable's value with it (the engine's own port table and a real connection)."""
+    eng = docker_engine
+    folder = tmp_path / "ports"
+    folder.mkdir()
+    (folder / "compose.yaml").write_text(PORTS)
+    spec = folder / "zones.toml"
+    spec.write_text(import_compose([folder / "compose.yaml"], folder))
+    out = folder / "out"
+    generate(spec, out, targets=["compose"])
+    assert '"${WEB_PORT:-18088}:80/tcp"' in (out / "compose.yaml").read_text()
+    project = str(yaml.safe_load((out / "compose.yaml").read_text())["name"])
+    eng.tag_probe("example/web:1")
+    for value, port in ((None, 18088), ("18089", 18089)):
+        saved = dict(eng.env)
+        if value is not None:
+            eng.env["WEB_PORT"] = value
+        try:
+            eng.up(out, project)
+            web = eng.container(project, "web")
+            assert f":{port}" in eng.docker("port", web, "80/tcp").stdout
+            eng.serve(web, [(80, "tcp")])
+            assert _host_talks(eng, port)
+            assert not _host_talks(eng, 18090)  # negative control: nothing published there
+        finally:
+            eng.down(out, project)
+            eng.env.clear()
+            eng.env.update(saved)

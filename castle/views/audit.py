@@ -105,10 +105,11 @@ class Audit:
     spec_path: Path | None = None
     findings: list[AuditFinding] = field(default_factory=list)
 
-    def add(self, rule: str, at: tuple[Path, int], message: str,
+    def add(self, rule: str, at: tuple[Path, int] | int, message: str,
             level: str | None = None) -> None:
-        """Record a finding at (file, line), at the rule's default level unless given."""
-        file, line = at
+        """Record a finding at (file, line) (a bare line: of the first file), at the rule's
+        default level unless given."""
+        file, line = at if isinstance(at, tuple) else (self.compose.path, at)
         files = list(self.compose.files) or [self.compose.path]
         rank = files.index(file) if file in files else len(files)
         self.findings.append(AuditFinding(rank, line, rule, level or RULES[rule].level,

@@ -345,7 +345,7 @@ class Importer:
         written = variables.get((proto, first.container, run[-1].container), "")
         if written:
             host = import_values.host_port(written, host, lo == start, draft.notes)
-        if host == str(first.container) and not ip:
+        if lo == first.container and not ip and not host.startswith("$"):
             return []
         cont = str(first.container) if n == 1 else f"{first.container}-{run[-1].container}"
         suffix = "" if proto == "tcp" else f"/{proto}"

@@ -305,15 +305,23 @@ def certs(
 @app.command()
 @handled
 def audit(
-    compose: Annotated[Path, typer.Argument(help="an existing compose file")],
+    compose: Annotated[list[Path] | None, typer.Argument(
+        help="existing compose files, merged in order (a single default-named file "
+        "brings its override file, as compose does)")] = None,
+    file: Annotated[list[Path] | None, typer.Option(
+        "--file", help="a compose file (repeatable, as `docker compose -f`; -f is --format "
+        "here)")] = None,
     spec: Annotated[Path | None, typer.Option("--spec", help="compare with this "
                     "zones.toml")] = None,
     fmt: Annotated[AuditFormat, typer.Option("--format", "-f")] = AuditFormat.text,
 ) -> None:
-    """Who can reach whom in an existing compose file, and what should not."""
+    """Who can reach whom in an existing compose file set, and what should not."""
     from castle.views.audit import audit as run
 
-    result = run(compose, spec, fmt.value)
+    files = [*(file or []), *(compose or [])]
+    if not files:
+        raise UsageError("give a compose file: castle audit docker-compose.yml")
+    result = run(files, spec, fmt.value)
     sys.stdout.write(result.report)
     if result.findings:
         raise typer.Exit(1)
@@ -330,7 +338,8 @@ def import_(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="write the draft here "
                    "(default: stdout)")] = None,
 ) -> None:
-    """Draft a zones.toml that reproduces a compose file's current reachability."""
+    """Draft a zones.toml from compose files: flows for the connections the file shows (or
+    guesses, noted), the other pairs of a shared network closed and listed in the draft."""
     from castle.views.importer import import_compose
 
     files = [*(file or []), *(compose or [])]

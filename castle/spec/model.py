@@ -16,8 +16,10 @@ from pydantic import (
     field_validator,
 )
 
+from castle.spec.addresses import UNUSABLE_POOLS, Address
 from castle.spec.pools import default_pool
 from castle.spec.values import (
+    OWNED_HINTS,
     Endpoints,
     Label,
     PortList,
@@ -40,12 +42,6 @@ OWNED_COMPOSE_KEYS = frozenset(
     }
 )
 TARGETS = ("compose", "iptables", "nftables", "k8s", "mesh")
-_UNUSABLE_POOLS = tuple(
-    (ipaddress.IPv4Network(net), why)
-    for net, why in (("0.0.0.0/8", "this network"), ("127.0.0.0/8", "loopback"),
-                     ("169.254.0.0/16", "link-local"), ("224.0.0.0/4", "multicast"),
-                     ("240.0.0.0/4", "reserved"))
-)
 # What "internet" never means, in every target (Kubernetes' usual ipBlock except list plus
 # link-local, which holds the cloud metadata endpoint): private and link-local ranges.
 NOT_INTERNET = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
@@ -85,7 +81,7 @@ class Stack(_Model):
     def _pool(cls, v: ipaddress.IPv4Network | None) -> ipaddress.IPv4Network | None:
         if v is None:
             return v
-        for bad, why in _UNUSABLE_POOLS:
+        for bad, why in UNUSABLE_POOLS:
             if v.overlaps(bad):
                 raise ValueError(f"{v} overlaps {bad} ({why}); use private space such as "
                                  "10.89.0.0/16")
@@ -187,6 +183,9 @@ class Service(_Model):
         description="compose secrets the service mounts (names or long-syntax tables, as "
         "compose writes them), declared under [compose.secrets]; castle adds its TLS ones",
     )
+    address: Address | None = Field(default=None, description="an IPv4 address it keeps (others "
+                                    "name it): its network with the most callers gets a "
+                                    "subnet around it; default: one from subnet_pool")
 
     @field_validator("image")
     @classmethod
@@ -244,10 +243,8 @@ class Service(_Model):
     def _compose(cls, v: dict[str, Any]) -> dict[str, Any]:
         owned = sorted(OWNED_COMPOSE_KEYS & set(v))
         if owned:
-            raise ValueError(
-                f"castle owns {', '.join(owned)}: set them through tier, listen, publish, "
-                "flows and tls instead of [services.NAME.compose]"
-            )
+            ways = dict.fromkeys(OWNED_HINTS[k] for k in owned)
+            raise ValueError(f"castle owns {', '.join(owned)}: {'; '.join(ways)}")
         for key, value in v.items():
             problem = passthrough_problem(value)
             if problem:

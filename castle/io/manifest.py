@@ -46,11 +46,16 @@ def _sha(data: bytes) -> str:
 def fingerprint() -> str:
     """A hash of everything besides the spec that decides the output bytes."""
     h = hashlib.sha256(f"{sys.version}\0{sys.implementation.cache_tag}\0".encode())
-    here = Path(__file__).resolve().parent
-    sources = sorted(here.rglob("*.py")) + sorted(templates_dir().glob("*.j2"))
+    package = Path(__file__).resolve().parent.parent  # all of castle, not castle/io alone
+    templates = templates_dir()
+    # castle/_jinja is left out: made from the templates and Jinja (both counted), and
+    # used only while it matches them, so it never decides the output
+    code = [p for p in package.rglob("*.py") if "_jinja" not in p.relative_to(package).parts]
+    sources = sorted(code) + sorted(templates.rglob("*.j2"))  # templates/tls/ too
     for path in sources:
         data = path.read_bytes()
-        h.update(f"{path.name}\0{len(data)}\0".encode())
+        where = path.relative_to(package if path.suffix == ".py" else templates).as_posix()
+        h.update(f"{where}\0{len(data)}\0".encode())
         h.update(data)
     for name in LIBRARIES:
         spec = find_spec(name)

@@ -312,6 +312,11 @@ def main() -> None:
     # castle's bytecode, as an installed wheel has it (PYTHONDONTWRITEBYTECODE would
     # otherwise compile every module from source on every run)
     compileall.compile_dir(str(ROOT / "castle"), quiet=1)
+    # and its templates precompiled, as the build hook does for a wheel or an editable install
+    from castle.io import compiled, render
+
+    compiled.compile_all(render.environment(), ROOT / "templates", ROOT / "castle" / "_jinja")
+    compileall.compile_dir(str(ROOT / "castle" / "_jinja"), quiet=1)
     print(f"castle benchmarks on {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}\n")
     with tempfile.TemporaryDirectory(prefix="castle-bench-") as tmp:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -12,7 +11,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from castle.errors import CastleError, SpecError, UsageError
+from castle import commands
+from castle.commands import Exit, err, folder
+from castle.errors import UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -40,65 +41,18 @@ def _main(
     """castle: one concentric-walls spec, every wall that enforces it."""
 
 
-def err(text: str) -> None:
-    """Print to stderr."""
-    sys.stderr.write(text if text.endswith("\n") else text + "\n")
-
-
 def handled(fn: F) -> F:
-    """Run a command, turning castle's errors into messages and exit codes (never tracebacks)."""
+    """Run a command through commands.handled, its exit code raised as typer's Exit."""
+    inner = commands.handled(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except SpecError as exc:
-            for d in exc.diagnostics:
-                err(str(d))
-            n = len(exc.errors)
-            err(f"castle: {_n(n, 'error')}; nothing was written")
-            raise typer.Exit(2) from None
-        except CastleError as exc:
-            err(f"castle: {exc}")
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err("castle: interrupted")
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except OSError as exc:
-            # the file system said no (an -o that is a file, a read-only folder): bad input
-            where = f"{exc.filename}: " if exc.filename else ""
-            err(f"castle: {where}{exc.strerror or exc}")
-            raise typer.Exit(2) from None
-        except Exception as exc:
-            if os.environ.get("CASTLE_DEBUG"):
-                raise
-            err(f"castle: internal error: {type(exc).__name__}: {exc} "
-                "(a bug in castle; rerun with CASTLE_DEBUG=1 for details)")
-            raise typer.Exit(2) from None
+            return inner(*args, **kwargs)
+        except commands.Exit as exc:
+            raise typer.Exit(exc.code) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _folder(out: Path | None) -> None:
-    """An -o that exists must be a folder."""
-    if out is not None and out.exists() and not out.is_dir():
-        from castle.errors import UsageError
-
-        raise UsageError(f"-o {out}: is a file, not a folder")
-
-
-def _n(n: int, noun: str) -> str:
-    """3 services, 1 tier."""
-    from castle.words import count
-
-    return count(n, noun)
-
-
-def _warn(loaded: Any) -> None:
-    for d in loaded.warnings:
-        err(str(d))
 
 
 SpecArg = Annotated[Path, typer.Argument(help="the zones.toml to read", show_default=False)]
@@ -130,20 +84,7 @@ def init(
 @handled
 def validate(spec: SpecArg) -> None:
     """Check a spec against the wall rules: errors (exit 2), warnings, or a summary."""
-    # render every target in memory too: whatever generate would refuse, validate refuses
-    from castle.spec.pools import neighbours
-    from castle.targets.generate import build
-
-    loaded, plan, _ = build(spec)
-    _warn(loaded)
-    clashes = neighbours(spec, plan.stack, plan.spec.stack.pool)
-    for d in clashes:
-        err(str(d))
-    n = len(loaded.warnings) + len(clashes)
-    warned = f" ({_n(n, 'warning')})" if n else ""
-    print(f"{spec}: valid: {_n(len(plan.services), 'service')} in "
-          f"{_n(len(plan.tiers), 'tier')}, {_n(len(plan.spec.flows), 'flow')} -> "
-          f"{_n(len(plan.conns), 'connection')}, {_n(len(plan.networks), 'network')}{warned}")
+    commands.validate(spec)
 
 
 @app.command()
@@ -160,30 +101,7 @@ def generate(
                                         "generate")] = False,
 ) -> None:
     """Write every artifact of a spec (atomically), or --check that they are up to date."""
-    from castle.targets.generate import generate as run
-
-    _folder(out)
-    result = run(spec, out, targets=target, check=check, force=force)
-    _warn(result.loaded)
-    for note in result.notes:
-        err(f"castle: warning: {note}")
-    if check:
-        if result.diffs:
-            sys.stdout.write("".join(result.diffs))
-            drift = "drifts" if len(result.diffs) == 1 else "drift"
-            err(f"castle: {_n(len(result.diffs), 'file')} in {result.out} {drift} from {spec}; "
-                f"run: castle generate {spec} -o {result.out}")
-            raise typer.Exit(1)
-        print(f"{result.out}: {_n(len(result.outputs), 'file')} up to date with {spec}")
-        return
-    print(f"{result.out}: {_n(len(result.outputs), 'file')}, {len(result.changed)} changed "
-          f"({', '.join(result.plan.targets)})"
-          + (f"; removed {', '.join(result.removed)}" if result.removed else ""))
-    if result.tls:
-        print(f"TLS: {result.tls.splitlines()[0]} (castle certs SPEC -o OUT for details)")
-    if any(s.spec.container_firewall for s in result.plan.services):
-        err("castle: note: container firewalls are discouraged (NET_ADMIN inside the container);"
-            " the host firewall already enforces the same flows")
+    commands.generate(spec, out, target, check, force)
 
 
 @app.command()
@@ -208,7 +126,7 @@ def matrix(
     report, differs = compare_artifacts(plan, artifacts, fmt.value)
     sys.stdout.write(report)
     if differs:
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 class Firewall(StrEnum):
@@ -268,7 +186,8 @@ def prove(
     def progress(done: int, total: int) -> None:
         width = 30
         filled = width * done // max(total, 1)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{_n(total, 'probe')}")
+        probes = commands.count(total, "probe")
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{probes}")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -277,7 +196,7 @@ def prove(
     result = run(spec, out, firewalls, progress=progress if sys.stderr.isatty() else None)
     sys.stdout.write(result.report)
     if not result.ok:
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 @app.command()
@@ -295,11 +214,11 @@ def certs(
     """Make the private CA and the certificates tls flows need (never overwrites a key)."""
     from castle.tls.certs import certs as run
 
-    _folder(out)
+    folder(out)
     result = run(spec, out, days=days, check=check)
     sys.stdout.write(result.report)
     if not result.ok:
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 @app.command()
@@ -324,7 +243,7 @@ def audit(
     result = run(files, spec, fmt.value)
     sys.stdout.write(result.report)
     if result.findings:
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 @app.command("import")
@@ -374,7 +293,7 @@ def diff(
     result = diff_specs(old, new, fmt.value)
     sys.stdout.write(result.report)
     if result.opened:
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 @app.command()
@@ -410,11 +329,11 @@ def status(
     from castle.views.status import render_status
     from castle.views.status import status as run
 
-    _folder(out)
+    folder(out)
     result = run(spec, out)
     sys.stdout.write(render_status(result, fmt.value))
     if not result.ok:
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 @app.command()

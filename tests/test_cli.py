@@ -219,11 +219,20 @@ def test_built_wheel_carries_templates(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert "castle/_templates/compose.yaml.j2" in names
+        # the build hook's precompiled templates (castle/io/compiled.py), one per template
+        assert {"castle/_jinja/tmpl_compose_yaml_j2.py",
+                "castle/_jinja/tmpl_tls__client_cnf_j2.py"} <= names
+        assert len([n for n in names if n.startswith("castle/_jinja/tmpl_")]) == len(
+            [n for n in names if n.startswith("castle/_templates/") and n.endswith(".j2")])
         assert "castle/spec/schemas/compose-spec.json" in names  # needed at run time
         zf.extractall(tmp_path / "site")
     spec = spec_in(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    proc = subprocess.run([sys.executable, "-m", "castle", "generate", str(spec), "-t", "compose"],
+    # Jinja's compiler is forbidden: every template comes from its precompiled module
+    probe = ("import sys, jinja2\nsys.argv[0] = 'castle'\n"
+             "def forbidden(*args, **kwargs):\n    raise AssertionError('compiled at run time')\n"
+             "jinja2.Environment.compile = forbidden\nfrom castle.entry import main; main()\n")
+    proc = subprocess.run([sys.executable, "-c", probe, "generate", str(spec), "-t", "compose"],
                           capture_output=True, text=True, cwd=tmp_path / "site", env=env,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr

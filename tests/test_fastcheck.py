@@ -200,6 +200,22 @@ def test_a_changed_castle_falls_back(stack: tuple[Path, Path], tmp_path: Path) -
     assert "pydantic" in loaded(fast)
 
 
+@pytest.mark.parametrize("changed", ["castle/targets/iptables.py", "templates/tls/client.cnf.j2"])
+def test_changed_code_or_a_nested_template_falls_back(changed: str, stack: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    """Any module of castle (not only castle/io) and the templates below templates/tls count."""
+    spec, out = stack
+    copy = tmp_path / "castle-copy"
+    shutil.copytree(ROOT / "castle", copy / "castle",
+                    ignore=shutil.ignore_patterns("__pycache__", "_jinja"))
+    shutil.copytree(ROOT / "templates", copy / "templates")
+    assert loaded(castle("generate", str(spec), "-o", str(out), "--check", path=copy)) == []
+    edited = copy / changed
+    edited.write_text(edited.read_text() + ("\n# changed\n" if changed.endswith(".py") else "\n"))
+    assert "pydantic" in loaded(castle("generate", str(spec), "-o", str(out), "--check",
+                                       path=copy))
+
+
 def test_command_lines_the_fast_path_leaves_alone() -> None:
     """Only plain `generate SPEC [-o OUT] [-t X] --check` is parsed outside cli.py."""
     from castle.entry import parse_check

@@ -43,14 +43,28 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _files(top: str, suffix: str, skip: str | None) -> list[tuple[str, str]]:
+    """(path relative to top, path) of each file below top with the suffix, sorted."""
+    found = []
+    for folder, dirs, names in os.walk(top):
+        dirs[:] = [d for d in dirs if d not in (skip, "__pycache__")]
+        rel = os.path.relpath(folder, top)
+        found += [(n if rel == "." else f"{rel}/{n}", os.path.join(folder, n))
+                  for n in names if n.endswith(suffix)]
+    return sorted(found)
+
+
 def fingerprint() -> str:
     """A hash of everything besides the spec that decides the output bytes."""
     h = hashlib.sha256(f"{sys.version}\0{sys.implementation.cache_tag}\0".encode())
-    here = Path(__file__).resolve().parent
-    sources = sorted(here.rglob("*.py")) + sorted(templates_dir().glob("*.j2"))
-    for path in sources:
-        data = path.read_bytes()
-        h.update(f"{path.name}\0{len(data)}\0".encode())
+    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # all of castle
+    # castle/_jinja is left out: made from the templates and Jinja (both counted), and
+    # used only while it matches them, so it never decides the output
+    sources = _files(package, ".py", "_jinja") + _files(str(templates_dir()), ".j2", None)
+    for where, path in sources:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        h.update(f"{where}\0{len(data)}\0".encode())
         h.update(data)
     for name in LIBRARIES:
         spec = find_spec(name)

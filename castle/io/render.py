@@ -122,6 +122,27 @@ def xml_text(value: Any) -> str:
             .replace('"', "&quot;"))
 
 
+def _loader(folder: Path) -> jinja2.BaseLoader:
+    """templates/ read from disk, each taken precompiled (castle/_jinja) while it matches."""
+    import jinja2
+
+    from castle.io.compiled import precompiled
+
+    class Loader(jinja2.FileSystemLoader):
+        """The folder's templates; the compiled module of one when its key still holds."""
+
+        def load(self, environment: jinja2.Environment, name: str,
+                 globals: Any = None) -> jinja2.Template:
+            source, _, _ = self.get_source(environment, name)
+            namespace = precompiled(environment, name, source)
+            if namespace is None:
+                return super().load(environment, name, globals)
+            return environment.template_class.from_module_dict(environment, namespace,
+                                                               globals or {})
+
+    return Loader(str(folder))
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     """The shared, cached Jinja environment."""
@@ -134,7 +155,7 @@ def environment() -> jinja2.Environment:
     except RuntimeError:  # no private temp folder to be had: compile every time
         cache = None
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        loader=_loader(templates_dir()),
         bytecode_cache=cache,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
 import shlex
+from json.encoder import encode_basestring  # json.dumps(s, ensure_ascii=False), minus its setup
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +26,15 @@ def templates_dir() -> Path:
     raise RuntimeError("castle's templates folder is missing from this installation")
 
 
+def _escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
 def yaml_scalar(value: Any) -> str:
     """A YAML flow scalar that reads back as exactly `value` (strings always quoted)."""
     if isinstance(value, str):
-        return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}",
-                                json.dumps(value, ensure_ascii=False))
+        quoted: str = encode_basestring(value)
+        return _YAML_UNSAFE.sub(_escape, quoted) if _YAML_UNSAFE.search(quoted) else quoted
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):  # the common numbers, without the YAML writer's overhead

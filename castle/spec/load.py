@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from castle.errors import Diagnostic, SpecError, UsageError
+from castle.spec import toml_lines
 from castle.spec.findings import Edge, Finding, Loc, closest, where
 from castle.spec.model import Flow, Service, Spec
 from castle.spec.rules import check
@@ -51,8 +52,12 @@ def _split_key(text: str) -> list[str]:
 class SourceMap:
     """Maps field paths of a TOML document (("flows", 2, "to")) to the line that sets them."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, lines: dict[tuple[str | int, ...], int] | None = None) -> None:
+        """Scan `text`, unless its `lines` are already known (toml_lines read them)."""
         self.lines: dict[tuple[str | int, ...], int] = {}
+        if lines is not None:
+            self.lines = lines
+            return
         counts: dict[tuple[str, ...], int] = {}
         table: tuple[str | int, ...] = ()
         array: tuple[str | int, ...] | None = None  # inside `key = [` over several lines
@@ -198,9 +203,10 @@ def _pydantic_findings(exc: ValidationError, prefix: Loc = ()) -> list[Finding]:
 
 def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Finding], list[Edge]]:
     """Parse and validate TOML text; raise SpecError listing every error found."""
-    source = SourceMap(text)
+    plain = toml_lines.read(text)
     try:
-        data = tomllib.loads(text)
+        data, source = (plain[0], SourceMap(text, plain[1])) if plain else (
+            tomllib.loads(text), SourceMap(text))
     except tomllib.TOMLDecodeError as exc:
         m = _TOML_POS.search(str(exc))
         line, col = (int(m.group(1)), int(m.group(2))) if m else (1, None)

@@ -106,6 +106,9 @@ class Plan:
     # the spec's folder as seen from the output folder: passthrough paths are moved by it
     spec_dir: str = "."
     _by_name: dict[str, PlanService] = field(default_factory=dict, compare=False, repr=False)
+    # what the targets derive from the plan and share (a comment text, a service's TLS
+    # wiring), computed once per plan: keyed by the deriving function's name
+    memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def stack(self) -> str:
@@ -137,6 +140,11 @@ class Plan:
         if not self._by_name:
             self._by_name.update({s.name: s for s in self.services})
         return self._by_name[name]
+
+    @functools.cached_property
+    def address_text(self) -> dict[str, dict[str, str]]:
+        """Service -> network -> its address there, as text (formatted once for all targets)."""
+        return {s.name: {net: str(ip) for net, ip in s.networks} for s in self.services}
 
     @functools.cached_property
     def internal_conns(self) -> tuple[Conn, ...]:
@@ -191,7 +199,9 @@ def merge_conns(edges: Iterable[Edge], tls_flows: set[int]) -> tuple[Conn, ...]:
                                 tuple(sorted(flows))))
                 lo, hi, flows = rlo, rhi, {flow}
         out.append(Conn(src, dst, proto, lo, hi, (src, dst) in tls_pairs, tuple(sorted(flows))))
-    return tuple(sorted(out))
+    # the dataclass order, with one key per item instead of two field tuples per comparison
+    out.sort(key=lambda c: (c.src, c.dst, c.proto, c.lo, c.hi, c.tls, c.flows))
+    return tuple(out)
 
 
 def clique_cover(nodes: list[str], adj: dict[str, set[str]]) -> list[tuple[str, ...]]:
@@ -355,11 +365,11 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
     per_service: dict[str, list[tuple[str, IPv4Address]]] = {n: [] for n in order}
     for (members, _edge), name, subnet in zip(groups, names, subnets, strict=True):
         internal = not all(m in needs_out for m in members)
-        addrs = tuple((m, subnet.network_address + 2 + i) for i, m in enumerate(members))
+        base = int(subnet.network_address)  # int arithmetic: IPv4Address + n builds two objects
+        addrs = tuple((m, IPv4Address(base + 2 + i)) for i, m in enumerate(members))
         for m, ip in addrs:
             per_service[m].append((name, ip))
-        networks.append(Network(name, subnet, subnet.network_address + 1, internal, members,
-                                addrs))
+        networks.append(Network(name, subnet, IPv4Address(base + 1), internal, members, addrs))
     networks.sort(key=lambda n: n.name)
 
     services = tuple(

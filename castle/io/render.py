@@ -99,6 +99,8 @@ def quoted_comment(value: Any, limit: int) -> str:
     """A double-quoted comment word for nft and iptables-restore: one line, no quotes or
     backslashes (neither tool has a safe escape for them), at most `limit` bytes."""
     text = comment(value).replace('"', "'").replace("\\", "/")
+    if len(text) <= limit and text.isascii():  # one byte a character: nothing to cut
+        return f'"{text}"'
     data = text.encode("utf-8")[:limit]
     return '"' + data.decode("utf-8", "ignore") + '"'
 

@@ -395,7 +395,7 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
         conns=conns,
         published=_published(spec, conns),
         targets=select_targets(spec, targets),
-        flow_lines=tuple(loaded.line_of(("flows", i)) for i in range(len(spec.flows))),
+        flow_lines=tuple(loaded.source.flow_line(i) for i in range(len(spec.flows))),
         spec_dir=spec_dir,
     )
 

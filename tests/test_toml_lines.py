@@ -1,5 +1,6 @@
-"""The one-pass reader of plain TOML agrees with tomllib (data) and SourceMap (lines), or steps
-aside: tomllib is the oracle, on real specs and on random documents of tricky lines."""
+"""The one-pass reader of plain TOML agrees with tomllib (data) and SourceMap (the flows'
+lines), or steps aside: tomllib is the oracle, on real specs and on random documents of
+tricky lines."""
 
 from __future__ import annotations
 
@@ -29,10 +30,16 @@ def agrees(text: str) -> bool:
         return False
     if got is None:
         return False
-    data, lines = got
+    data, flow_lines = got
     assert data == want
     assert _types(data) == _types(want)  # 1 and True are equal in Python, not in TOML
-    assert lines == SourceMap(text).lines
+    source = SourceMap(text)
+    flows = want.get("flows")
+    count = len(flows) if isinstance(flows, list) else 0
+    assert flow_lines == [source.line(("flows", i)) for i in range(len(flow_lines))]
+    known = SourceMap(text, flow_lines)  # what the loader builds: the same answers
+    assert [known.flow_line(i) for i in range(count + 2)] == [
+        source.line(("flows", i)) for i in range(count + 2)]
     return True
 
 
@@ -62,13 +69,17 @@ def test_a_plain_spec_loads_the_same_either_way(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(toml_lines, "read", lambda text: None)
     slow = load(spec)
     assert fast.spec == slow.spec and fast.source.lines == slow.source.lines
+    assert [fast.source.flow_line(i) for i in range(len(fast.spec.flows))] == [
+        slow.line_of(("flows", i)) for i in range(len(slow.spec.flows))]
     assert fast.warnings == slow.warnings and fast.edges == slow.edges
 
 
 # pieces of lines that sit on either side of the subset's border
 LINES = [
     "", "  ", "\t", "# note", "# a = b", "  # [x]", "# {x}", "[a]", "[b]", "[a.b]", "[b.a]",
-    "[[a]]", "[[b]]", "[[a.b]]", "[ a ]", "[a] # c", "[[a]] # c", "[a]]", "[[a]", "[\"a\"]",
+    "[[a]]", "[[b]]", "[[a.b]]", "[[flows]]", "[[flows]]", "flows = [1]", "[flows]",
+    "[flows.x]", "from = \"a\"", 'x = ["a]", \'[\']',
+    "x = [1] # it's \"[\" or ']", "[ a ]", "[a] # c", "[[a]] # c", "[a]]", "[[a]", "[\"a\"]",
     "x = 1", "y = -0", "z = 0", "x = 01", "x = +1", "x = 1_000", "x = 1.5", "x = 1e3",
     "x = 0x10", "x = 1979-05-27", "x = true", "x = false", "x = falsey", "x = True",
     'x = "s"', "x = 's'", 'x = ""', 'x = "a\\"b"', 'x = "a\\nb"', "x = 'a\"b'", 'x = "a\'b"',

@@ -30,11 +30,18 @@ def _escape(m: re.Match[str]) -> str:
     return f"\\u{ord(m.group()):04x}"
 
 
+# a big stack repeats its labels, names and namespaces thousands of times: one quoted copy
+# each (a rendered file holds every fragment at once before joining them)
+@functools.lru_cache(maxsize=1 << 16)
+def _yaml_string(value: str) -> str:
+    quoted: str = encode_basestring(value)
+    return _YAML_UNSAFE.sub(_escape, quoted) if _YAML_UNSAFE.search(quoted) else quoted
+
+
 def yaml_scalar(value: Any) -> str:
     """A YAML flow scalar that reads back as exactly `value` (strings always quoted)."""
     if isinstance(value, str):
-        quoted: str = encode_basestring(value)
-        return _YAML_UNSAFE.sub(_escape, quoted) if _YAML_UNSAFE.search(quoted) else quoted
+        return _yaml_string(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):  # the common numbers, without the YAML writer's overhead

@@ -1,10 +1,11 @@
-"""A one-pass reader for the plain TOML most specs are written in: data and line map at once.
+"""A one-pass reader for the plain TOML most specs are written in: data and flow lines at once.
 
 tomllib is pure Python and, with the line map for error messages, it was a third of a
 1,000-service run. Most specs use a small part of TOML: `[table]` and `[[array]]` headers of
 bare keys, and `key = value` lines whose value is a string without escapes, an integer, a
 boolean or a one-line array of those. For such a file this reader returns the same data as
-`tomllib.loads` and the same line map as `SourceMap`, in one pass over the lines. Anything
+`tomllib.loads`, and the line of each `[[flows]]` table (what `SourceMap.line(("flows", i))`
+says; the firewall comments cite them), in one pass over the lines. Anything
 else (escapes, floats, dates, inline tables, dotted or quoted keys, arrays over several
 lines, a table defined twice, a duplicate key, CR line ends...) returns None, and the caller
 reads the file with tomllib as before; errors are always tomllib's own.
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-
-Lines = dict[tuple[str | int, ...], int]
 
 # Characters that make tomllib or str.splitlines() see the file differently from a plain
 # split on "\n": control characters (tab aside), CR, and Unicode line separators.
@@ -35,11 +34,6 @@ _LINE = re.compile(  # groups: key, scalar, items, array header, table header, b
     rf"|((?:#.*)?)$)"
 )
 _ITEM = re.compile(_SCALAR)
-# on an array's line SourceMap also reads brackets and '#' outside its idea of strings, and
-# braces anywhere: items that hold them or quotes of the other kind, and braces in a trailing
-# comment, are left to the slow path
-_ARRAY_ODD = re.compile(r"[\[\]{}#]|'[^']*\"|\"[^\"]*'")
-
 
 class _Fallback(Exception):
     """The text leaves the plain subset."""
@@ -56,8 +50,8 @@ def _scalar(text: str) -> str | int | bool:
     return int(text)
 
 
-def read(text: str) -> tuple[dict[str, Any], Lines] | None:
-    """(tomllib.loads(text), SourceMap(text).lines), or None when the text is not plain."""
+def read(text: str) -> tuple[dict[str, Any], list[int]] | None:
+    """(tomllib.loads(text), the [[flows]] lines), or None when the text is not plain."""
     if _ODD.search(text):
         return None
     try:
@@ -66,13 +60,11 @@ def read(text: str) -> tuple[dict[str, Any], Lines] | None:
         return None
 
 
-def _read(text: str) -> tuple[dict[str, Any], Lines]:
+def _read(text: str) -> tuple[dict[str, Any], list[int]]:
     root: dict[str, Any] = {}
-    lines: Lines = {}
+    flows: list[int] = []
     arrays: set[int] = set()  # ids of the lists [[headers]] made (the only ones they extend)
-    counts: dict[tuple[str, ...], int] = {}
     table: dict[str, Any] = root
-    path: tuple[str | int, ...] = ()
     match = _LINE.match
     for n, line in enumerate(text.split("\n"), start=1):
         m = match(line)
@@ -85,10 +77,7 @@ def _read(text: str) -> tuple[dict[str, Any], Lines]:
             if scalar is not None:
                 table[key] = _scalar(scalar)
             else:
-                if _ARRAY_ODD.search(items) or "{" in line:
-                    raise _Fallback
                 table[key] = [_scalar(x) for x in _ITEM.findall(items)]
-            lines.setdefault((*path, key), n)
             continue
         if header is None and name is None:
             continue  # blank or a comment
@@ -104,17 +93,13 @@ def _read(text: str) -> tuple[dict[str, Any], Lines]:
                 raise _Fallback
             table = {}
             found.append(table)
-            idx = counts.get(keys, 0)
-            counts[keys] = idx + 1
-            path = (*keys, idx)
-            lines.setdefault(keys, n)
+            if keys == ("flows",):
+                flows.append(n)
         else:
             if last in parent:  # defined before, even implicitly: tomllib decides
                 raise _Fallback
             table = parent[last] = {}
-            path = keys
-        lines.setdefault(path, n)
-    return root, lines
+    return root, flows
 
 
 def _parent(root: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses, summarize_address_range
 
@@ -229,28 +229,30 @@ def dispatch(rs: Ruleset, kind: str, opt: str, leaves: list[tuple[IPv4Address, s
     prefix (each part then narrowed to its own prefix), so a packet walks at most 2**stride
     rules a level and the longest jump path fits nf_tables' limit at any size.
     """
-    counter = itertools.count()
     items = sorted((int(a), a, leaf) for a, leaf in leaves)
-    bits = stride(items)
+    return _tree(rs, kind, opt, stride(items), itertools.count(), items)
 
-    def build(part: list[tuple[int, IPv4Address, str]]) -> str:
-        name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (prefix tree)")
-        if len(part) <= LEAF:
-            for n, _, leaf in part:
-                rs.add(name, f"{opt} {_dotted(n)}/32 -g {leaf}")
-        else:
-            # part is sorted: group it by the `bits` bits after its common prefix
-            shift = max(0, (part[0][0] ^ part[-1][0]).bit_length() - bits)
-            for _, group in itertools.groupby(part, key=lambda item: item[0] >> shift):
-                sub = list(group)
-                lo, hi = sub[0][0], sub[-1][0]
-                host = (lo ^ hi).bit_length()  # what cover() computes, without the objects
-                rs.add(name, f"{opt} {_dotted(lo >> host << host)}/{32 - host} "
-                             f"-g {build(sub)}")
-        rs.add(name, "-j DROP")
-        return name
 
-    return build(items)
+def _tree(rs: Ruleset, kind: str, opt: str, bits: int, counter: Iterator[int],
+          part: list[tuple[int, IPv4Address, str]]) -> str:
+    """One chain of the dispatch tree and, below it, its subtrees (a plain function, not a
+    closure: a closure that calls itself is a reference cycle, and with the collector off
+    for a command-line run it would keep the whole ruleset alive)."""
+    name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (prefix tree)")
+    if len(part) <= LEAF:
+        for n, _, leaf in part:
+            rs.add(name, f"{opt} {_dotted(n)}/32 -g {leaf}")
+    else:
+        # part is sorted: group it by the `bits` bits after its common prefix
+        shift = max(0, (part[0][0] ^ part[-1][0]).bit_length() - bits)
+        for _, group in itertools.groupby(part, key=lambda item: item[0] >> shift):
+            sub = list(group)
+            lo, hi = sub[0][0], sub[-1][0]
+            host = (lo ^ hi).bit_length()  # what cover() computes, without the objects
+            rs.add(name, f"{opt} {_dotted(lo >> host << host)}/{32 - host} "
+                         f"-g {_tree(rs, kind, opt, bits, counter, sub)}")
+    rs.add(name, "-j DROP")
+    return name
 
 
 def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) -> None:

@@ -20,7 +20,7 @@ from castle.spec.values import PortRange, publish_ranges, span
 from castle.words import count
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Conn:
     """An allowed connection: src opens dst on proto lo-hi (peers: services, internet, cidr:X)."""
 
@@ -43,7 +43,7 @@ class Conn:
         return span(self.lo, self.hi)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Network:
     """A compose network: a clique of services that may talk, with its subnet."""
 
@@ -55,7 +55,7 @@ class Network:
     addresses: tuple[tuple[str, IPv4Address], ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Published:
     """A host port forwarded to a service because a flow from outside reaches it."""
 
@@ -66,7 +66,7 @@ class Published:
     sources: tuple[str, ...]  # "internet" and/or "cidr:A.B.C.D/N"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlanService:
     """A service with everything the targets need about it."""
 

@@ -14,6 +14,7 @@ reads the file with tomllib as before; errors are always tomllib's own.
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 # Characters that make tomllib or str.splitlines() see the file differently from a plain
@@ -42,7 +43,7 @@ class _Fallback(Exception):
 def _scalar(text: str) -> str | int | bool:
     first = text[0]
     if first in "\"'":
-        return text[1:-1]
+        return sys.intern(text[1:-1])  # a big spec names each service in many flows
     if first == "t":
         return True
     if first == "f":

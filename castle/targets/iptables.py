@@ -36,7 +36,7 @@ MAX_TREE = 10
 ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One `-A CHAIN ...` line; src/dst name the peers an allowing rule lets through."""
 

@@ -32,7 +32,7 @@ DNS = "castle-allow-dns"
 Labels = list[tuple[str, str]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Peer:
     """One `from` / `to` entry: pods (namespace AND pod selector in ONE entry) or an ipBlock."""
 
@@ -42,7 +42,7 @@ class Peer:
     excepts: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(slots=True)
 class Rule:
     """One ingress or egress rule: a peer and the ports it may use."""
 
@@ -51,7 +51,7 @@ class Rule:
     ports: list[tuple[str, int, int]]  # (TCP|UDP, port, endPort or 0)
 
 
-@dataclass
+@dataclass(slots=True)
 class Policy:
     """One NetworkPolicy, ready for the template."""
 

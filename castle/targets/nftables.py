@@ -22,7 +22,7 @@ from castle.targets.systemd import unit, unit_path
 PATH = "firewall/castle.nft"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Element:
     """One set element: its key text and the comment that says which flow it comes from."""
 

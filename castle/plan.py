@@ -21,7 +21,7 @@ from castle.spec.values import PortRange, publish_ranges, span
 from castle.words import count
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Conn:
     """An allowed connection: src opens dst on proto lo-hi (peers: services, internet, cidr:X)."""
 
@@ -44,7 +44,7 @@ class Conn:
         return span(self.lo, self.hi)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Network:
     """A compose network: a clique of services that may talk, with its subnet."""
 
@@ -56,7 +56,7 @@ class Network:
     addresses: tuple[tuple[str, IPv4Address], ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Published:
     """A host port forwarded to a service because a flow from outside reaches it."""
 
@@ -67,7 +67,7 @@ class Published:
     sources: tuple[str, ...]  # "internet" and/or "cidr:A.B.C.D/N"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlanService:
     """A service with everything the targets need about it."""
 
@@ -107,6 +107,9 @@ class Plan:
     # the spec's folder as seen from the output folder: passthrough paths are moved by it
     spec_dir: str = "."
     _by_name: dict[str, PlanService] = field(default_factory=dict, compare=False, repr=False)
+    # what the targets derive from the plan and share (a comment text, a service's TLS
+    # wiring), computed once per plan: keyed by the deriving function's name
+    memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def stack(self) -> str:
@@ -138,6 +141,11 @@ class Plan:
         if not self._by_name:
             self._by_name.update({s.name: s for s in self.services})
         return self._by_name[name]
+
+    @functools.cached_property
+    def address_text(self) -> dict[str, dict[str, str]]:
+        """Service -> network -> its address there, as text (formatted once for all targets)."""
+        return {s.name: {net: str(ip) for net, ip in s.networks} for s in self.services}
 
     @functools.cached_property
     def internal_conns(self) -> tuple[Conn, ...]:
@@ -192,7 +200,9 @@ def merge_conns(edges: Iterable[Edge], tls_flows: set[int]) -> tuple[Conn, ...]:
                                 tuple(sorted(flows))))
                 lo, hi, flows = rlo, rhi, {flow}
         out.append(Conn(src, dst, proto, lo, hi, (src, dst) in tls_pairs, tuple(sorted(flows))))
-    return tuple(sorted(out))
+    # the dataclass order, with one key per item instead of two field tuples per comparison
+    out.sort(key=lambda c: (c.src, c.dst, c.proto, c.lo, c.hi, c.tls, c.flows))
+    return tuple(out)
 
 
 def clique_cover(nodes: list[str], adj: dict[str, set[str]]) -> list[tuple[str, ...]]:
@@ -386,11 +396,11 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
     for i, ((members, _edge), name, subnet) in enumerate(zip(groups, names, subnets,
                                                              strict=True)):
         internal = not all(m in needs_out for m in members)
+        base = int(subnet.network_address)
         addrs = member_addresses(members, subnet, kept.get(i, {}))
         for m, ip in addrs:
             per_service[m].append((name, ip))
-        networks.append(Network(name, subnet, subnet.network_address + 1, internal, members,
-                                addrs))
+        networks.append(Network(name, subnet, IPv4Address(base + 1), internal, members, addrs))
     networks.sort(key=lambda n: n.name)
 
     services = tuple(
@@ -416,7 +426,7 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
         conns=conns,
         published=_published(spec, conns),
         targets=select_targets(spec, targets),
-        flow_lines=tuple(loaded.line_of(("flows", i)) for i in range(len(spec.flows))),
+        flow_lines=tuple(loaded.source.flow_line(i) for i in range(len(spec.flows))),
         spec_dir=spec_dir,
     )
 

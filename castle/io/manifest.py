@@ -22,7 +22,7 @@ from typing import Any
 
 from castle.errors import Diagnostic
 from castle.io.render import templates_dir
-from castle.io.write import Output, locked, stale, write_tmp
+from castle.io.write import Output, locked, stale, utf8_chunks, write_tmp
 
 NAME = ".castle-manifest.json"
 FORMAT = 1
@@ -52,6 +52,14 @@ def _files(top: str, suffix: str, skip: str | None) -> list[tuple[str, str]]:
         found += [(n if rel == "." else f"{rel}/{n}", os.path.join(folder, n))
                   for n in names if n.endswith(suffix)]
     return sorted(found)
+
+
+def _sha_text(text: str) -> str:
+    """_sha of the text's UTF-8 bytes, without holding them all."""
+    h = hashlib.sha256()
+    for chunk in utf8_chunks(text):
+        h.update(chunk)
+    return h.hexdigest()
 
 
 def fingerprint() -> str:
@@ -91,7 +99,7 @@ def facts(spec: Path, root: Path, targets: Sequence[str], outputs: Iterable[Outp
         "castle": fingerprint(),
         "spec": {"name": spec.name, "sha256": spec_sha256, "place": _spec_place(spec, root)},
         "targets": list(targets),
-        "files": {o.path: _sha(o.content.encode("utf-8")) for o in outputs},
+        "files": {o.path: _sha_text(o.content) for o in outputs},
         "keep": sorted(keep),
         "warnings": [[d.line, d.col, d.severity, d.where, d.message, d.hint]
                      for d in warnings],

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
 import shlex
+from json.encoder import encode_basestring  # json.dumps(s, ensure_ascii=False), minus its setup
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +26,22 @@ def templates_dir() -> Path:
     raise RuntimeError("castle's templates folder is missing from this installation")
 
 
+def _escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
+# a big stack repeats its labels, names and namespaces thousands of times: one quoted copy
+# each (a rendered file holds every fragment at once before joining them)
+@functools.lru_cache(maxsize=1 << 16)
+def _yaml_string(value: str) -> str:
+    quoted: str = encode_basestring(value)
+    return _YAML_UNSAFE.sub(_escape, quoted) if _YAML_UNSAFE.search(quoted) else quoted
+
+
 def yaml_scalar(value: Any) -> str:
     """A YAML flow scalar that reads back as exactly `value` (strings always quoted)."""
     if isinstance(value, str):
-        return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}",
-                                json.dumps(value, ensure_ascii=False))
+        return _yaml_string(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):  # the common numbers, without the YAML writer's overhead
@@ -95,6 +106,8 @@ def quoted_comment(value: Any, limit: int) -> str:
     """A double-quoted comment word for nft and iptables-restore: one line, no quotes or
     backslashes (neither tool has a safe escape for them), at most `limit` bytes."""
     text = comment(value).replace('"', "'").replace("\\", "/")
+    if len(text) <= limit and text.isascii():  # one byte a character: nothing to cut
+        return f'"{text}"'
     data = text.encode("utf-8")[:limit]
     return '"' + data.decode("utf-8", "ignore") + '"'
 

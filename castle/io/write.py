@@ -263,6 +263,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_CHUNK = 1 << 20
+
+
+def utf8_chunks(text: str) -> Iterator[bytes]:
+    """The text as UTF-8, a million characters at a time: a big generated file is never held
+    in memory twice (its text and all its bytes) while it is written or hashed."""
+    for start in range(0, len(text), _CHUNK):
+        yield text[start:start + _CHUNK].encode("utf-8")
+
+
 def write_tmp(path: Path, content: str | bytes, mode: int) -> Path:
     """Write content to a new temporary file beside `path` (fsynced); return its path.
 
@@ -275,7 +285,8 @@ def write_tmp(path: Path, content: str | bytes, mode: int) -> Path:
         if mode != 0o600:
             os.fchmod(fd, mode)  # mkstemp makes 0600 files; keys stay that from the start
         with os.fdopen(fd, "wb") as fh:
-            fh.write(content.encode("utf-8") if isinstance(content, str) else content)
+            for chunk in utf8_chunks(content) if isinstance(content, str) else (content,):
+                fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
@@ -375,9 +386,10 @@ def _journal(root: Path, staged: Sequence[tuple[Path, Path]]) -> dict[str, objec
     renames = []
     for tmp, final in staged:
         st = os.lstat(tmp)
+        with tmp.open("rb") as fh:  # read in blocks: a big file is not held whole
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
         renames.append({"tmp": tmp.name, "final": final.relative_to(root).as_posix(),
-                        "device": st.st_dev, "inode": st.st_ino,
-                        "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest()})
+                        "device": st.st_dev, "inode": st.st_ino, "sha256": digest})
     return {"castle-journal": JOURNAL_FORMAT, "renames": renames}
 
 

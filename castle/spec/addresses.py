@@ -102,6 +102,9 @@ def fixed_subnets(kept: dict[int, dict[str, IPv4Address]], sizes: list[int],
 def member_addresses(members: tuple[str, ...], subnet: IPv4Network,
                      kept: dict[str, IPv4Address]) -> tuple[tuple[str, IPv4Address], ...]:
     """Each member's address on a network: the kept ones, the others from .2 up around them."""
-    free = (IPv4Address(n) for n in itertools.count(int(subnet.network_address) + 2)
+    base = int(subnet.network_address) + 2
+    if not kept:  # the usual case, in int arithmetic (IPv4Address + n builds two objects)
+        return tuple((m, IPv4Address(base + i)) for i, m in enumerate(members))
+    free = (IPv4Address(n) for n in itertools.count(base)
             if IPv4Address(n) not in kept.values())
     return tuple((m, kept[m] if m in kept else next(free)) for m in members)

@@ -23,7 +23,7 @@ class Finding:
     hint: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Edge:
     """One expanded (source, destination) of a flow with the port ranges it opens."""
 

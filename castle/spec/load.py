@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from castle.errors import Diagnostic, SpecError, UsageError
+from castle.spec import toml_lines
 from castle.spec.findings import Edge, Finding, Loc, closest, where
 from castle.spec.model import Flow, Service, Spec
 from castle.spec.rules import check
@@ -49,62 +50,29 @@ def _split_key(text: str) -> list[str]:
 
 
 class SourceMap:
-    """Maps field paths of a TOML document (("flows", 2, "to")) to the line that sets them."""
+    """Maps field paths of a TOML document (("flows", 2, "to")) to the line that sets them.
 
-    def __init__(self, text: str) -> None:
-        self.lines: dict[tuple[str | int, ...], int] = {}
-        counts: dict[tuple[str, ...], int] = {}
-        table: tuple[str | int, ...] = ()
-        array: tuple[str | int, ...] | None = None  # inside `key = [` over several lines
-        depth = items = 0
-        for n, line in enumerate(text.splitlines(), start=1):
-            stripped = line.lstrip()
-            if array is not None:
-                items = self._inline_tables(array, items, line, n)
-                depth += _brackets(line)
-                if depth <= 0:
-                    array = None
-                continue
-            if stripped[:1] == "[":
-                m = _HEADER.match(line)
-                if m:
-                    keys = tuple(_split_key(m.group(2)))
-                    if m.group(1) == "[[":
-                        idx = counts.get(keys, 0)
-                        counts[keys] = idx + 1
-                        table = (*keys, idx)
-                        self.lines.setdefault(keys, n)
-                    else:
-                        table = keys
-                    self.lines.setdefault(table, n)
-                continue
-            head, eq, value = stripped.partition("=")
-            if not eq:
-                continue
-            head = head.rstrip()
-            if _BARE.fullmatch(head):  # the common case, without the full key grammar
-                parts: list[str] = [head]
-            else:
-                k = _KEY.match(line)
-                if not k:
-                    continue
-                parts = _split_key(k.group(1))
-            path = (*table, *parts)
-            for cut in range(len(table) + 1, len(path) + 1):
-                self.lines.setdefault(path[:cut], n)
-            if value.lstrip().startswith("["):  # an array, maybe of inline tables
-                items = self._inline_tables(path, 0, value, n)
-                depth = _brackets(value)
-                array = path if depth > 0 else None
+    The text is scanned on first use: a spec without problems needs only its flows' lines
+    (for the firewall comments), and the plain reader (toml_lines) already found those.
+    """
 
-    def _inline_tables(self, path: tuple[str | int, ...], index: int, text: str, n: int) -> int:
-        """Record the inline tables `{ k = v, ... }` of an array line; return the next index."""
-        for body in _INLINE.findall(text):
-            self.lines.setdefault((*path, index), n)
-            for key in _INLINE_KEY.findall(body):
-                self.lines.setdefault((*path, index, key), n)
-            index += 1
-        return index
+    def __init__(self, text: str, flow_lines: list[int] | None = None) -> None:
+        self._text = text
+        self._lines: dict[tuple[str | int, ...], int] | None = None
+        self._flows = flow_lines
+
+    @property
+    def lines(self) -> dict[tuple[str | int, ...], int]:
+        """Every field path the text sets, with its line."""
+        if self._lines is None:
+            self._lines = _scan(self._text)
+        return self._lines
+
+    def flow_line(self, index: int) -> int:
+        """The line of flows[index]: `line(("flows", index))`, without a scan when known."""
+        if self._flows is not None and index < len(self._flows):
+            return self._flows[index]
+        return self.line(("flows", index))
 
     def line(self, loc: Loc) -> int:
         """The line of the longest known prefix of `loc` (1 when nothing matches)."""
@@ -114,6 +82,66 @@ class SourceMap:
                 return self.lines[path]
             path = path[:-1]
         return 1
+
+
+def _scan(text: str) -> dict[tuple[str | int, ...], int]:
+    """Field path -> line, for every header, key and inline table of a TOML text."""
+    lines: dict[tuple[str | int, ...], int] = {}
+    counts: dict[tuple[str, ...], int] = {}
+    table: tuple[str | int, ...] = ()
+    array: tuple[str | int, ...] | None = None  # inside `key = [` over several lines
+    depth = items = 0
+    for n, line in enumerate(text.splitlines(), start=1):
+        stripped = line.lstrip()
+        if array is not None:
+            items = _inline_tables(lines, array, items, line, n)
+            depth += _brackets(line)
+            if depth <= 0:
+                array = None
+            continue
+        if stripped[:1] == "[":
+            m = _HEADER.match(line)
+            if m:
+                keys = tuple(_split_key(m.group(2)))
+                if m.group(1) == "[[":
+                    idx = counts.get(keys, 0)
+                    counts[keys] = idx + 1
+                    table = (*keys, idx)
+                    lines.setdefault(keys, n)
+                else:
+                    table = keys
+                lines.setdefault(table, n)
+            continue
+        head, eq, value = stripped.partition("=")
+        if not eq:
+            continue
+        head = head.rstrip()
+        if _BARE.fullmatch(head):  # the common case, without the full key grammar
+            parts: list[str] = [head]
+        else:
+            k = _KEY.match(line)
+            if not k:
+                continue
+            parts = _split_key(k.group(1))
+        path = (*table, *parts)
+        for cut in range(len(table) + 1, len(path) + 1):
+            lines.setdefault(path[:cut], n)
+        if value.lstrip().startswith("["):  # an array, maybe of inline tables
+            items = _inline_tables(lines, path, 0, value, n)
+            depth = _brackets(value)
+            array = path if depth > 0 else None
+    return lines
+
+
+def _inline_tables(lines: dict[tuple[str | int, ...], int], path: tuple[str | int, ...],
+                   index: int, text: str, n: int) -> int:
+    """Record the inline tables `{ k = v, ... }` of an array line; return the next index."""
+    for body in _INLINE.findall(text):
+        lines.setdefault((*path, index), n)
+        for key in _INLINE_KEY.findall(body):
+            lines.setdefault((*path, index, key), n)
+        index += 1
+    return index
 
 
 @dataclass(frozen=True)
@@ -198,9 +226,9 @@ def _pydantic_findings(exc: ValidationError, prefix: Loc = ()) -> list[Finding]:
 
 def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Finding], list[Edge]]:
     """Parse and validate TOML text; raise SpecError listing every error found."""
-    source = SourceMap(text)
+    plain = toml_lines.read(text)
     try:
-        data = tomllib.loads(text)
+        data, flow_lines = plain if plain else (tomllib.loads(text), None)
     except tomllib.TOMLDecodeError as exc:
         m = _TOML_POS.search(str(exc))
         line, col = (int(m.group(1)), int(m.group(2))) if m else (1, None)
@@ -212,6 +240,7 @@ def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Fi
         raise SpecError([Diagnostic(file, 1, None, "error", "", "invalid TOML: arrays or "
                                     "inline tables nested too deeply",
                                     "a zones.toml needs a few levels at most")]) from None
+    source = SourceMap(text, flow_lines)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:

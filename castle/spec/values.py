@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -129,8 +130,23 @@ class PortRange:
         return self.proto == other.proto and self.lo <= other.lo and other.hi <= self.hi
 
 
+_PORT = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(tcp|udp))?")
+
+
 def parse_port(value: int | str) -> PortRange:
     """Parse 80, "53/udp" or "8000-8010/tcp" into a PortRange; ValueError says why not."""
+    if type(value) in (int, str):  # hashable, and not True: a big spec repeats its ports
+        return _parse_plain(value)
+    return _parse_port(value)
+
+
+# PortRange is frozen: every flow that writes 8080 can share one
+@functools.lru_cache(maxsize=4096, typed=True)
+def _parse_plain(value: int | str) -> PortRange:
+    return _parse_port(value)
+
+
+def _parse_port(value: int | str) -> PortRange:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a port")
     if isinstance(value, int):
@@ -139,7 +155,7 @@ def parse_port(value: int | str) -> PortRange:
         text = value.strip()
     else:
         raise ValueError(f'{value!r} is not a port (use 80, "53/udp" or "8000-8010/tcp")')
-    m = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(tcp|udp))?", text)
+    m = _PORT.fullmatch(text)
     if not m:
         raise ValueError(f'{value!r} is not a port (use 80, "53/udp" or "8000-8010/tcp")')
     lo = int(m.group(1))

@@ -83,7 +83,7 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         "description": svc.spec.description,
         "tier": svc.tier,
         "passthrough": dict(sorted(passthrough.items())),
-        "networks": [(net, str(ip)) for net, ip in svc.networks],
+        "networks": list(plan.address_text[svc.name].items()),
         "aliases": list(svc.spec.aliases),
         # informational for readers and `castle import`; reachability comes from networks
         "expose": [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "")
@@ -91,12 +91,22 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         "ports": [
             f"{bind_ip(p) + ':' if bind_ip(p) else ''}{_host_side(svc, p)}:"
             f"{span(p.container.lo, p.container.hi)}/{p.container.proto}"
-            for p in plan.published if p.service == svc.name
+            for p in _published(plan).get(svc.name, ())
         ],
         "secrets": secrets,
         "own_secrets": list(svc.spec.secrets),
         "tls_dir": tls_dir,
     }
+
+
+def _published(plan: Plan) -> dict[str, list[Published]]:
+    """The plan's published ports by service (indexed once, not searched per service)."""
+    known: dict[str, list[Published]] | None = plan.memo.get("compose_published")
+    if known is None:
+        known = plan.memo["compose_published"] = {}
+        for p in plan.published:
+            known.setdefault(p.service, []).append(p)
+    return known
 
 
 def _recipe_configs(plan: Plan) -> dict[str, dict[str, Any]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses, summarize_address_range
 
@@ -36,7 +36,7 @@ MAX_TREE = 10
 ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One `-A CHAIN ...` line; src/dst name the peers an allowing rule lets through."""
 
@@ -127,8 +127,20 @@ def cover(addrs: Iterable[IPv4Address]) -> IPv4Network:
     return IPv4Network(((lo >> (32 - plen)) << (32 - plen), plen))
 
 
+def _dotted(n: int) -> str:
+    """An IPv4 address as text, from its integer."""
+    return f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+
+
 def blocks(plan: Plan) -> list[IPv4Network]:
     """The stack's compose subnets, merged into as few prefixes as possible."""
+    known: list[IPv4Network] | None = plan.memo.get("blocks")
+    if known is None:
+        known = plan.memo["blocks"] = _blocks(plan)
+    return list(known)
+
+
+def _blocks(plan: Plan) -> list[IPv4Network]:
     # ipaddress.collapse_addresses is quadratic-ish on thousands of subnets: merge the
     # integer ranges first, then let summarize_address_range cut each into prefixes.
     spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in plan.subnets)
@@ -157,6 +169,16 @@ def shared(plan: Plan, a: str, b: str) -> list[tuple[IPv4Address, IPv4Address]]:
     return pairs
 
 
+def shared_text(plan: Plan, a: str, b: str) -> list[tuple[str, str]]:
+    """`shared`, as address text."""
+    texts = plan.address_text
+    mine = texts[a]
+    pairs = [(mine[net], ip) for net, ip in texts[b].items() if net in mine]
+    if not pairs:
+        raise CastleError(f"iptables: {a} and {b} share no network, yet a flow joins them")
+    return pairs
+
+
 def ports(proto: str, lo: int, hi: int) -> str:
     """-p tcp -m tcp --dport 80 (or 8000:8010)."""
     rng = str(lo) if lo == hi else f"{lo}:{hi}"
@@ -164,7 +186,16 @@ def ports(proto: str, lo: int, hi: int) -> str:
 
 
 def describe(plan: Plan, conn: Conn) -> str:
-    """The comment of an allowing rule: the connection, then its flows with their lines."""
+    """The comment of an allowing rule: the connection, then its flows with their lines
+    (once per plan: iptables and nftables both write it)."""
+    known: dict[Conn, str] = plan.memo.setdefault("describe", {})
+    text = known.get(conn)
+    if text is None:
+        text = known[conn] = _describe(plan, conn)
+    return text
+
+
+def _describe(plan: Plan, conn: Conn) -> str:
     parts = [f"castle: {conn.src} -> {conn.dst} {conn.port_text}/{conn.proto}"]
     for i in conn.flows:
         flow = plan.spec.flows[i]
@@ -198,26 +229,30 @@ def dispatch(rs: Ruleset, kind: str, opt: str, leaves: list[tuple[IPv4Address, s
     prefix (each part then narrowed to its own prefix), so a packet walks at most 2**stride
     rules a level and the longest jump path fits nf_tables' limit at any size.
     """
-    counter = itertools.count()
     items = sorted((int(a), a, leaf) for a, leaf in leaves)
-    bits = stride(items)
+    return _tree(rs, kind, opt, stride(items), itertools.count(), items)
 
-    def build(part: list[tuple[int, IPv4Address, str]]) -> str:
-        name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (prefix tree)")
-        if len(part) <= LEAF:
-            for _, addr, leaf in part:
-                rs.add(name, f"{opt} {addr}/32 -g {leaf}")
-        else:
-            # part is sorted: group it by the `bits` bits after its common prefix
-            shift = max(0, (part[0][0] ^ part[-1][0]).bit_length() - bits)
-            for _, group in itertools.groupby(part, key=lambda item: item[0] >> shift):
-                sub = list(group)
-                rs.add(name, f"{opt} {cover(a for _, a, _ in (sub[0], sub[-1]))} "
-                             f"-g {build(sub)}")
-        rs.add(name, "-j DROP")
-        return name
 
-    return build(items)
+def _tree(rs: Ruleset, kind: str, opt: str, bits: int, counter: Iterator[int],
+          part: list[tuple[int, IPv4Address, str]]) -> str:
+    """One chain of the dispatch tree and, below it, its subtrees (a plain function, not a
+    closure: a closure that calls itself is a reference cycle, and with the collector off
+    for a command-line run it would keep the whole ruleset alive)."""
+    name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (prefix tree)")
+    if len(part) <= LEAF:
+        for n, _, leaf in part:
+            rs.add(name, f"{opt} {_dotted(n)}/32 -g {leaf}")
+    else:
+        # part is sorted: group it by the `bits` bits after its common prefix
+        shift = max(0, (part[0][0] ^ part[-1][0]).bit_length() - bits)
+        for _, group in itertools.groupby(part, key=lambda item: item[0] >> shift):
+            sub = list(group)
+            lo, hi = sub[0][0], sub[-1][0]
+            host = (lo ^ hi).bit_length()  # what cover() computes, without the objects
+            rs.add(name, f"{opt} {_dotted(lo >> host << host)}/{32 - host} "
+                         f"-g {_tree(rs, kind, opt, bits, counter, sub)}")
+    rs.add(name, "-j DROP")
+    return name
 
 
 def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) -> None:
@@ -311,9 +346,9 @@ def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
     for c in conns:
         if is_outside(c.src):
             continue
-        for sa, da in shared(plan, c.src, c.dst):
-            rs.add(chain, f"-s {sa}/32 -d {da}/32 {ports(c.proto, c.lo, c.hi)} -j RETURN",
-                   describe(plan, c), c.src, c.dst)
+        what, match = describe(plan, c), ports(c.proto, c.lo, c.hi)
+        for sa, da in shared_text(plan, c.src, c.dst):
+            rs.add(chain, f"-s {sa}/32 -d {da}/32 {match} -j RETURN", what, c.src, c.dst)
     if pubs:
         for b in own:
             rs.add(chain, f"-s {b} -j {drop}",

@@ -32,7 +32,7 @@ DNS = "castle-allow-dns"
 Labels = list[tuple[str, str]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Peer:
     """One `from` / `to` entry: pods (namespace AND pod selector in ONE entry) or an ipBlock."""
 
@@ -42,7 +42,7 @@ class Peer:
     excepts: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(slots=True)
 class Rule:
     """One ingress or egress rule: a peer and the ports it may use."""
 
@@ -51,7 +51,7 @@ class Rule:
     ports: list[tuple[str, int, int]]  # (TCP|UDP, port, endPort or 0)
 
 
-@dataclass
+@dataclass(slots=True)
 class Policy:
     """One NetworkPolicy, ready for the template."""
 
@@ -66,6 +66,14 @@ class Policy:
 
 
 def _pods_peer(plan: Plan, svc: PlanService, home: str) -> Peer:
+    known: dict[tuple[str, str], Peer] = plan.memo.setdefault("k8s_pods_peer", {})
+    peer = known.get((svc.name, home))
+    if peer is None:
+        peer = known[svc.name, home] = _new_pods_peer(plan, svc, home)
+    return peer
+
+
+def _new_pods_peer(plan: Plan, svc: PlanService, home: str) -> Peer:
     ns = namespace_of(plan, svc.name)
     if ns == home and not plan.spec.kubernetes.tier_namespaces:
         return Peer(pod_labels=list(svc.labels))
@@ -90,10 +98,14 @@ def _ports(conns: list[Conn]) -> list[tuple[str, int, int]]:
 
 
 def _flows_text(plan: Plan, conns: list[Conn]) -> str:
-    flows = sorted({i for c in conns for i in c.flows})
+    flows = plan.spec.flows
+    if len(conns) == 1 and len(conns[0].flows) == 1:  # the common case: no set to sort
+        i = conns[0].flows[0]
+        desc = flows[i].description
+        return f"flows[{i}] ({desc})" if desc else f"flows[{i}]"
     parts = []
-    for i in flows:
-        desc = plan.spec.flows[i].description
+    for i in sorted({i for c in conns for i in c.flows}):
+        desc = flows[i].description
         parts.append(f"flows[{i}]" + (f" ({desc})" if desc else ""))
     return ", ".join(parts)
 

@@ -16,13 +16,13 @@ from castle.io.render import render
 from castle.io.write import Output, header
 from castle.plan import Plan
 from castle.spec.values import span
-from castle.targets.iptables import blocks, cidr, describe, shared
+from castle.targets.iptables import blocks, cidr, describe, shared_text
 from castle.targets.systemd import unit, unit_path
 
 PATH = "firewall/castle.nft"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Element:
     """One set element: its key text and the comment that says which flow it comes from."""
 
@@ -62,8 +62,9 @@ def elements(plan: Plan) -> dict[str, list[Element]]:
     """The sets' elements: internal, published (ingress) and egress connections."""
     internal: list[Element] = []
     for c in plan.internal_conns:
-        for sa, da in shared(plan, c.src, c.dst):
-            internal.append(Element(f"{sa} . {da} . {c.proto} . {c.port_text}", describe(plan, c)))
+        what, rest = describe(plan, c), f" . {c.proto} . {c.port_text}"
+        for sa, da in shared_text(plan, c.src, c.dst):
+            internal.append(Element(f"{sa} . {da}{rest}", what))
     anywhere = IPv4Network("0.0.0.0/0")
     ingress: list[Row] = [
         (str(ip), c.proto, cidr(c.src) or anywhere, c.lo, c.hi, describe(plan, c))

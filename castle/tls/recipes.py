@@ -262,10 +262,19 @@ def _client(plan: Plan, client: str, server: str, recipe: Recipe, first: bool) -
 
 
 def service_tls(plan: Plan, service: str) -> ServiceTls | None:
-    """The TLS wiring of one service, or None when it is in no tls flow."""
+    """The TLS wiring of one service, or None when it is in no tls flow (computed once per
+    plan: compose, the Kubernetes workloads and the recipe files all read it)."""
+    known: dict[str, ServiceTls | None] = plan.memo.setdefault("service_tls", {})
+    if service not in known:
+        ends = plan.memo.get("tls_ends")
+        if ends is None:
+            ends = plan.memo["tls_ends"] = {s for pair in plan.tls_pairs for s in pair}
+        known[service] = _service_tls(plan, service) if service in ends else None
+    return known[service]
+
+
+def _service_tls(plan: Plan, service: str) -> ServiceTls:
     pairs = plan.tls_pairs
-    if not any(service in pair for pair in pairs):
-        return None
     user = _user_env(plan, service)
     server: Recipe | None = recipe_of(plan, service) if service in _servers(plan) else None
     secrets = {SecretMount(m.source, f"{SECRETS_DIR}/{m.target}")

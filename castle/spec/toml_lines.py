@@ -1,0 +1,116 @@
+"""A one-pass reader for the plain TOML most specs are written in: data and flow lines at once.
+
+tomllib is pure Python and, with the line map for error messages, it was a third of a
+1,000-service run. Most specs use a small part of TOML: `[table]` and `[[array]]` headers of
+bare keys, and `key = value` lines whose value is a string without escapes, an integer, a
+boolean or a one-line array of those. For such a file this reader returns the same data as
+`tomllib.loads`, and the line of each `[[flows]]` table (what `SourceMap.line(("flows", i))`
+says; the firewall comments cite them), in one pass over the lines. Anything
+else (escapes, floats, dates, inline tables, dotted or quoted keys, arrays over several
+lines, a table defined twice, a duplicate key, CR line ends...) returns None, and the caller
+reads the file with tomllib as before; errors are always tomllib's own.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+# Characters that make tomllib or str.splitlines() see the file differently from a plain
+# split on "\n": control characters (tab aside), CR, and Unicode line separators.
+_ODD = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
+_STR = r'"[^"\\\x00-\x08\x0a-\x1f\x7f]*"|\'[^\'\x00-\x08\x0a-\x1f\x7f]*\''
+_SCALAR = (rf"{_STR}|-?(?:0|[1-9][0-9]*)(?![0-9A-Za-z_.:+-])"
+           r"|true(?![A-Za-z0-9_-])|false(?![A-Za-z0-9_-])")
+_KEY = r"[A-Za-z0-9_-]+"
+_TAIL = r"[ \t]*(?:#.*)?$"
+_LINE = re.compile(  # groups: key, scalar, items, array header, table header, blank
+    rf"[ \t]*(?:"
+    rf"({_KEY})[ \t]*=[ \t]*(?:({_SCALAR})"
+    rf"|\[([ \t]*(?:(?:{_SCALAR})[ \t]*,[ \t]*)*(?:(?:{_SCALAR})[ \t]*,?[ \t]*)?)\])"
+    rf"{_TAIL}"
+    rf"|\[\[({_KEY}(?:\.{_KEY})*)\]\]{_TAIL}"
+    rf"|\[({_KEY}(?:\.{_KEY})*)\]{_TAIL}"
+    rf"|((?:#.*)?)$)"
+)
+_ITEM = re.compile(_SCALAR)
+
+class _Fallback(Exception):
+    """The text leaves the plain subset."""
+
+
+def _scalar(text: str) -> str | int | bool:
+    first = text[0]
+    if first in "\"'":
+        return sys.intern(text[1:-1])  # a big spec names each service in many flows
+    if first == "t":
+        return True
+    if first == "f":
+        return False
+    return int(text)
+
+
+def read(text: str) -> tuple[dict[str, Any], list[int]] | None:
+    """(tomllib.loads(text), the [[flows]] lines), or None when the text is not plain."""
+    if _ODD.search(text):
+        return None
+    try:
+        return _read(text)
+    except _Fallback:
+        return None
+
+
+def _read(text: str) -> tuple[dict[str, Any], list[int]]:
+    root: dict[str, Any] = {}
+    flows: list[int] = []
+    arrays: set[int] = set()  # ids of the lists [[headers]] made (the only ones they extend)
+    table: dict[str, Any] = root
+    match = _LINE.match
+    for n, line in enumerate(text.split("\n"), start=1):
+        m = match(line)
+        if m is None:
+            raise _Fallback
+        key, scalar, items, header, name, _ = m.groups()
+        if key is not None:
+            if key in table:
+                raise _Fallback
+            if scalar is not None:
+                table[key] = _scalar(scalar)
+            else:
+                table[key] = [_scalar(x) for x in _ITEM.findall(items)]
+            continue
+        if header is None and name is None:
+            continue  # blank or a comment
+        keys = tuple((header or name).split("."))
+        parent = _parent(root, keys)
+        last = keys[-1]
+        if header is not None:
+            found = parent.get(last)
+            if found is None:
+                found = parent[last] = []
+                arrays.add(id(found))
+            elif id(found) not in arrays:
+                raise _Fallback
+            table = {}
+            found.append(table)
+            if keys == ("flows",):
+                flows.append(n)
+        else:
+            if last in parent:  # defined before, even implicitly: tomllib decides
+                raise _Fallback
+            table = parent[last] = {}
+    return root, flows
+
+
+def _parent(root: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The table that holds a header's last key, making missing parents (tables only)."""
+    node = root
+    for part in keys[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise _Fallback  # a value, or an array of tables ([a.b] after [[a]]): tomllib
+        node = child
+    return node

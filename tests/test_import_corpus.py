@@ -39,6 +39,8 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "docker-elk": ("docker-elk", ("docker-compose.yml",)),
     "jitsi": ("jitsi", ("docker-compose.yml",)),
     "include": ("compose-go-include", ("compose.yaml",)),
+    "dockprom": ("dockprom", ("docker-compose.yml",)),
+    "dockprom-exporters": ("dockprom", ("docker-compose.exporters.yml",)),  # two on the host
 }
 # Keys castle writes itself: the walls (networks, ports) and what it derives them from.
 OWNED = {"networks", "ports", "expose", "network_mode", "links", "external_links"}

@@ -438,6 +438,9 @@ def reach(cf: ComposeFile) -> Reach:
             if out.root[a] != out.root[b]:
                 via.setdefault(frozenset((a, b)), set()).add(f"network {net}")
     out.host_mode = {s for s, nets in out.networks.items() if HOST in nets}
+    for a, b in combinations(sorted(out.host_mode), 2):
+        if out.root[a] != out.root[b]:  # both on the host: every port of the other
+            via.setdefault(frozenset((a, b)), set()).add("the host's own network (both)")
     publishers = {s for s, svc in services.items() if svc.ports}
     for h in sorted(out.host_mode):
         for s in sorted(publishers - {h}):

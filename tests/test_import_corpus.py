@@ -41,6 +41,7 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "include": ("compose-go-include", ("compose.yaml",)),
     "dockprom": ("dockprom", ("docker-compose.yml",)),
     "dockprom-exporters": ("dockprom", ("docker-compose.exporters.yml",)),  # two on the host
+    "compose-network-test": ("compose-network-test", ("compose.yaml",)),  # service:db
 }
 # Keys castle writes itself: the walls (networks, ports) and what it derives them from.
 OWNED = {"networks", "ports", "expose", "network_mode", "links", "external_links"}

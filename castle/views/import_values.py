@@ -77,3 +77,15 @@ def wrap(items: list[str], width: int = 86) -> list[str]:
         else:
             lines.append(word)
     return lines
+
+
+def start_after(depends: Any, peer: str) -> Any:
+    """depends_on with the start order that `network_mode: service:PEER` implied (compose
+    starts and restarts the service after PEER); castle's own networks drop that mode."""
+    if isinstance(depends, list):
+        if peer in depends:
+            return depends
+        depends = {str(d): {"condition": "service_started"} for d in depends}
+    deps = dict(depends) if isinstance(depends, dict) else {}
+    deps.setdefault(peer, {"condition": "service_started", "restart": True})
+    return deps

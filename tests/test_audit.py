@@ -418,7 +418,11 @@ def test_exit_zero_when_clean() -> None:
 @pytest.mark.parametrize(("content", "message"), [
     (None, "no such file"),
     ("services: [unclosed\n", "not valid YAML"),
-    ("- just\n- a list\n", "not a compose file"),
+    ("- just\n- a list\n", "compose.yaml:1: not a compose file"),
+    ("# nothing but a comment\n\nversion: '3.8'\n", "compose.yaml:3: not a compose file"),
+    ("apiVersion: v1\nkind: Pod\n", "compose.yaml:1: not a compose file"),
+    ("", "compose.yaml: empty, not a compose file"),
+    ("services:\n  web:\n    image: x\n   ports: []\n", "compose.yaml:4:4: not valid YAML"),
     ("services:\n  a: {image: x, ports: ['eighty:80']}\n", "is not a port mapping"),
 ])
 def test_bad_compose_file_exits_2(tmp_path: Path, content: str | None, message: str,

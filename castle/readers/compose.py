@@ -201,8 +201,11 @@ def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], dict[tuple[str, 
     no_duplicate_keys(path, node)
     if not isinstance(doc, dict) or not (isinstance(doc.get("services"), dict)
                                          or isinstance(doc.get("include"), list)):
-        raise UsageError(f"{path}: not a compose file (no top-level `services:` mapping or "
-                         "`include:` list)")
+        if node is None:
+            raise UsageError(f"{path}: empty, not a compose file (it needs a top-level "
+                             "`services:` mapping or `include:` list)")
+        raise UsageError(f"{path}:{node.start_mark.line + 1}: not a compose file (no "
+                         "top-level `services:` mapping or `include:` list)")
     return doc, (_key_lines(node) if node is not None else {})
 
 

@@ -88,7 +88,12 @@ def service_keys(keys: dict[str, Any], base: str) -> dict[str, Any]:
 
 
 def top_object(body: dict[str, Any], base: str) -> dict[str, Any]:
-    """A top-level config or secret with its `file` moved."""
+    """A top-level config or secret with its `file` moved; a volume of the local driver
+    bound to a folder (`o: bind`) with its `device` moved, as compose resolves it."""
+    opts = body.get("driver_opts")
+    if base != "." and body.get("driver") == "local" and isinstance(opts, dict) and \
+            opts.get("o") == "bind" and isinstance(opts.get("device"), str):
+        return {**body, "driver_opts": {**opts, "device": move(opts["device"], base)}}
     if base == "." or not isinstance(body.get("file"), str):
         return body
     return {**body, "file": move(body["file"], base)}

@@ -478,3 +478,21 @@ def test_loopback_publish_hint_never_advises_every_interface(tmp_path: Path) -> 
                     '[[flows]]\nfrom = "internet"\nto = "db"\n')
     text = " ".join(str(w) for w in load(spec).warnings)
     assert "loopback" in text and "0.0.0.0" not in text and "cidr:127.0.0.1/32" in text
+
+
+def test_import_of_a_key_compose_refuses_is_the_files_error(tmp_path: Path) -> None:
+    """An unknown service key (compose-go rejects the file) stops import at its line with
+    exit 2, as the file's error; nothing is written. Negative control: as an `x-` key the
+    same file imports."""
+    if compose_binary() is None:
+        pytest.skip("compose-go binary not found")
+    path = tmp_path / "compose.yaml"
+    path.write_text("services:\n  simple:\n    image: nginx:alpine\n    wrongField: test\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    run = runner.invoke(app, ["import", str(path), "-o", str(out / "zones.toml")])
+    assert run.exit_code == 2, run.output
+    assert "compose.yaml:4: services.simple.wrongField: compose has no key" in run.output
+    assert "bug in castle" not in run.output and list(out.iterdir()) == []
+    path.write_text(path.read_text().replace("wrongField", "x-wrongField"))
+    assert runner.invoke(app, ["import", str(path), "-o", str(out / "zones.toml")]).exit_code == 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from castle.errors import UsageError
 
 
 def environment(env: Any) -> Any:
@@ -89,3 +92,18 @@ def start_after(depends: Any, peer: str) -> Any:
     deps = dict(depends) if isinstance(depends, dict) else {}
     deps.setdefault(peer, {"condition": "service_started", "restart": True})
     return deps
+
+
+def refused(path: Path, lines: dict[tuple[str, ...], int], name: str, image: str,
+            passthrough: dict[str, Any]) -> None:
+    """UsageError at the line of the first key compose refuses in a service of a file that
+    compose-go rejected: the file's fault, not the draft's."""
+    from castle.spec.compose_schema import service_problems
+
+    bad = service_problems(image, passthrough)
+    if bad:
+        where, why = bad[0]
+        line = lines.get(("services", name, str(where[0])) if where else ("services", name),
+                         lines.get(("services", name), 1))
+        dotted = ".".join(str(w) for w in ("services", name, *where))
+        raise UsageError(f"{path}:{line}: {dotted}: {why} (compose refuses the file)")

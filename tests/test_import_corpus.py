@@ -55,6 +55,8 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "magistrala": ("magistrala", ("docker-compose.yaml",)),
     "robot-shop": ("robot-shop", ("docker-compose.yaml",)),
     "docker-mailserver": ("docker-mailserver", ("compose.yaml",)),
+    "hoppscotch": ("hoppscotch", ("docker-compose.yml",)),  # profiles as alternatives
+    "hoppscotch-deploy": ("hoppscotch", ("docker-compose.deploy.yml",)),
 }
 # Keys castle writes itself: the walls (networks, ports) and what it derives them from.
 OWNED = {"networks", "ports", "expose", "network_mode", "links", "external_links"}

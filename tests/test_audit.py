@@ -305,6 +305,44 @@ def test_compose_go_env_file_missing_still_reads(tmp_path: Path) -> None:
     path.write_text("services:\n  a: {image: x, env_file: missing.env, ports: ['80:80']}\n")
     report = audit(path, None, "text").report
     assert "compose-go rejected the file" in report and "0.0.0.0:80->80/tcp" in report
+    assert "compose.yaml:2: env_file 'missing.env' of 'a' is not there" in report
+    (tmp_path / "missing.env").write_text("X=1\n")  # negative control: there, no word of it
+    assert "is not there" not in audit(path, None, "text").report
+
+
+@pytest.mark.parametrize(("text", "where", "says"), [
+    ("services:\n  a: {image: x}\n  a: {image: y}\n", ":3:", "duplicate key 'a' (first at line 2)"),
+    ("services:\n  a:\n    image: x\n    environment: {A: 1, A: 2}\n", ":4:",
+     "duplicate key 'A'"),
+    ("include:\n  - gone.yaml\nservices:\n  a: {image: x}\n", ":1:",
+     "included file 'gone.yaml' is not there"),
+    ("services:\n  a:\n    image: x\n    extends: {file: gone.yaml, service: b}\n", ":4:",
+     "service 'a' extends 'gone.yaml', which is not there"),
+])
+@pytest.mark.parametrize("command", ["audit", "import"])
+def test_file_compose_refuses_is_an_error(tmp_path: Path, text: str, where: str, says: str,
+                                          command: str) -> None:
+    """What compose refuses and castle's own YAML reading would let through (a duplicate
+    key, a missing include or extends file): exit 2 at the file and line, nothing written."""
+    from typer.testing import CliRunner
+
+    from castle.cli import app
+
+    path = tmp_path / "compose.yaml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [command, str(path)] + (["-o", str(out / "zones.toml")] if command == "import" else [])
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 2, run.output
+    assert f"compose.yaml{where} " in run.output and says in run.output, run.output
+    assert "Traceback" not in run.output and list(out.iterdir()) == []
+    # negative control: the same file with the duplicate dropped or the named file there
+    fixed = text.replace("  a: {image: y}\n", "").replace("A: 2", "B: 2")
+    (tmp_path / "gone.yaml").write_text("services:\n  b: {image: z}\n")
+    path.write_text(fixed)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code in (0, 1) and "not there" not in again.output, again.output
 
 
 # -- formats -------------------------------------------------------------------------------
@@ -380,7 +418,11 @@ def test_exit_zero_when_clean() -> None:
 @pytest.mark.parametrize(("content", "message"), [
     (None, "no such file"),
     ("services: [unclosed\n", "not valid YAML"),
-    ("- just\n- a list\n", "not a compose file"),
+    ("- just\n- a list\n", "compose.yaml:1: not a compose file"),
+    ("# nothing but a comment\n\nversion: '3.8'\n", "compose.yaml:3: not a compose file"),
+    ("apiVersion: v1\nkind: Pod\n", "compose.yaml:1: not a compose file"),
+    ("", "compose.yaml: empty, not a compose file"),
+    ("services:\n  web:\n    image: x\n   ports: []\n", "compose.yaml:4:4: not valid YAML"),
     ("services:\n  a: {image: x, ports: ['eighty:80']}\n", "is not a port mapping"),
 ])
 def test_bad_compose_file_exits_2(tmp_path: Path, content: str | None, message: str,
@@ -436,3 +478,21 @@ def test_loopback_publish_hint_never_advises_every_interface(tmp_path: Path) -> 
                     '[[flows]]\nfrom = "internet"\nto = "db"\n')
     text = " ".join(str(w) for w in load(spec).warnings)
     assert "loopback" in text and "0.0.0.0" not in text and "cidr:127.0.0.1/32" in text
+
+
+def test_import_of_a_key_compose_refuses_is_the_files_error(tmp_path: Path) -> None:
+    """An unknown service key (compose-go rejects the file) stops import at its line with
+    exit 2, as the file's error; nothing is written. Negative control: as an `x-` key the
+    same file imports."""
+    if compose_binary() is None:
+        pytest.skip("compose-go binary not found")
+    path = tmp_path / "compose.yaml"
+    path.write_text("services:\n  simple:\n    image: nginx:alpine\n    wrongField: test\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    run = runner.invoke(app, ["import", str(path), "-o", str(out / "zones.toml")])
+    assert run.exit_code == 2, run.output
+    assert "compose.yaml:4: services.simple.wrongField: compose has no key" in run.output
+    assert "bug in castle" not in run.output and list(out.iterdir()) == []
+    path.write_text(path.read_text().replace("wrongField", "x-wrongField"))
+    assert runner.invoke(app, ["import", str(path), "-o", str(out / "zones.toml")]).exit_code == 0

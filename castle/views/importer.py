@@ -166,6 +166,12 @@ class Importer:
             if key in ("volumes", "env_file", "build"):
                 held.update(import_values.variable_paths(key, value))
             passthrough[str(key)] = self._paths(value, str(key))
+        mode = str(svc.raw.get("network_mode", ""))
+        if mode.startswith("service:") and mode[8:] in self.names:
+            passthrough["depends_on"] = import_values.start_after(
+                passthrough.get("depends_on"), self.names[mode[8:]])
+        if self.cf.reader_note.startswith("compose-go rejected"):
+            import_values.refused(self.cf.path, self.cf.lines, name, draft.image, passthrough)
         if held:
             self.cannot.append(f"{name!r}: paths held in variables ({', '.join(sorted(held))}) "
                                "resolve from the folder of the compose file: generated "

@@ -473,3 +473,24 @@ def test_configuration_in_a_shared_volume_counts(tmp_path: Path) -> None:
     path.write_text(body % "")
     text = import_compose(path, tmp_path)
     assert ("app", "db") not in {(str(f["from"]), f["to"]) for f in tomllib.loads(text)["flows"]}
+
+
+def test_unset_port_variable_is_named_at_its_line(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`${PORT}:${PORT}` with PORT unset fills to `:`, which compose refuses too: import and
+    audit say so at the file and line of the service's ports, exit 2, write nothing; with
+    the variable set (the negative control) the same file imports."""
+    monkeypatch.delenv("MG_PORT", raising=False)
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text("services:\n  web:\n    image: nginx:1.27\n    ports:\n"
+                       "      - ${MG_PORT}:${MG_PORT}\n")
+    out = tmp_path / "zones.toml"
+    for args in (["import", str(compose), "-o", str(out)], ["audit", str(compose)]):
+        cli = runner.invoke(app, args)
+        assert cli.exit_code == 2, cli.output
+        assert f"{compose}:4: services.web:" in cli.output
+        assert "${MG_PORT}:${MG_PORT}" in cli.output and "Traceback" not in cli.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docker-compose.yml"]
+    (tmp_path / ".env").write_text("MG_PORT=8080\n")
+    assert runner.invoke(app, ["import", str(compose), "-o", str(out)]).exit_code == 0
+    assert out.exists()

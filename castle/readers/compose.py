@@ -283,13 +283,34 @@ def read(path: str | Path | list[Path], *, override: bool = True) -> ComposeFile
     project = str(doc.get("name") or raw.get("name") or _project_name(p))
     nets = _networks(doc)
     written = verbatim.get("services") or {}
-    services = {str(name): _service(str(name), svc or {}, written.get(name) or {}, nets)
-                for name, svc in sorted((doc.get("services") or {}).items())}
+    services = {}
+    for name, svc in sorted((doc.get("services") or {}).items()):
+        try:
+            services[str(name)] = _service(str(name), svc or {}, written.get(name) or {}, nets)
+        except UsageError as exc:  # a port entry: say where, and how it was written
+            raise UsageError(_located(str(name), str(exc), file_lines, written.get(name))) from None
     for svc in services.values():
         for net in svc.networks:
             nets.setdefault(net, ComposeNetwork(net, False, False, defined=net == "default"))
     return ComposeFile(p, project, reader, note, services, dict(sorted(nets.items())), lines,
                        raw, verbatim, paths, doc, tuple(file_lines))
+
+
+def _located(name: str, problem: str,
+             file_lines: list[tuple[Path, dict[tuple[str, ...], int]]], written: Any) -> str:
+    """A service's problem at the file and line that write its `ports` (or the service), with
+    the entries as written when variables filled them (an unset `${PORT}` leaves `:`)."""
+    where = ""
+    for key in (("services", name, "ports"), ("services", name)):
+        found = [(f, lines[key]) for f, lines in reversed(file_lines) if key in lines]
+        if found:
+            where = f"{found[0][0]}:{found[0][1]}: "
+            break
+    ports = written.get("ports") if isinstance(written, Mapping) else None
+    shown = [str(p) for p in ports or [] if "$" in str(p)] if isinstance(ports, list) else []
+    hint = (f" (written {', '.join(repr(p) for p in shown)}: is every variable set, in .env or "
+            "the environment?)") if shown else ""
+    return f"{where}services.{name}: {problem}{hint}"
 
 
 def _included_lines(path: Path, doc: Mapping[str, Any], depth: int = 0,

@@ -210,6 +210,10 @@ def _record_is_a_link(spec: Path, out: Path) -> None:
     path.symlink_to(keep)
 
 
+def _stray_temporary(spec: Path, out: Path) -> None:
+    (certs_of(out) / ".ca.key.castle-tmp-x").write_bytes(b"half a key")
+
+
 def _record_missing(spec: Path, out: Path) -> None:
     (out / manifest.NAME).unlink()
 
@@ -223,6 +227,7 @@ DECLINED: dict[str, Callable[[Path, Path], None]] = {
     "record days as text": _record_days_as_text, "record names another file": _record_extra_file,
     "record dates forged": _record_dates_forged, "manifest garbage": _record_garbage,
     "manifest is a link": _record_is_a_link, "manifest missing": _record_missing,
+    "a crashed run's temporary file": _stray_temporary,
 }
 
 
@@ -267,3 +272,31 @@ def test_expiry_within_the_margin_declines(stack: tuple[Path, Path]) -> None:
     ca_end = record["valid"]["ca.crt"][1]
     short = {**record, "valid": {**record["valid"], "ca.crt": [start, ca_end]}}
     assert known._answer(inputs, short, ca_end - 29 * known.DAY) is None
+
+
+def _leftover_leaf(spec: Path, out: Path) -> None:
+    shutil.copy(certs_of(out) / "db-server.crt", certs_of(out) / "old-server.crt")
+
+
+def _loose_key(spec: Path, out: Path) -> None:
+    (certs_of(out) / "ca.key").chmod(0o644)
+
+
+def _foreign_gitignore(spec: Path, out: Path) -> None:
+    (certs_of(out) / ".gitignore").write_text("*.key\n")
+
+
+@pytest.mark.parametrize("edit", [_leftover_leaf, _loose_key, _foreign_gitignore],
+                         ids=["leftover leaf", "loose key", "own gitignore"])
+def test_what_the_record_does_not_cover_is_read_live(stack: tuple[Path, Path],
+                                                     edit: Callable[[Path, Path], None]) -> None:
+    """A leaf the spec no longer needs, a key others can read, a user's .gitignore: the
+    answer reads them as the full check does, and says the same."""
+    spec, out = stack
+    plain = fast(spec, out)
+    assert isinstance(plain, known.CertsResult)
+    edit(spec, out)
+    taken = fast(spec, out)
+    assert isinstance(taken, known.CertsResult)
+    assert taken.report != plain.report  # the edit shows in the answer
+    assert ("ok", taken.report.replace(str(out), "OUT")) == full_on_copy(spec, out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,9 +26,11 @@ from castle.io.render import templates_dir
 from castle.io.write import Output, locked, stale, utf8_chunks, write_tmp
 
 NAME = ".castle-manifest.json"
+MAX_BYTES = 256 * 2**20  # a manifest larger than this is not read (256 MiB)
 FORMAT = 1
 # libraries whose code shapes the output (a new version may render other bytes)
-LIBRARIES = ("pydantic", "pydantic_core", "jinja2", "markupsafe", "yaml", "typer")
+# (cryptography judges the certificates whose check the manifest's "tls" record stands for)
+LIBRARIES = ("pydantic", "pydantic_core", "jinja2", "markupsafe", "yaml", "typer", "cryptography")
 
 
 @dataclass(frozen=True)
@@ -91,28 +94,32 @@ def _spec_place(spec: Path, root: Path) -> str:
 
 
 def facts(spec: Path, root: Path, targets: Sequence[str], outputs: Iterable[Output],
-          keep: Collection[str], spec_sha256: str,
-          warnings: Iterable[Diagnostic]) -> dict[str, Any]:
-    """The manifest's content for a run that produced `outputs` from the spec's bytes."""
+          keep: Collection[str], spec_sha256: str, warnings: Iterable[Diagnostic],
+          tls: dict[str, Any] | None = None, castle: str | None = None) -> dict[str, Any]:
+    """The manifest's content for a run that produced `outputs` from the spec's bytes.
+
+    tls is what the run's certificate check saw (castle.tls.known), castle a fingerprint
+    this run already computed."""
     return {
         "format": FORMAT,
-        "castle": fingerprint(),
+        "castle": castle or fingerprint(),
         "spec": {"name": spec.name, "sha256": spec_sha256, "place": _spec_place(spec, root)},
         "targets": list(targets),
         "files": {o.path: _sha_text(o.content) for o in outputs},
         "keep": sorted(keep),
         "warnings": [[d.line, d.col, d.severity, d.where, d.message, d.hint]
                      for d in warnings],
-    }
+    } | ({"tls": tls} if tls is not None else {})
 
 
 def record(root: Path, spec: Path, targets: Sequence[str], outputs: Iterable[Output],
-           keep: Collection[str], spec_sha256: str, warnings: Iterable[Diagnostic]) -> None:
+           keep: Collection[str], spec_sha256: str, warnings: Iterable[Diagnostic],
+           tls: dict[str, Any] | None = None, castle: str | None = None) -> None:
     """Write the manifest (atomically) after a successful write of the outputs."""
     if root.is_symlink():
         root = root.resolve()
-    text = json.dumps(facts(spec, root, targets, outputs, keep, spec_sha256, warnings),
-                      indent=1, sort_keys=True) + "\n"
+    text = json.dumps(facts(spec, root, targets, outputs, keep, spec_sha256, warnings, tls,
+                            castle), indent=1, sort_keys=True) + "\n"
     path = root / NAME
     # under the folder's lock: another run's recovery removes temporary files it finds
     with locked(root):
@@ -122,6 +129,26 @@ def record(root: Path, spec: Path, targets: Sequence[str], outputs: Iterable[Out
         except (OSError, UnicodeDecodeError):
             pass
         os.replace(write_tmp(path, text, 0o644), path)
+
+
+def previous(root: Path) -> Any:
+    """The manifest an earlier run left in root, parsed (untrusted); None when there is none.
+
+    Never through a symbolic link or from anything but a regular file."""
+    try:
+        fd = os.open(root / NAME, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        data = fh.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
 
 
 def answer(spec: Path, out: Path | None, targets: Sequence[str]) -> UpToDate | None:

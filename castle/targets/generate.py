@@ -14,6 +14,9 @@ from castle.io.write import Output, Prune, diff_outputs, locked, write_outputs
 from castle.plan import Plan, compile_plan, select_targets
 from castle.spec.load import Loaded, load
 from castle.spec.model import TARGETS
+from castle.tls import known
+from castle.tls import plan as tlsplan
+from castle.tls.files import CertsResult
 
 
 @dataclass(frozen=True)
@@ -65,22 +68,39 @@ def generate(spec_path: str | Path, out: str | Path | None = None, *,
     if check:
         return Result(loaded, plan, root, outputs, [], diff_outputs(root, outputs, prune))
     tls = ""
+    issued: CertsResult | None = None
+    castle: str | None = None
     if {"compose", "k8s"} & set(plan.targets):
         # the files compose.yaml and the kustomization mount exist before either is written:
         # a first `docker compose up` never meets a missing secret (and refusal writes nothing)
-        from castle.tls.certs import ensure
-
         root.mkdir(parents=True, exist_ok=True)
         with locked(root):  # another run's write_outputs sweeps temporary files below root
-            issued = ensure(plan, root)
+            issued, castle = _certificates(plan, root)
         tls = issued.report if issued is not None else ""
     notes: list[str] = []
     changed = write_outputs(root, outputs, force=force, prune=prune, notes=notes)
     manifest.record(root, Path(spec_path), wanted, outputs, prune.keep, loaded.sha256,
-                    loaded.warnings)
+                    loaded.warnings, issued.facts if issued is not None else None, castle)
     produced = {o.path for o in outputs}
     return Result(loaded, plan, root, outputs, changed, [],
                   [p for p in changed if p not in produced], notes, tls)
+
+
+def _certificates(plan: Plan, root: Path) -> tuple[CertsResult | None, str | None]:
+    """The TLS step (castle.tls.certs.ensure) and castle's fingerprint, when one was taken.
+
+    An unchanged TLS folder is answered from the last manifest's record without loading
+    cryptography (castle.tls.known); any doubt runs the full check."""
+    if not tlsplan.leaves(plan):
+        return None, None  # ensure has nothing to do
+    previous = manifest.previous(root)
+    castle = manifest.fingerprint() if isinstance(previous, dict) and "tls" in previous else None
+    fast = known.answer(plan, root, previous, castle)
+    if fast is not None:
+        return fast, castle
+    from castle.tls.certs import ensure
+
+    return ensure(plan, root), castle
 
 
 def full_paths(loaded: Loaded, plan: Plan, outputs: list[Output], *,

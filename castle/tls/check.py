@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import stat
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,21 +14,23 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.extensions import ExtensionTypeVar
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from castle.tls.files import (
+    CertsResult,
+    _issued_leaves,
+    _loose_keys,
+    _read,
+    _Unreadable,
+    _Unusable,
+)
 from castle.tls.plan import CA_CERT_FILE, CA_KEY_FILE, Leaf
 from castle.words import count
+
+__all__ = ["CertsResult", "_issued_leaves", "_loose_keys", "_read", "_Unreadable", "_Unusable"]
 
 USAGE = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
 Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-
-
-@dataclass(frozen=True)
-class CertsResult:
-    """What `castle certs` did or found; report is for people, ok decides the exit code."""
-
-    report: str
-    ok: bool
 
 
 @dataclass
@@ -40,54 +41,32 @@ class _Disk:
     keys: dict[str, Key | None] = field(default_factory=dict)
     unusable: list[str] = field(default_factory=list)
     unreadable: set[str] = field(default_factory=set)  # keys this user may not read
+    digests: dict[str, str] = field(default_factory=dict)  # SHA-256 of each file read
 
 
-class _Unusable(Exception):
-    """A file exists but castle cannot use it; str() says which and why."""
-
-
-class _Unreadable(_Unusable):
-    """A file exists but this user may not read it (a key handed to a server's group)."""
-
-
-def _read(path: Path) -> bytes | None:
-    if path.is_symlink():
-        raise _Unusable(f"{path.name}: a symbolic link; castle does not follow links here")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except PermissionError as exc:
-        raise _Unreadable(f"{path.name}: cannot read it ({exc.strerror})") from None
-    except OSError as exc:
-        raise _Unusable(f"{path.name}: cannot read it ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise _Unusable(f"{path.name}: not a regular file")
-        return fh.read()
-
-
-def _load_cert(path: Path) -> x509.Certificate | None:
-    data = _read(path)
-    if data is None:
-        return None
+def _load_cert(name: str, data: bytes) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError:
-        raise _Unusable(f"{path.name}: not a PEM certificate") from None
+        raise _Unusable(f"{name}: not a PEM certificate") from None
 
 
-def _load_key(path: Path) -> Key | None:
-    data = _read(path)
-    if data is None:
-        return None
+def _load_key(name: str, data: bytes) -> Key:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise _Unusable(f"{path.name}: not an unencrypted PEM private key") from None
+        raise _Unusable(f"{name}: not an unencrypted PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise _Unusable(f"{path.name}: castle uses ECDSA or RSA keys only")
+        raise _Unusable(f"{name}: castle uses ECDSA or RSA keys only")
     return key
+
+
+def _bytes(disk: _Disk, folder: Path, name: str) -> bytes | None:
+    """A file's bytes (None: absent), its SHA-256 noted in disk.digests."""
+    data = _read(folder / name)
+    if data is not None:
+        disk.digests[name] = hashlib.sha256(data).hexdigest()
+    return data
 
 
 def _inventory(folder: Path, wanted: list[Leaf]) -> _Disk:
@@ -95,12 +74,14 @@ def _inventory(folder: Path, wanted: list[Leaf]) -> _Disk:
     names = [(CA_CERT_FILE, CA_KEY_FILE)] + [(leaf.cert_file, leaf.key_file) for leaf in wanted]
     for cert_name, key_name in names:
         try:
-            disk.certs[cert_name] = _load_cert(folder / cert_name)
+            data = _bytes(disk, folder, cert_name)
+            disk.certs[cert_name] = None if data is None else _load_cert(cert_name, data)
         except _Unusable as exc:
             disk.certs[cert_name] = None
             disk.unusable.append(str(exc))
         try:
-            disk.keys[key_name] = _load_key(folder / key_name)
+            data = _bytes(disk, folder, key_name)
+            disk.keys[key_name] = None if data is None else _load_key(key_name, data)
         except _Unreadable:
             # a server's key handed to its group (root:GID 0640): the certificate is checked
             # alone and re-issued, when needed, for the public key it already carries
@@ -110,14 +91,6 @@ def _inventory(folder: Path, wanted: list[Leaf]) -> _Disk:
             disk.keys[key_name] = None
             disk.unusable.append(str(exc))
     return disk
-
-
-def _issued_leaves(folder: Path) -> list[str]:
-    """Every leaf certificate in the folder, whether the spec still needs it or not."""
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir()
-                  if p.name.endswith(("-server.crt", "-client.crt")) and not p.is_symlink())
 
 
 def _der(pub: PublicKey) -> bytes:
@@ -213,25 +186,6 @@ def _leaf_problems(leaf: Leaf, cert: x509.Certificate, ca: x509.Certificate | No
     if ku is None or not ku.digital_signature:
         why.append("key usage lacks digitalSignature")
     return why
-
-
-def _loose_keys(folder: Path, wanted: list[Leaf]) -> list[str]:
-    """Warnings for keys others can read (castle never chmods a key it did not just create).
-
-    The layouts servers accept pass: owner-only (0600 or less), and owned by root with
-    read for its group (0640 or less: PostgreSQL's and libpq's rule, Kubernetes' fsGroup).
-    """
-    out: list[str] = []
-    for name in [CA_KEY_FILE, *(leaf.key_file for leaf in wanted)]:
-        try:
-            st = os.lstat(folder / name)
-        except FileNotFoundError:
-            continue
-        mode = st.st_mode
-        if mode & (0o037 if st.st_uid == 0 else 0o077):
-            out.append(f"warning: {name} is readable by others (mode {mode & 0o777:04o}); "
-                       f"chmod 600 {name}")
-    return out
 
 
 def _check(folder: Path, wanted: list[Leaf], days: int) -> CertsResult:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,21 @@ def test_variable_host_ports_stay_variables(tmp_path: Path, compose_ok: None,
     script = (out / "firewall" / "iptables.sh").read_text()
     assert "--dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080" in script
     assert "9999" not in script
-    # nftables matches the container port after Docker's DNAT, never a host port
+    # nftables admits the container port after Docker's DNAT, and pins the default of a host
+    # port written as a variable; a literal host port (12 here, 443's 8443 is a variable) is
+    # Docker's DNAT rule alone
     nft = (out / "firewall" / "castle.nft").read_text()
-    assert "ct status dnat" in nft and "8080" not in nft
+    assert "th dport 80 ct original proto-dst != 8080 drop" in nft
+    assert "th dport 443 ct original proto-dst != 8443 drop" in nft
+    assert "9999" not in nft and "proto-dst != 12 " not in nft
+    _nft_accepts(out / "firewall" / "castle.nft")
+
+
+def _nft_accepts(path: Path) -> None:
+    """nft's own parser accepts the file (check mode: nothing is loaded)."""
+    proc = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_artifacts_check_sees_a_variable_set_to_another_port(
@@ -168,7 +181,11 @@ def test_variable_address_and_container_port_stay_variables(
     assert "--dport 3000 -m conntrack --ctstate DNAT --ctorigdstport 3000" in script
     assert "--dport 4000" not in script and "${PORT" not in script and "${BIND" not in script
     nft = (out / "firewall" / "castle.nft").read_text()
-    assert " . 3000" in nft and " . 4000" not in nft and "${PORT" not in nft
+    assert " . 3000" in nft and " . 4000" not in nft
+    assert "th dport 80 ct original ip daddr != 127.0.0.1 drop" in nft
+    # each variable address is pinned to its own default
+    assert "th dport 90 ct original ip daddr != 127.0.0.2 drop" in nft
+    _nft_accepts(out / "firewall" / "castle.nft")
 
 
 def test_spec_variable_sides_generate(tmp_path: Path, compose_ok: None) -> None:

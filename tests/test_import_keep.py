@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,21 @@ def test_variable_host_ports_stay_variables(tmp_path: Path, compose_ok: None,
     script = (out / "firewall" / "iptables.sh").read_text()
     assert "--dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080" in script
     assert "9999" not in script
-    # nftables matches the container port after Docker's DNAT, never a host port
+    # nftables admits the container port after Docker's DNAT, and pins the default of a host
+    # port written as a variable; a literal host port (12 here, 443's 8443 is a variable) is
+    # Docker's DNAT rule alone
     nft = (out / "firewall" / "castle.nft").read_text()
-    assert "ct status dnat" in nft and "8080" not in nft
+    assert "th dport 80 ct original proto-dst != 8080 drop" in nft
+    assert "th dport 443 ct original proto-dst != 8443 drop" in nft
+    assert "9999" not in nft and "proto-dst != 12 " not in nft
+    _nft_accepts(out / "firewall" / "castle.nft")
+
+
+def _nft_accepts(path: Path) -> None:
+    """nft's own parser accepts the file (check mode: nothing is loaded)."""
+    proc = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_artifacts_check_sees_a_variable_set_to_another_port(
@@ -115,6 +128,76 @@ def test_artifacts_check_sees_a_variable_set_to_another_port(
     differ = runner.invoke(app, ["matrix", "zones.toml", "--artifacts", "out"])
     assert differ.exit_code == 1  # negative control: the same check notices the change
     assert "0.0.0.0:7777->80/tcp instead" in differ.output
+
+
+
+SIDES = """\
+services:
+  web:
+    image: nginx:1.27
+    ports:
+      - "${BIND_IP:-127.0.0.1}:8080:80"
+      - "${BIND}:8090:90"
+      - "${PORT:-3000}:${PORT:-3000}"
+      - "${MG_PROM}:${MG_PROM}"
+      - "${A}${B}:${C}${D}"
+"""
+
+
+def test_variable_address_and_container_port_stay_variables(
+        tmp_path: Path, compose_ok: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_text = "BIND=127.0.0.2\nMG_PROM=9090\nA=1\nB=2\nC=4\nD=3\n"
+    for var in ("BIND_IP", "BIND", "PORT", "MG_PROM", "A", "B", "C", "D"):
+        monkeypatch.delenv(var, raising=False)
+    draft, out = _pipeline(tmp_path, SIDES, env_text)
+    spec = tomllib.loads(draft)["services"]["web"]
+    assert set(spec["publish"]) >= {"${BIND_IP:-127.0.0.1}:8080:80",
+                                    "${BIND:-127.0.0.2}:8090:90",
+                                    "${PORT:-3000}:${PORT:-3000}",
+                                    "${MG_PROM:-9090}:${MG_PROM:-9090}"}
+    # castle walls the defaults: listen and the flow from outside name them
+    assert {80, 90, 3000, 9090, 43} <= set(spec["listen"])
+    # two variables in one side cannot be kept: the value, said in the top block
+    top = draft.split("\nversion = 1")[0]
+    assert "host port ${A}${B}: written as its value 12" in top
+    assert "container port ${C}${D}: written as its value 43" in top
+    assert "12:43" in spec["publish"]
+    text = (out / "compose.yaml").read_text()
+    assert '"${PORT:-3000}:${PORT:-3000}/tcp"' in text
+    assert '"${BIND_IP:-127.0.0.1}:8080:80/tcp"' in text
+    env = tmp_path / ".env"
+    unset = _published(compose_go.config_json(out / "compose.yaml", env_file=env), "web")
+    assert unset >= {("127.0.0.1", 80, "8080"), ("127.0.0.2", 90, "8090"),
+                     ("", 3000, "3000"), ("", 9090, "9090"), ("", 43, "12")}
+    # compose fills the kept variables at start (negative control: the defaults move)
+    monkeypatch.setenv("PORT", "4000")
+    monkeypatch.setenv("BIND_IP", "0.0.0.0")
+    moved = _published(compose_go.config_json(out / "compose.yaml", env_file=env), "web")
+    assert ("", 4000, "4000") in moved and ("", 3000, "3000") not in moved
+    assert ("0.0.0.0", 80, "8080") in moved and ("127.0.0.1", 80, "8080") not in moved
+    # the firewalls wall the defaults: the address and the container port, never the value
+    script = (out / "firewall" / "iptables.sh").read_text()
+    assert "--dport 80 -m conntrack --ctstate DNAT --ctorigdst 127.0.0.1" in script
+    assert "--dport 3000 -m conntrack --ctstate DNAT --ctorigdstport 3000" in script
+    assert "--dport 4000" not in script and "${PORT" not in script and "${BIND" not in script
+    nft = (out / "firewall" / "castle.nft").read_text()
+    assert " . 3000" in nft and " . 4000" not in nft
+    assert "th dport 80 ct original ip daddr != 127.0.0.1 drop" in nft
+    # each variable address is pinned to its own default
+    assert "th dport 90 ct original ip daddr != 127.0.0.2 drop" in nft
+    _nft_accepts(out / "firewall" / "castle.nft")
+
+
+def test_spec_variable_sides_generate(tmp_path: Path, compose_ok: None) -> None:
+    spec = tmp_path / "zones.toml"
+    spec.write_text(SPEC.format(entry='"${IP-10.0.0.5}:${WEB_PORT-8080}:${C:-80}"'))
+    cli = runner.invoke(app, ["generate", str(spec), "-o", str(tmp_path / "out")])
+    assert cli.exit_code == 0, cli.output
+    text = (tmp_path / "out" / "compose.yaml").read_text()
+    assert '"${IP-10.0.0.5}:${WEB_PORT-8080}:${C:-80}/tcp"' in text
+    assert compose_go.config_check(tmp_path / "out" / "compose.yaml")[0]
+    script = (tmp_path / "out" / "firewall" / "iptables.sh").read_text()
+    assert "--ctorigdst 10.0.0.5 --ctorigdstport 8080" in script
 
 
 SPEC = """\
@@ -135,9 +218,10 @@ to = "web"
 
 
 @pytest.mark.parametrize(("entry", "message"), [
-    ('"${WEB_PORT}:80"', 'a variable host port needs a default castle can wall'),
-    ('"${WEB_PORT:-80x}:80"', 'a variable host port needs a default castle can wall'),
-    ('"${WEB_PORT:-80}:${C}"', "is not a publish entry"),
+    ('"${WEB_PORT}:80"', 'a variable host port is one ${NAME:-VALUE}'),
+    ('"${WEB_PORT:-80x}:80"', 'a variable host port is one ${NAME:-VALUE}'),
+    ('"${WEB_PORT:-80}:${C}"', "a variable container port is one ${NAME:-VALUE}"),
+    ('"${BIND_IP}:8080:80"', "a variable host address is one ${NAME:-VALUE}"),
 ])
 def test_spec_variable_host_port_errors(tmp_path: Path, entry: str, message: str) -> None:
     spec = tmp_path / "zones.toml"

@@ -196,9 +196,11 @@ class PublishEntry:
     host: PortRange
     container: PortRange
     text: str = field(default="", compare=False)  # the entry as the user wrote it
-    # the host side as written when it is a `${VAR:-PORT}`: compose fills it, castle walls
-    # PORT (the default)
+    # a side written as `${VAR:-VALUE}`, as written: compose fills it, castle walls VALUE
+    # (the default); "" for a literal side
     host_text: str = field(default="", compare=False)
+    ip_text: str = field(default="", compare=False)
+    container_text: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         ip = f"{self.host_ip}:" if self.host_ip else ""
@@ -206,40 +208,61 @@ class PublishEntry:
         return f"{ip}{span(h.lo, h.hi)}:{span(c.lo, c.hi)}/{c.proto}"
 
 
+_VAR_SIDE = r"\$\{[^}]*\}"
+_PUBLISH = re.compile(
+    rf"(?:([0-9]{{1,3}}(?:\.[0-9]{{1,3}}){{3}}|{_VAR_SIDE}):)?([0-9-]+|{_VAR_SIDE}):"
+    rf"([0-9-]+|{_VAR_SIDE})(/(?:tcp|udp))?"
+)
+# A side compose fills from a variable, with the default castle walls: ${VAR:-VALUE} (the
+# default when VAR is unset or empty) or ${VAR-VALUE} (when unset). Nothing else: the
+# default is what reaches the firewalls, the text is what reaches compose.yaml.
+PUBLISH_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)([0-9]{1,5}(?:-[0-9]{1,5})?)\}")
+PUBLISH_ADDRESS = re.compile(
+    r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)([0-9]{1,3}(?:\.[0-9]{1,3}){3})\}")
+_SIDES = {
+    "host port": ("${WEB_PORT:-8080}:80", PUBLISH_VARIABLE),
+    "container port": ("${PORT:-3000}:${PORT:-3000}", PUBLISH_VARIABLE),
+    "host address": ("${BIND_IP:-127.0.0.1}:8080:80", PUBLISH_ADDRESS),
+}
+
+
+def _side(value: str, side: str, written: str) -> tuple[str, str]:
+    """(text as written or "", the value castle uses) of one side of a publish entry."""
+    if not written.startswith("$"):
+        return "", written
+    example, pattern = _SIDES[side]
+    var = pattern.fullmatch(written)
+    if not var:
+        raise ValueError(f"{value!r}: a variable {side} is one ${{NAME:-VALUE}} (or "
+                         f"${{NAME-VALUE}}) with a default castle can wall, as in {example!r}")
+    return written, var.group(3)
+
+
 def parse_publish(value: Any) -> PublishEntry:
-    """Parse "80:80", "8443:443/tcp" or "127.0.0.1:8080:80" as compose writes them."""
+    """Parse "80:80", "8443:443/tcp" or "127.0.0.1:8080:80" as compose writes them; any side
+    may be a `${VAR:-VALUE}` (castle walls VALUE)."""
     if not isinstance(value, str):
         raise ValueError(f'{value!r} is not a publish entry (use "HOST:CONTAINER")')
-    m = re.fullmatch(
-        r"(?:([0-9]{1,3}(?:\.[0-9]{1,3}){3}):)?([0-9-]+|\$\{[^}]*\}):([0-9-]+)(/(?:tcp|udp))?",
-        value.strip()
-    )
+    m = _PUBLISH.fullmatch(value.strip())
     if not m:
         raise ValueError(
             f'{value!r} is not a publish entry (use "HOST:CONTAINER", "HOST:CONTAINER/udp", '
             '"IP:HOST:CONTAINER" or "${VAR:-HOST}:CONTAINER")'
         )
-    ip = m.group(1) or ""
+    ip_text, ip = _side(value, "host address", m.group(1) or "")
     if ip:
-        ipaddress.IPv4Address(ip)
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise ValueError(f"{value!r}: {ip!r} is not an IPv4 address") from None
     proto = m.group(4) or "/tcp"
-    host_text, host_port = "", m.group(2)
-    if host_port.startswith("$"):
-        var = PUBLISH_VARIABLE.fullmatch(host_port)
-        if not var:
-            raise ValueError(f"{value!r}: a variable host port needs a default castle can wall, "
-                             'as in "${WEB_PORT:-8080}:80"')
-        host_text, host_port = host_port, var.group(3)
+    host_text, host_port = _side(value, "host port", m.group(2))
+    container_text, container_port = _side(value, "container port", m.group(3))
     host = parse_port(host_port + proto)
-    container = parse_port(m.group(3) + proto)
+    container = parse_port(container_port + proto)
     if host.hi - host.lo != container.hi - container.lo:
         raise ValueError(f"{value!r}: host and container ranges differ in length")
-    return PublishEntry(ip, host, container, value, host_text)
-
-
-# A host port compose fills from a variable, with the default castle walls:
-# ${VAR:-8080} (the default when VAR is unset or empty) or ${VAR-8080} (when unset).
-PUBLISH_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)([0-9]{1,5}(?:-[0-9]{1,5})?)\}")
+    return PublishEntry(ip, host, container, value, host_text, ip_text, container_text)
 
 
 def _publish(value: Any) -> Any:
@@ -254,8 +277,8 @@ PublishList = Annotated[
     WithJsonSchema(
         {
             "type": "array",
-            "items": {"type": "string", "description": "HOST:CONTAINER[/udp], IP:HOST:CONTAINER "
-                      "or ${VAR:-HOST}:CONTAINER"},
+            "items": {"type": "string", "description": "HOST:CONTAINER[/udp] or "
+                      "IP:HOST:CONTAINER, any side may be ${VAR:-VALUE}"},
         }
     ),
 ]

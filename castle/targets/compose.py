@@ -41,14 +41,17 @@ def bind_ip(p: Published) -> str:
     return "" if INTERNET in p.sources else "0.0.0.0"
 
 
-def _host_side(svc: PlanService, p: Published) -> str:
-    """The host port as the spec wrote it: `${VAR:-8080}` stays for compose to fill (the
-    firewall walls the default); a number otherwise, or when only part of the entry's range
-    is published."""
+def _port_entry(svc: PlanService, p: Published) -> str:
+    """A `ports` entry with each side as the spec wrote it: a `${VAR:-VALUE}` stays for
+    compose to fill (the firewalls wall VALUE); numbers otherwise, or when only part of the
+    entry's range is published."""
+    ip, host, cont = bind_ip(p), span(p.host.lo, p.host.hi), span(p.container.lo,
+                                                                 p.container.hi)
     for e in svc.spec.publish:
-        if e.host_text and (e.host_ip, e.host, e.container) == (p.host_ip, p.host, p.container):
-            return e.host_text
-    return span(p.host.lo, p.host.hi)
+        if (e.host_ip, e.host, e.container) == (p.host_ip, p.host, p.container):
+            ip, host, cont = e.ip_text or ip, e.host_text or host, e.container_text or cont
+            break
+    return f"{ip + ':' if ip else ''}{host}:{cont}/{p.container.proto}"
 
 
 def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
@@ -88,11 +91,7 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         # informational for readers and `castle import`; reachability comes from networks
         "expose": [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "")
                    for p in svc.spec.listen],
-        "ports": [
-            f"{bind_ip(p) + ':' if bind_ip(p) else ''}{_host_side(svc, p)}:"
-            f"{span(p.container.lo, p.container.hi)}/{p.container.proto}"
-            for p in _published(plan).get(svc.name, ())
-        ],
+        "ports": [_port_entry(svc, p) for p in _published(plan).get(svc.name, ())],
         "secrets": secrets,
         "own_secrets": list(svc.spec.secrets),
         "tls_dir": tls_dir,

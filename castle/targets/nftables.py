@@ -116,6 +116,43 @@ def log_chains(plan: Plan) -> dict[str, list[LogChain]]:
     return out
 
 
+@dataclass(frozen=True, order=True, slots=True)
+class Pin:
+    """A drop rule for traffic DNATed to a published container port from a host address or
+    port other than the default of the `${VAR:-VALUE}` the spec wrote for it."""
+
+    addrs: str
+    proto: str
+    port: str
+    match: str
+    note: str
+
+
+def pins(plan: Plan) -> list[Pin]:
+    """Where `publish` writes the host address or port as a variable, the default is pinned
+    (`ct original ...`): another value at start is dropped, as iptables.sh drops it. Only
+    there: a literal side is Docker's DNAT rule alone, which no variable can move."""
+    out: list[Pin] = []
+    for p in plan.published:
+        svc = plan.service(p.service)
+        entry = next((e for e in svc.spec.publish if (e.host_ip, e.host, e.container)
+                      == (p.host_ip, p.host, p.container)), None)
+        if entry is None or not svc.addresses:
+            continue
+        addrs = "{ " + ", ".join(str(a) for a in svc.addresses) + " }"
+        port, proto = span(p.container.lo, p.container.hi), p.container.proto
+        if entry.ip_text and p.host_ip not in ("", "0.0.0.0"):
+            out.append(Pin(addrs, proto, port, f"ct original ip daddr != {p.host_ip}",
+                           f"{p.service} {port}/{proto}: host address {entry.ip_text} other "
+                           f"than {p.host_ip}"))
+        if entry.host_text:
+            out.append(Pin(addrs, proto, port,
+                           f"ct original proto-dst != {span(p.host.lo, p.host.hi)}",
+                           f"{p.service} {port}/{proto}: host port {entry.host_text} other "
+                           f"than {span(p.host.lo, p.host.hi)}"))
+    return sorted(out)
+
+
 def context(plan: Plan) -> dict[str, object]:
     """The template context of castle.nft."""
     fw = plan.spec.firewall
@@ -128,6 +165,7 @@ def context(plan: Plan) -> dict[str, object]:
         "not_internet": [str(n) for n in plan.internet_except],
         "log": log_chains(plan),
         "sets": elements(plan),
+        "pins": pins(plan),
         "manage_input": fw.manage_input,
         "ssh_port": fw.ssh_port,
         "ssh_sources": [] if "0.0.0.0/0" in sources else sources,

@@ -20,11 +20,9 @@ DROPPED = {
 }
 
 
-# A short-syntax port whose host side is written with a variable: [IP:]HOST:CONTAINER[/proto]
-_SHORT_PORT = re.compile(r"(?:(?:[^$]*|\$\{[^}]*\}):)?"
-                         r"(?P<host>(?:\$\{[^}]*\}|\$[A-Za-z_]\w*|[0-9])+):"
-                         r"(?P<lo>[0-9]+)(?:-(?P<hi>[0-9]+))?(?:/(?P<proto>tcp|udp))?")
 _PLAIN_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+# the forms a port side's variables take (a default holding no variable): filled as compose
+_FILL = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^${}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def environment(env: Any) -> Any:
@@ -93,50 +91,98 @@ def wrap(items: list[str], width: int = 86) -> list[str]:
     return lines
 
 
-def variable_hosts(ports: Any) -> dict[tuple[str, int, int], str]:
-    """(protocol, first, last container port) -> the host side as written, for the entries of
-    a service's `ports` (as written, before interpolation) whose host port is a variable."""
-    found: dict[tuple[str, int, int], str] = {}
+def _fill(text: str, env: dict[str, str]) -> str | None:
+    """`text` with its variables filled as compose fills them, or None past the simple forms."""
+    def one(m: re.Match[str]) -> str:
+        name = m[1] or m[4]
+        if m[2] == ":-":
+            return env.get(name) or m[3]
+        if m[2] == "-":
+            return env.get(name, m[3])
+        return env.get(name, "")
+    filled = _FILL.sub(one, text)
+    return None if "$" in filled else filled
+
+
+def _sides(text: str) -> list[str]:
+    """A short-syntax `ports` entry split at the colons outside `${...}`."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if ch == ":" and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
+
+
+Sides = tuple[str, str, str]  # host address, host port, container port as written ("" literal)
+
+
+def variable_sides(ports: Any, env: dict[str, str]) -> dict[tuple[str, int, int], Sides]:
+    """(protocol, first, last container port) -> the sides written with a variable, for the
+    entries of a service's `ports` (as written, before interpolation) that have one; the
+    container port is found by filling the variables from `env` as compose does."""
+    found: dict[tuple[str, int, int], Sides] = {}
     for item in ports if isinstance(ports, list) else []:
-        if isinstance(item, str):
-            m = _SHORT_PORT.fullmatch(item.strip())
-            if m and "$" in m["host"]:
-                lo = int(m["lo"])
-                found[(m["proto"] or "tcp", lo, int(m["hi"] or lo))] = m["host"]
-        elif isinstance(item, dict) and "$" in str(item.get("published", "")):
-            target = str(item.get("target", ""))
-            if target.isdigit():
-                found[(str(item.get("protocol") or "tcp"), int(target), int(target))] = str(
-                    item["published"])
+        if isinstance(item, dict):
+            item = (f"{item.get('host_ip') or ''}:{item.get('published') or ''}:"
+                    f"{item.get('target', '')}/{item.get('protocol') or 'tcp'}")
+        text = str(item).strip()
+        if "$" not in text or "[" in text:
+            continue
+        proto = "tcp"
+        if text.endswith(("/tcp", "/udp")):
+            text, proto = text[:-4], text[-3:]
+        parts = _sides(text)
+        if len(parts) > 3:
+            continue
+        ip, host, cont = [""] * (3 - len(parts)) + parts
+        filled = _fill(cont, env)
+        if filled is None or not re.fullmatch(r"[0-9]+(-[0-9]+)?", filled):
+            continue
+        lo, _, hi = filled.partition("-")
+        found[(proto, int(lo), int(hi or lo))] = tuple(  # type: ignore[assignment]
+            side if "$" in side else "" for side in (ip, host, cont))
     return found
 
 
-def with_default(text: str, value: str) -> str:
-    """A host port written as a variable, with the port it has now (`value`, from .env or
-    the environment) as its default: castle walls the default, compose still fills the
+def with_default(text: str, value: str, pattern: re.Pattern[str] = PUBLISH_VARIABLE) -> str:
+    """A side of a port written as a variable, with the value it has now (`value`, from .env
+    or the environment) as its default: castle walls the default, compose still fills the
     variable. `${VAR:-value}` stays as written; `${VAR}` or another default becomes
     `${VAR:-value}`; "" when the text is more than one variable."""
-    m = PUBLISH_VARIABLE.fullmatch(text)
+    m = pattern.fullmatch(text)
     if m:
         return text if m[3] == value else f"${{{m[1]}{m[2]}{value}}}"
     plain = _PLAIN_VARIABLE.fullmatch(text)
     return f"${{{plain[1] or plain[2]}:-{value}}}" if plain else ""
 
 
-def host_port(written: str, host: str, in_place: bool, notes: list[str]) -> str:
+def kept_side(what: str, written: str, value: str, notes: list[str], cannot: list[str],
+              pattern: re.Pattern[str] = PUBLISH_VARIABLE) -> str:
+    """One side of a publish entry written as a variable: kept, with the value it has now as
+    the default (noted when that changed the text); its value when castle cannot keep it
+    (said in the draft's top block)."""
+    kept = with_default(written, value, pattern)
+    if kept and kept != written:
+        notes.append(f"{what} {written} is {value} here: kept as {kept}, the default being "
+                     "what castle walls")
+    if not kept:
+        cannot.append(f"{what} {written}: written as its value {value} (castle keeps a "
+                      "single ${VAR} or ${VAR:-VALUE})")
+    return kept or value
+
+
+def host_port(written: str, host: str, in_place: bool, notes: list[str],
+              cannot: list[str]) -> str:
     """The host side of a publish entry whose host port the file writes as a variable: kept
     (with the value it has now as the default) unless castle moved the port; notes say how."""
     if not in_place:
         notes.append(f"host port {written}: written as {host}, where it was moved")
         return host
-    kept = with_default(written, host)
-    if kept and kept != written:
-        notes.append(f"host port {written} is {host} here: kept as {kept}, the default being "
-                     "the port castle walls")
-    if not kept:
-        notes.append(f"host port {written}: written as its value {host} (castle keeps a "
-                     "single ${VAR} or ${VAR:-PORT})")
-    return kept or host
+    return kept_side("host port", written, host, notes, cannot)
 
 
 def start_after(depends: Any, peer: str) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from castle.readers.compose import (
 from castle.readers.compose_ports import PortMap, merge_ports
 from castle.spec.load import parse
 from castle.spec.model import OWNED_COMPOSE_KEYS
-from castle.spec.values import DNS_LABEL, image_problem
+from castle.spec.values import DNS_LABEL, PUBLISH_ADDRESS, image_problem, parse_publish
 from castle.targets import relocate
 from castle.views import import_addresses, import_flows, import_values
 from castle.views.evidence import Evidence, gather, share_volumes
@@ -58,6 +57,7 @@ class Importer:
     flows: list[DraftFlow] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # compose name -> spec name
     ingress: set[str] = field(default_factory=set)
+    env: dict[str, str] | None = None
     top: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # kind -> (key, value)
     stack: str = ""  # the project name as a DNS-1123 label: [stack] name
     evidence: dict[str, Evidence] = field(default_factory=dict)
@@ -263,14 +263,20 @@ class Importer:
             written = (self.cf.verbatim.get("services") or {}).get(name) or {}
             self.services[name].publish += self._publish(
                 self.services[name], run, claimed,
-                import_values.variable_hosts(written.get("ports")))
+                import_values.variable_sides(written.get("ports"), self._env()))
         for draft in self.services.values():
-            draft.publish.sort(key=lambda e: (e.rsplit("/", 1)[-1] == "udp",
-                                              int(re.split(r"[-/]", e.rsplit(":", 1)[1])[0])))
+            draft.publish.sort(key=lambda e: (e.endswith("/udp"),
+                                              parse_publish(e).container.lo))
+
+    def _env(self) -> dict[str, str]:
+        """The variables compose fills the file from (.env, then the shell), read once."""
+        if self.env is None:
+            self.env = dotenv(self.cf.path.resolve().parent)
+        return self.env
 
     def _publish(self, draft: DraftService, run: list[PortMap],
                  claimed: set[tuple[str, int]],
-                 variables: dict[tuple[str, int, int], str]) -> list[str]:
+                 variables: dict[tuple[str, int, int], import_values.Sides]) -> list[str]:
         """The publish entry of a run of consecutive container ports (castle publishes a
         merged range through one entry), moved clear of host ports already taken; a host
         port written as a variable stays one."""
@@ -294,12 +300,25 @@ class Importer:
         if first.loopback:
             draft.notes.append(f"{_ports(run)}: bound to loopback (the host only), kept so")
         host = str(lo) if n == 1 else f"{lo}-{lo + n - 1}"
-        written = variables.get((proto, first.container, run[-1].container), "")
-        if written:
-            host = import_values.host_port(written, host, lo == start, draft.notes)
-        if lo == first.container and not ip and not host.startswith("$"):
-            return []
         cont = str(first.container) if n == 1 else f"{first.container}-{run[-1].container}"
+        key = (proto, first.container, run[-1].container)
+        w_ip, w_host, w_cont = variables.get(key, ("", "", ""))
+        for other, sides in variables.items():  # merged into a longer run: its text is lost
+            if other != key and other[0] == proto and first.container <= other[1] <= \
+                    run[-1].container:
+                shown = ":".join(s for s in sides if s)
+                self.cannot.append(f"{draft.name}: ports {shown} written as {cont}, one "
+                                   "entry with its neighbours")
+        if w_host:
+            host = import_values.host_port(w_host, host, lo == start, draft.notes, self.cannot)
+        if w_ip:
+            ip = import_values.kept_side("host address", w_ip, first.host_ip or "0.0.0.0",
+                                         draft.notes, self.cannot, PUBLISH_ADDRESS)
+        if w_cont:
+            cont = import_values.kept_side("container port", w_cont, cont, draft.notes,
+                                           self.cannot)
+        if lo == first.container and not ip and "$" not in host + cont:
+            return []
         suffix = "" if proto == "tcp" else f"/{proto}"
         return [f"{ip + ':' if ip else ''}{host}:{cont}{suffix}"]
 

@@ -136,3 +136,29 @@ def test_prove_catches_the_ipv6_docker_proxy_path(monkeypatch: pytest.MonkeyPatc
                     ("gate", "8000->8000/tcp"), ("gate", "8002->8002/tcp")}
     assert all(x.split()[:2] == ["internet", "IPv6"]
                for x in result.report.splitlines() if "OPEN (leak)" in x)
+
+
+def test_lab_fills_publish_variables_with_their_defaults() -> None:
+    """compose.yaml keeps `${VAR:-DEFAULT}` in published ports; the lab builds what castle
+    walls, the defaults (a plain entry is read as before: the control)."""
+    from castle.lab.topology import _parse_port
+
+    assert _parse_port("web", "${BIND:-127.0.0.1}:${TLS_PORT-8443}:443/tcp") == [
+        (IPv4Address("127.0.0.1"), 8443, 443, "tcp", False)]
+    assert _parse_port("web", {"published": "${P:-8080}", "target": "${T:-80}"}) == [
+        (None, 8080, 80, "tcp", True)]
+    assert _parse_port("web", "8080:80") == [(None, 8080, 80, "tcp", True)]
+
+
+@pytest.mark.netns
+def test_prove_holds_with_variables_in_publish(tmp_path: Path) -> None:
+    """A spec whose publish entries are variables proves clean with both firewalls."""
+    _skip_without_netns()
+    text = (ROOT / "zones.example.toml").read_text()
+    spec = tmp_path / "zones.toml"
+    spec.write_text(text.replace(
+        "[services.web]\n",
+        '[services.web]\npublish = ["${WEB_PORT:-8080}:80", "${TLS_PORT:-8443}:443"]\n', 1))
+    result = prove_mod.prove(spec, tmp_path / "out", ["iptables", "nftables"])
+    assert result.ok, result.report
+    assert "iptables: " in result.report and "nftables: " in result.report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
@@ -158,7 +159,22 @@ def _ports(svc: str, text: str) -> list[int]:
     return ports
 
 
+# `${NAME:-VALUE}` / `${NAME-VALUE}`: the forms castle writes in a publish entry
+_DEFAULTED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^${}]*)\}")
+
+
+def _defaults(value: Any) -> Any:
+    """A port entry's variables filled with their defaults: what castle's firewalls wall
+    (and pin), so what the lab builds and probes."""
+    if isinstance(value, str):
+        return _DEFAULTED.sub(lambda m: m[1], value)
+    if isinstance(value, Mapping):
+        return {k: _defaults(v) for k, v in value.items()}
+    return value
+
+
 def _parse_port(svc: str, entry: Any) -> list[tuple[IPv4Address | None, int, int, str, bool]]:
+    entry = _defaults(entry)
     if isinstance(entry, Mapping):
         if entry.get("published") in (None, ""):
             return []  # dockerd would pick a random host port

@@ -96,6 +96,10 @@ def test_the_key_covers_source_jinja_and_options() -> None:
     assert compiled.key(env, "{{ b }}") != base
     other = env.overlay(trim_blocks=False)
     assert compiled.key(other, "{{ a }}") != base
+    # every option that changes the code Jinja writes changes the key
+    for changed in (env.overlay(finalize=str), env.overlay(enable_async=True)):
+        assert changed.compile("{{ a }}", raw=True) != env.compile("{{ a }}", raw=True)
+        assert compiled.key(changed, "{{ a }}") != base
     fake = type("FakeJinja", (), {"__version__": "0.0"})  # another Jinja made the module
     real = sys.modules["jinja2"]
     sys.modules["jinja2"] = fake  # type: ignore[assignment]

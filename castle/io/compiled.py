@@ -38,7 +38,13 @@ def key(environment: jinja2.Environment, source: str) -> str:
         e.variable_start_string, e.variable_end_string, e.comment_start_string,
         e.comment_end_string, e.line_statement_prefix, e.line_comment_prefix, e.trim_blocks,
         e.lstrip_blocks, e.newline_sequence, e.keep_trailing_newline, e.autoescape,
-        e.optimized, sorted(e.extensions), sorted(e.filters), sorted(e.tests),
+        e.optimized, sorted(e.extensions), sorted(e.filters), sorted(e.tests), e.is_async,
+        # a finalize function is called from the generated code, which says how it is passed
+        # (not its address: the same function in another run has another one)
+        None if e.finalize is None else (getattr(e.finalize, "__module__", None),
+                                         getattr(e.finalize, "__qualname__", None),
+                                         getattr(e.finalize, "jinja_pass_arg", None)),
+        sorted((k, repr(v)) for k, v in e.policies.items() if k.startswith("compiler.")),
     ))
     return hashlib.sha256(shape.encode() + b"\0" + source.encode()).hexdigest()
 

@@ -80,12 +80,23 @@ def precompiled(environment: jinja2.Environment, name: str, source: str) -> dict
         spec = importlib.util.find_spec(f"{PACKAGE}.{module_name(name)}")
     except ImportError:
         return None
-    if spec is None or spec.loader is None:
+    if spec is None or spec.loader is None or spec.origin is None:
+        return None
+    # the key is checked before the module runs: one another Jinja made may not even import
+    try:
+        with open(spec.origin, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 200))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    wanted = key(environment, source)
+    if not tail.endswith(f"\nCASTLE_KEY = {wanted!r}\n"):
         return None
     module = importlib.util.module_from_spec(spec)
     module.__dict__["environment"] = environment
     spec.loader.exec_module(module)
     namespace: dict[str, Any] = module.__dict__
-    if namespace.get("CASTLE_KEY") != key(environment, source):
+    if namespace.get("CASTLE_KEY") != wanted:
         return None  # made from another source, Jinja or environment: compile the source
     return namespace

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from castle.errors import UsageError
-from castle.readers.compose_checks import missing_files, no_duplicate_keys
+from castle.readers.compose_checks import located, missing_files, no_duplicate_keys
 from castle.readers.compose_ports import PortMap, merge_ports, parse_expose, parse_ports
 from castle.spec.values import PortRange
 
@@ -288,29 +288,12 @@ def read(path: str | Path | list[Path], *, override: bool = True) -> ComposeFile
         try:
             services[str(name)] = _service(str(name), svc or {}, written.get(name) or {}, nets)
         except UsageError as exc:  # a port entry: say where, and how it was written
-            raise UsageError(_located(str(name), str(exc), file_lines, written.get(name))) from None
+            raise UsageError(located(str(name), str(exc), file_lines, written.get(name))) from None
     for svc in services.values():
         for net in svc.networks:
             nets.setdefault(net, ComposeNetwork(net, False, False, defined=net == "default"))
     return ComposeFile(p, project, reader, note, services, dict(sorted(nets.items())), lines,
                        raw, verbatim, paths, doc, tuple(file_lines))
-
-
-def _located(name: str, problem: str,
-             file_lines: list[tuple[Path, dict[tuple[str, ...], int]]], written: Any) -> str:
-    """A service's problem at the file and line that write its `ports` (or the service), with
-    the entries as written when variables filled them (an unset `${PORT}` leaves `:`)."""
-    where = ""
-    for key in (("services", name, "ports"), ("services", name)):
-        found = [(f, lines[key]) for f, lines in reversed(file_lines) if key in lines]
-        if found:
-            where = f"{found[0][0]}:{found[0][1]}: "
-            break
-    ports = written.get("ports") if isinstance(written, Mapping) else None
-    shown = [str(p) for p in ports or [] if "$" in str(p)] if isinstance(ports, list) else []
-    hint = (f" (written {', '.join(repr(p) for p in shown)}: is every variable set, in .env or "
-            "the environment?)") if shown else ""
-    return f"{where}services.{name}: {problem}{hint}"
 
 
 def _included_lines(path: Path, doc: Mapping[str, Any], depth: int = 0,

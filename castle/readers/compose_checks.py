@@ -1,8 +1,10 @@
 """What compose refuses in a file that castle's own YAML reading would let through:
-duplicate keys, and local files the file names that are not there."""
+duplicate keys, and local files the file names that are not there; and where a
+service's problem is written."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,20 @@ def missing_files(path: Path, raw: dict[str, Any],
                 line = lines.get(("services", str(svc), "env_file"), 1)
                 notes.append(f"{path.name}:{line}: env_file {name!r} of {svc!r} is not there")
     return fatal, notes
+
+
+def located(name: str, problem: str,
+             file_lines: list[tuple[Path, dict[tuple[str, ...], int]]], written: Any) -> str:
+    """A service's problem at the file and line that write its `ports` (or the service), with
+    the entries as written when variables filled them (an unset `${PORT}` leaves `:`)."""
+    where = ""
+    for key in (("services", name, "ports"), ("services", name)):
+        found = [(f, lines[key]) for f, lines in reversed(file_lines) if key in lines]
+        if found:
+            where = f"{found[0][0]}:{found[0][1]}: "
+            break
+    ports = written.get("ports") if isinstance(written, Mapping) else None
+    shown = [str(p) for p in ports or [] if "$" in str(p)] if isinstance(ports, list) else []
+    hint = (f" (written {', '.join(repr(p) for p in shown)}: is every variable set, in .env or "
+            "the environment?)") if shown else ""
+    return f"{where}services.{name}: {problem}{hint}"

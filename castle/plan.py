@@ -332,8 +332,15 @@ def _around_kept(spec: Spec, groups: list[tuple[tuple[str, ...], bool]],
                      [*spec.firewall.ssh_sources, *fixed.values()])
     out = dict(fixed) | dict(zip(rest, moved, strict=True))
     for i, net in sorted(fixed.items()):
+        name = sorted(kept[i])[0]
+        # as allocate() does: only an SSH source that covers the whole pool may hold subnets
+        for ssh in spec.firewall.ssh_sources:
+            if ssh.overlaps(net) and not ssh.supernet_of(spec.stack.pool):
+                raise AddressError(name, f"{kept[i][name]} needs {net}, which overlaps "
+                                   f"[firewall] ssh_sources {ssh} (a bridge there would take "
+                                   "the host's route to it)", "pick an address outside "
+                                   "ssh_sources")
         if any(out[j].overlaps(net) for j in rest):  # it covers the whole pool
-            name = sorted(kept[i])[0]
             raise AddressError(name, f"{kept[i][name]} needs {net}, which covers "
                                f"subnet_pool {spec.stack.pool}, where the other networks go",
                                "pick an address outside subnet_pool, or another pool")

@@ -367,6 +367,9 @@ to = "resolver"
     ("172.20.0.0", "", "is the network or broadcast address of its network"),
     ("127.0.0.5", "", "127.0.0.5 is in 127.0.0.0/8 (loopback)"),
     ("not-an-ip", "", "services.resolver.address"),
+    # a bridge on an operator network would take the host's route to it (and SSH with it)
+    ("172.20.0.9", '[firewall]\nssh_sources = ["172.20.0.128/28"]',
+     "172.20.0.9 needs 172.20.0.0/24, which overlaps [firewall] ssh_sources 172.20.0.128/28"),
 ])
 def test_spec_address_errors(tmp_path: Path, address: str, pool: str, message: str) -> None:
     spec = tmp_path / "zones.toml"

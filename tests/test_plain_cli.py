@@ -42,6 +42,15 @@ LINES: list[tuple[list[str], bool]] = [
     (["generate", "zones.toml", "-o", "new", "--force"], True),
     (["generate", "zones.toml", "-o", "a", "-o", "b"], True),
     (["generate", "wrong.toml", "-o", "new"], True),
+    (["generate", "zones.toml", "-o", "out", "--check", "--force"], True),
+    (["generate", "zones.toml", "-o", "new", "-t", "compose", "-t", "compose"], True),
+    (["generate", "zones.toml", "-o", "new", "-t", "COMPOSE"], True),
+    (["generate", "zones.toml", "--force", "--force", "-o", "new", "--check"], True),
+    (["generate", "nowhere.toml", "-o", "new"], True),
+    (["validate", "out"], True),
+    (["generate", "zones.toml", "-o", "foreign"], True),
+    (["generate", "zones.toml", "-o", "foreign", "--force"], True),
+    (["generate", "zones.toml", "-o", "foreign", "--check"], True),
     (["generate", "zones.toml", "--out=out"], False),
     (["generate", "zones.toml", "-oout"], False),
     (["generate", "zones.toml", "-o"], False),
@@ -66,6 +75,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "broken.toml").write_text("version = [\n")
     (folder / "wrong.toml").write_text(EXAMPLE.read_text().replace('to = "app"', 'to = "apx"', 1))
     assert "apx" in (folder / "wrong.toml").read_text()
+    (folder / "foreign").mkdir()  # a compose file castle did not write
+    (folder / "foreign" / "compose.yaml").write_text("services: {}\n")
     done = run(folder, "cli", ["generate", "zones.toml", "-o", "out"])
     assert done.returncode == 0, done.stderr
     return folder

@@ -89,6 +89,19 @@ def test_an_edited_template_is_compiled_from_its_source(spec: Path, tmp_path: Pa
                                             ).read_text()
 
 
+def test_a_module_another_jinja_made_is_not_run(spec: Path, tmp_path: Path) -> None:
+    """A module left by an older Jinja may import what the installed one lacks: the run
+    compiles that template from its source instead of failing."""
+    pre = copy_of_castle(tmp_path / "pre", precompile=True)
+    module = pre / "castle" / "_jinja" / f"{compiled.module_name('castle.nft.j2')}.py"
+    text = module.read_text()
+    assert "CASTLE_KEY = " in text  # the control: this is the module of castle.nft.j2
+    module.write_text("from jinja2.runtime import made_by_another_jinja\n"
+                      + text.replace("CASTLE_KEY = '", "CASTLE_KEY = 'stale"))
+    assert generate(pre, spec, tmp_path / "out") == ["castle.nft.j2"]
+    assert (tmp_path / "out" / "firewall" / "castle.nft").is_file()
+
+
 def test_the_key_covers_source_jinja_and_options() -> None:
     env = render.environment()
     base = compiled.key(env, "{{ a }}")
@@ -96,6 +109,10 @@ def test_the_key_covers_source_jinja_and_options() -> None:
     assert compiled.key(env, "{{ b }}") != base
     other = env.overlay(trim_blocks=False)
     assert compiled.key(other, "{{ a }}") != base
+    # every option that changes the code Jinja writes changes the key
+    for changed in (env.overlay(finalize=str), env.overlay(enable_async=True)):
+        assert changed.compile("{{ a }}", raw=True) != env.compile("{{ a }}", raw=True)
+        assert compiled.key(changed, "{{ a }}") != base
     fake = type("FakeJinja", (), {"__version__": "0.0"})  # another Jinja made the module
     real = sys.modules["jinja2"]
     sys.modules["jinja2"] = fake  # type: ignore[assignment]

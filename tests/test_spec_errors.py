@@ -156,6 +156,12 @@ CASES: list[tuple[str, str, int, str]] = [
      "control characters"),
     ("bad-image", BASE.replace('image = "nginx:1.27"', 'image = "nginx; rm -rf /"'), 12,
      "is not an image reference"),
+    # more digits than Python converts: a ValueError of the plain reader and of tomllib alike
+    ("huge-integer", BASE.replace("listen = [5432]", "listen = [5" + "0" * 5000 + "]"), 21,
+     "more than 4300 digits"),
+    ("huge-integer-tomllib", BASE.replace("listen = [5432]", "listen = [5" + "0" * 5000
+                                          + ']\ndescription = "a\\tb"'), 21,
+     "more than 4300 digits"),
 ]
 
 

@@ -103,3 +103,23 @@ def test_the_random_documents_reach_both_paths() -> None:
     assert agrees("[a]\nx = 1\n[[b]]\ny = [\"s\", 2]\n")
     assert not agrees("[a]\nx = 1.5\n")
     assert not agrees("[a]\n[a]\n")
+
+
+@pytest.mark.parametrize(("line", "plain"), [
+    # blanks after the last item, then no `]`; plain: the same line closed
+    ("a = [1" + " " * 100_000 + "x", "a = [1" + " " * 100_000 + "]"),
+    ("a = [1," + " \t" * 50_000 + "x", "a = [1," + " \t" * 50_000 + "]"),
+    ("a = [" + "1, " * 50_000 + "1" + " " * 1_000 + "x", "a = [" + "1, " * 50_000 + "1]"),
+    ('a = ["s"' + " " * 100_000 + "]x", 'a = ["s"' + " " * 100_000 + "]"),
+    ("a = [" + "1" * 100_000 + "x", None),
+])
+def test_a_long_hostile_line_is_read_in_linear_time(line: str, plain: str | None) -> None:
+    """A spec is hostile input: a line the reader refuses costs it a pass, not a
+    backtracking search (blanks that two patterns could share took minutes)."""
+    import time
+
+    start = time.process_time()
+    assert toml_lines.read(line) is None
+    if plain is not None:  # the control: what makes the line refused is its tail alone
+        assert toml_lines.read(plain) == (tomllib.loads(plain), [])
+    assert time.process_time() - start < 2.0

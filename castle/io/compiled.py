@@ -38,7 +38,13 @@ def key(environment: jinja2.Environment, source: str) -> str:
         e.variable_start_string, e.variable_end_string, e.comment_start_string,
         e.comment_end_string, e.line_statement_prefix, e.line_comment_prefix, e.trim_blocks,
         e.lstrip_blocks, e.newline_sequence, e.keep_trailing_newline, e.autoescape,
-        e.optimized, sorted(e.extensions), sorted(e.filters), sorted(e.tests),
+        e.optimized, sorted(e.extensions), sorted(e.filters), sorted(e.tests), e.is_async,
+        # a finalize function is called from the generated code, which says how it is passed
+        # (not its address: the same function in another run has another one)
+        None if e.finalize is None else (getattr(e.finalize, "__module__", None),
+                                         getattr(e.finalize, "__qualname__", None),
+                                         getattr(e.finalize, "jinja_pass_arg", None)),
+        sorted((k, repr(v)) for k, v in e.policies.items() if k.startswith("compiler.")),
     ))
     return hashlib.sha256(shape.encode() + b"\0" + source.encode()).hexdigest()
 
@@ -74,12 +80,23 @@ def precompiled(environment: jinja2.Environment, name: str, source: str) -> dict
         spec = importlib.util.find_spec(f"{PACKAGE}.{module_name(name)}")
     except ImportError:
         return None
-    if spec is None or spec.loader is None:
+    if spec is None or spec.loader is None or spec.origin is None:
+        return None
+    # the key is checked before the module runs: one another Jinja made may not even import
+    try:
+        with open(spec.origin, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 200))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    wanted = key(environment, source)
+    if not tail.endswith(f"\nCASTLE_KEY = {wanted!r}\n"):
         return None
     module = importlib.util.module_from_spec(spec)
     module.__dict__["environment"] = environment
     spec.loader.exec_module(module)
     namespace: dict[str, Any] = module.__dict__
-    if namespace.get("CASTLE_KEY") != key(environment, source):
+    if namespace.get("CASTLE_KEY") != wanted:
         return None  # made from another source, Jinja or environment: compile the source
     return namespace

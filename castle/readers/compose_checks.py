@@ -1,5 +1,6 @@
 """What compose refuses in a file that castle's own YAML reading would let through:
-duplicate keys, and local files the file names that are not there."""
+duplicate keys, and local files the file names that are not there; and where a
+service's problem is written."""
 
 from __future__ import annotations
 

@@ -226,8 +226,8 @@ def _pydantic_findings(exc: ValidationError, prefix: Loc = ()) -> list[Finding]:
 
 def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Finding], list[Edge]]:
     """Parse and validate TOML text; raise SpecError listing every error found."""
-    plain = toml_lines.read(text)
     try:
+        plain = toml_lines.read(text)
         data, flow_lines = plain if plain else (tomllib.loads(text), None)
     except tomllib.TOMLDecodeError as exc:
         m = _TOML_POS.search(str(exc))
@@ -235,6 +235,13 @@ def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Fi
         message = _TOML_POS.sub("", str(exc)).strip()
         raise SpecError([Diagnostic(file, line, col, "error", "", f"invalid TOML: {message}",
                                     "fix the syntax at that position")]) from None
+    except ValueError:
+        # not TOMLDecodeError: an integer longer than Python's int() converts
+        long = re.search(r"[0-9][0-9_]{4299,}", text)
+        line = text.count("\n", 0, long.start()) + 1 if long else 1
+        raise SpecError([Diagnostic(file, line, None, "error", "", "invalid TOML: an integer "
+                                    "of more than 4300 digits", "write a number castle can "
+                                    "use (a port or a count)")]) from None
     except RecursionError:
         # tomllib recurses per nesting level: thousands of [[[...]]] exhaust the stack
         raise SpecError([Diagnostic(file, 1, None, "error", "", "invalid TOML: arrays or "

@@ -28,7 +28,8 @@ _TAIL = r"[ \t]*(?:#.*)?$"
 _LINE = re.compile(  # groups: key, scalar, items, array header, table header, blank
     rf"[ \t]*(?:"
     rf"({_KEY})[ \t]*=[ \t]*(?:({_SCALAR})"
-    rf"|\[([ \t]*(?:(?:{_SCALAR})[ \t]*,[ \t]*)*(?:(?:{_SCALAR})[ \t]*,?[ \t]*)?)\])"
+    # blanks go to one pattern only: `[ \t]*,?[ \t]*` made a refused long line quadratic
+    rf"|\[([ \t]*(?:(?:{_SCALAR})[ \t]*,[ \t]*)*(?:(?:{_SCALAR})[ \t]*(?:,[ \t]*)?)?)\])"
     rf"{_TAIL}"
     rf"|\[\[({_KEY}(?:\.{_KEY})*)\]\]{_TAIL}"
     rf"|\[({_KEY}(?:\.{_KEY})*)\]{_TAIL}"

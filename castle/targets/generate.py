@@ -10,7 +10,7 @@ from pathlib import Path
 from castle import targets as target_registry
 from castle.errors import UsageError
 from castle.io import manifest
-from castle.io.write import Output, Prune, diff_outputs, locked, write_outputs
+from castle.io.write import Output, Prune, diff_outputs, locked, write_outputs, writes
 from castle.plan import Plan, compile_plan, select_targets
 from castle.spec.load import Loaded, load
 from castle.spec.model import TARGETS
@@ -73,6 +73,8 @@ def generate(spec_path: str | Path, out: str | Path | None = None, *,
     if {"compose", "k8s"} & set(plan.targets):
         # the files compose.yaml and the kustomization mount exist before either is written:
         # a first `docker compose up` never meets a missing secret (and refusal writes nothing)
+        if root.is_dir():  # a refusal writes nothing, keys included (write_outputs re-checks)
+            writes(root.resolve() if root.is_symlink() else root, outputs, force=force)
         root.mkdir(parents=True, exist_ok=True)
         with locked(root):  # another run's write_outputs sweeps temporary files below root
             issued, castle = _certificates(plan, root)

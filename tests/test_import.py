@@ -494,3 +494,24 @@ def test_unset_port_variable_is_named_at_its_line(tmp_path: Path,
     (tmp_path / ".env").write_text("MG_PORT=8080\n")
     assert runner.invoke(app, ["import", str(compose), "-o", str(out)]).exit_code == 0
     assert out.exists()
+
+
+@pytest.mark.parametrize("ports", [
+    "      - target: 80\n        published: 8080\n        host_ip: localhost\n",
+    '      - "localhost:8080:80"\n'])
+def test_host_address_that_is_no_ip_is_named_at_its_line(tmp_path: Path, ports: str) -> None:
+    """compose refuses a host address that is a name; so do import and audit, at the line of
+    the service's ports, exit 2, nothing written (it was an internal error); an IP address
+    there (the control) imports."""
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text("services:\n  web:\n    image: nginx:1.27\n    ports:\n" + ports)
+    out = tmp_path / "zones.toml"
+    for args in (["import", str(compose), "-o", str(out)], ["audit", str(compose)]):
+        cli = runner.invoke(app, args)
+        assert cli.exit_code == 2, cli.output
+        assert f"{compose}:4: services.web: host address 'localhost' is not an IP address" \
+            in cli.output
+        assert "internal error" not in cli.output
+    assert not out.exists()
+    compose.write_text(compose.read_text().replace("localhost", "127.0.0.1"))
+    assert runner.invoke(app, ["import", str(compose), "-o", str(out)]).exit_code == 0

@@ -76,6 +76,11 @@ def parse_ports(item: Any) -> set[PortMap]:
 
 
 def _expand(ip: str, host: str | None, container: str, proto: str) -> set[PortMap]:
+    if ip:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:  # `localhost`, a typo: compose refuses the file too
+            raise UsageError(f"host address {ip!r} is not an IP address") from None
     clo, chi = _range(container)
     if host is None:
         return {PortMap(c, proto, ip, None) for c in range(clo, chi + 1)}

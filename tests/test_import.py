@@ -515,3 +515,20 @@ def test_host_address_that_is_no_ip_is_named_at_its_line(tmp_path: Path, ports: 
     assert not out.exists()
     compose.write_text(compose.read_text().replace("localhost", "127.0.0.1"))
     assert runner.invoke(app, ["import", str(compose), "-o", str(out)]).exit_code == 0
+
+
+def test_volume_device_held_in_a_variable_is_named(tmp_path: Path) -> None:
+    """A local volume bound to a folder whose `device` is a variable cannot be moved for
+    `-o OUT`: the draft's top block says so; a literal device (the control) is moved, not
+    named."""
+    compose = tmp_path / "docker-compose.yml"
+    body = ("services:\n  web:\n    image: nginx:1.27\n    volumes:\n      - data:/data\n"
+            "volumes:\n  data:\n    driver: local\n    driver_opts:\n      type: none\n"
+            "      o: bind\n      device: DEVICE\n")
+    for device, named in (("${DATA_DIR}", True), ("./data", False)):
+        compose.write_text(body.replace("DEVICE", device))
+        out = tmp_path / f"zones-{named}.toml"
+        cli = runner.invoke(app, ["import", str(compose), "-o", str(out)])
+        assert cli.exit_code == 0, cli.output
+        header = out.read_text().split("\nversion = 1\n")[0]
+        assert ("volume 'data': its device ${DATA_DIR} is held in a variable" in header) is named

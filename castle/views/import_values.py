@@ -65,6 +65,14 @@ def variable_paths(key: str, value: Any) -> list[str]:
     return found
 
 
+def variable_device(volume: Any) -> str:
+    """The `device` of a local volume bound to a folder (`o: bind`) when a variable holds
+    it (`${DATA_DIR}`): castle cannot move it for `-o OUT`; "" otherwise."""
+    opts = volume.get("driver_opts") if isinstance(volume, dict) else None
+    device = opts.get("device") if isinstance(opts, dict) and opts.get("o") == "bind" else None
+    return device if isinstance(device, str) and device.startswith("$") else ""
+
+
 def env_text(value: Any) -> str:
     """An environment value as compose writes it after `=`."""
     if isinstance(value, bool):

@@ -397,6 +397,12 @@ class Importer:
                 else:
                     own = import_values.own_name(entry, str(name), self.cf.project)
                     kept[str(name)] = self._paths(own)
+                    held = import_values.variable_device(own)
+                    if held:
+                        self.cannot.append(f"volume {str(name)[:60]!r}: its device {held} is "
+                                           "held in a variable, which resolves from the folder "
+                                           "of the compose file: generated elsewhere, it needs "
+                                           "an absolute value")
             self.top[kind] = [(toml_key(k), toml_value(v)) for k, v in sorted(kept.items())]
 
     def _layout_notes(self) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from typing import Any
+
+from castle.spec.values import publish_defaults
 
 EXT_NET = IPv4Network("203.0.113.0/24")
 class LabError(Exception):
@@ -159,15 +160,11 @@ def _ports(svc: str, text: str) -> list[int]:
     return ports
 
 
-# `${NAME:-VALUE}` / `${NAME-VALUE}`: the forms castle writes in a publish entry
-_DEFAULTED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^${}]*)\}")
-
-
 def _defaults(value: Any) -> Any:
     """A port entry's variables filled with their defaults: what castle's firewalls wall
     (and pin), so what the lab builds and probes."""
     if isinstance(value, str):
-        return _DEFAULTED.sub(lambda m: m[1], value)
+        return publish_defaults(value)
     if isinstance(value, Mapping):
         return {k: _defaults(v) for k, v in value.items()}
     return value

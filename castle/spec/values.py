@@ -219,6 +219,14 @@ _PUBLISH = re.compile(
 PUBLISH_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)([0-9]{1,5}(?:-[0-9]{1,5})?)\}")
 PUBLISH_ADDRESS = re.compile(
     r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)([0-9]{1,3}(?:\.[0-9]{1,3}){3})\}")
+
+
+def publish_defaults(text: str) -> str:
+    """A port text with each variable side (the two forms above) replaced by its default:
+    what castle walls, so what the lab builds from a generated compose.yaml."""
+    return PUBLISH_ADDRESS.sub(lambda m: m[3], PUBLISH_VARIABLE.sub(lambda m: m[3], text))
+
+
 _SIDES = {
     "host port": ("${WEB_PORT:-8080}:80", PUBLISH_VARIABLE),
     "container port": ("${PORT:-3000}:${PORT:-3000}", PUBLISH_VARIABLE),

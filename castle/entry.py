@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import os
 import sys
-import types
 from pathlib import Path
 
 
@@ -105,16 +104,10 @@ def fast_check(argv: list[str]) -> bool:
 def quick_start() -> None:
     """Start-up tuning of a command-line run (not of castle used as a library).
 
-    The collector is off: a run allocates much and frees little, and building pydantic's
-    models and typer's commands would otherwise set off collections that find nothing.
-    Pydantic's plugin discovery reads every installed package's metadata; castle's models
-    are its own, so the CLI never loads plugins into them.
+    The collector is off: a run allocates much and frees little, and building the spec's
+    validators and typer's commands would otherwise set off collections that find nothing.
     """
     gc.disable()
-    if "pydantic.plugin._loader" not in sys.modules:
-        loader = types.ModuleType("pydantic.plugin._loader")
-        loader.get_plugins = tuple  # type: ignore[attr-defined]  # no plugins: ()
-        sys.modules["pydantic.plugin._loader"] = loader
 
 
 def run_plain(plain: Plain) -> int:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network
-from typing import Annotated
+from typing import Any
 
-from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
+
+from castle.spec.record import plain
 
 # Ranges no subnet_pool and no container address may use.
 UNUSABLE_POOLS = tuple(
@@ -27,8 +29,18 @@ def _usable(ip: IPv4Address) -> IPv4Address:
     return ip
 
 
+def _address(value: Any) -> IPv4Address:
+    if isinstance(value, IPv4Address):
+        return _usable(value)
+    try:
+        ip = IPv4Address(value)
+    except ValueError:
+        raise PydanticCustomError("ip_v4_address", "Input is not a valid IPv4 address") from None
+    return _usable(ip)
+
+
 # `[services.NAME] address`: an IPv4 address a container may have
-Address = Annotated[IPv4Address, AfterValidator(_usable)]
+ADDRESS = plain(_address, {"type": "string", "format": "ipv4"})
 
 
 class AddressError(Exception):

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from castle.errors import Diagnostic, SpecError, UsageError
 from castle.spec import toml_lines
 from castle.spec.findings import Edge, Finding, Loc, closest, where
 from castle.spec.model import Flow, Service, Spec
+from castle.spec.record import Record, ValidationError
 from castle.spec.rules import check
 
 _PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
@@ -176,27 +175,23 @@ def to_diagnostic(file: str, source: SourceMap, finding: Finding) -> Diagnostic:
                       finding.message, finding.hint)
 
 
-def _fields(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+def _fields(model: type[Record], loc: tuple[str | int, ...]) -> list[str]:
     """The field names allowed at `loc` (for "did you mean" on unknown fields)."""
-    current: Any = model
+    current: type[Record] | None = model
     for part in loc:
         if isinstance(part, int):
-            continue  # a list index: the item has the list's model
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue  # a list index: the item has the list's record
+        if current is None:
             return []
-        info = current.model_fields.get(str(part))
+        info = current.fields.get(str(part))
         if info is None:
-            info = next((f for f in current.model_fields.values() if f.alias == part), None)
+            info = next((f for f in current.fields.values() if f.alias == part), None)
         if info is None:
             return []
-        ann = info.annotation
-        for arg in getattr(ann, "__args__", ()) or ():
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                ann = arg
-        current = ann
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f.alias or n for n, f in current.model_fields.items()]
-    return []
+        current = info.type.records[0] if info.type.records else None
+    if current is None:
+        return []
+    return [f.alias or n for n, f in current.fields.items()]
 
 
 def _pydantic_findings(exc: ValidationError, prefix: Loc = ()) -> list[Finding]:
@@ -260,7 +255,6 @@ def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Fi
     return spec, source, findings, edges
 
 
-_PLACEHOLDER = Flow.model_validate({"from": "internet", "to": "internet"})
 _OPTIONAL_TABLES = frozenset({"firewall", "kubernetes", "mesh", "tls", "compose"})
 
 
@@ -285,7 +279,7 @@ def _piecewise(data: dict[str, Any]) -> list[Finding]:
             flows.append(Flow.model_validate(raw))
         except ValidationError as exc:
             findings += _pydantic_findings(exc, ("flows", i))
-            flows.append(_PLACEHOLDER)
+            flows.append(Flow.model_validate({"from": "internet", "to": "internet"}))
             skip.add(i)
     rest_data = {**data, "services": {}, "flows": []}
     try:

@@ -10,6 +10,7 @@ from castle.errors import WriteRefused
 from castle.io.render import templates_dir
 from castle.io.write import write_file
 from castle.spec.model import Spec
+from castle.spec.record import json_schema as record_schema
 
 
 def starter_text(stack: str, file_name: str = "zones.toml") -> str:
@@ -39,7 +40,7 @@ def write_starter(folder: Path, *, force: bool = False) -> Path:
 
 def json_schema() -> str:
     """The JSON Schema of zones.toml, stable and sorted."""
-    schema = Spec.model_json_schema(by_alias=True)
+    schema = record_schema(Spec)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "castle zones.toml (format version 1)"
     return json.dumps(schema, indent=2, sort_keys=True)

@@ -6,9 +6,9 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BeforeValidator, WithJsonSchema
+from castle.spec.record import STR, Type, before, instance, list_of
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
@@ -105,8 +105,9 @@ def _text(value: Any) -> Any:
     return value
 
 
-Label = Annotated[str, BeforeValidator(_label)]
-Text = Annotated[str, BeforeValidator(_text)]
+# a DNS-1123 label (names of tiers, the stack, namespaces) and a line of free text
+LABEL = before(_label, STR, {"type": "string", "pattern": DNS_LABEL.pattern})
+TEXT = before(_text, STR, {"type": "string", "maxLength": 500})
 
 
 def span(lo: int, hi: int) -> str:
@@ -181,11 +182,7 @@ _PORT_SCHEMA = {
 }
 
 
-PortList = Annotated[
-    list[PortRange],
-    BeforeValidator(_ports),
-    WithJsonSchema({"type": "array", "items": _PORT_SCHEMA}),
-]
+PORT_LIST = before(_ports, list_of(instance(PortRange)), {"type": "array", "items": _PORT_SCHEMA})
 
 
 @dataclass(frozen=True, order=True)
@@ -279,17 +276,11 @@ def _publish(value: Any) -> Any:
     return value
 
 
-PublishList = Annotated[
-    list[PublishEntry],
-    BeforeValidator(_publish),
-    WithJsonSchema(
-        {
-            "type": "array",
-            "items": {"type": "string", "description": "HOST:CONTAINER[/udp] or "
-                      "IP:HOST:CONTAINER, any side may be ${VAR:-VALUE}"},
-        }
-    ),
-]
+PUBLISH_LIST = before(_publish, list_of(instance(PublishEntry)), {
+    "type": "array",
+    "items": {"type": "string", "description": "HOST:CONTAINER[/udp] or IP:HOST:CONTAINER, "
+              "any side may be ${VAR:-VALUE}"},
+})
 
 
 def _endpoints(value: Any) -> Any:
@@ -304,13 +295,9 @@ _ENDPOINT_SCHEMA = {
 }
 
 
-Endpoints = Annotated[
-    list[str],
-    BeforeValidator(_endpoints),
-    WithJsonSchema(
-        {"anyOf": [_ENDPOINT_SCHEMA, {"type": "array", "items": _ENDPOINT_SCHEMA, "minItems": 1}]}
-    ),
-]
+ENDPOINTS: Type = before(_endpoints, list_of(STR), {
+    "anyOf": [_ENDPOINT_SCHEMA, {"type": "array", "items": _ENDPOINT_SCHEMA, "minItems": 1}]
+})
 
 
 # A Deployment and a Service list ports one by one (Kubernetes has no port ranges): past

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic_core import ValidationError
 
 from castle.readers.compose_ports import PortMap
 from castle.spec.model import ComposeTop

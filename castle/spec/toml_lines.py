@@ -68,7 +68,17 @@ def _read(text: str) -> tuple[dict[str, Any], list[int]]:
     arrays: set[int] = set()  # ids of the lists [[headers]] made (the only ones they extend)
     table: dict[str, Any] = root
     match = _LINE.match
+    # a big spec repeats its lines (`[[flows]]`, `tier = "data"`, `ports = [8080]`): each
+    # distinct line is matched once; a value line keeps (key, value, is-a-list)
+    values: dict[str, tuple[str, Any, bool]] = {}
     for n, line in enumerate(text.split("\n"), start=1):
+        known = values.get(line)
+        if known is not None:
+            key, value, listed = known
+            if key in table:
+                raise _Fallback
+            table[key] = list(value) if listed else value
+            continue
         m = match(line)
         if m is None:
             raise _Fallback
@@ -77,9 +87,12 @@ def _read(text: str) -> tuple[dict[str, Any], list[int]]:
             if key in table:
                 raise _Fallback
             if scalar is not None:
-                table[key] = _scalar(scalar)
+                value = _scalar(scalar)
+                values[line] = (key, value, False)
             else:
-                table[key] = [_scalar(x) for x in _ITEM.findall(items)]
+                value = [_scalar(x) for x in _ITEM.findall(items)]
+                values[line] = (key, tuple(value), True)
+            table[key] = value
             continue
         if header is None and name is None:
             continue  # blank or a comment

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 def _split_key(text: str) -> list[str]:
     """The parts of a dotted TOML key, quoted parts unquoted (escapes included)."""
     if "\\" in text:  # an escape in a basic string: let the TOML reader spell it out
+        import tomllib
+
         try:
             node: Any = tomllib.loads(f"{text} = 0")
         except tomllib.TOMLDecodeError:
@@ -221,9 +222,30 @@ def _pydantic_findings(exc: ValidationError, prefix: Loc = ()) -> list[Finding]:
 
 def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Finding], list[Edge]]:
     """Parse and validate TOML text; raise SpecError listing every error found."""
+    plain = toml_lines.read(text)
+    if plain is not None:
+        data, flow_lines = plain
+    else:
+        data, flow_lines = _read_toml(text, file), None
+    source = SourceMap(text, flow_lines)
     try:
-        plain = toml_lines.read(text)
-        data, flow_lines = plain if plain else (tomllib.loads(text), None)
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        findings = _piecewise(data) or _pydantic_findings(exc)
+        raise SpecError([to_diagnostic(file, source, f) for f in findings]) from None
+    findings, edges = check(spec)
+    findings += _compose_findings(spec)
+    if any(f.severity == "error" for f in findings):
+        raise SpecError([to_diagnostic(file, source, f) for f in findings])
+    return spec, source, findings, edges
+
+
+def _read_toml(text: str, file: str) -> dict[str, Any]:
+    """tomllib's reading of a text outside the plain subset (imported only for one)."""
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = _TOML_POS.search(str(exc))
         line, col = (int(m.group(1)), int(m.group(2))) if m else (1, None)
@@ -242,17 +264,6 @@ def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Fi
         raise SpecError([Diagnostic(file, 1, None, "error", "", "invalid TOML: arrays or "
                                     "inline tables nested too deeply",
                                     "a zones.toml needs a few levels at most")]) from None
-    source = SourceMap(text, flow_lines)
-    try:
-        spec = Spec.model_validate(data)
-    except ValidationError as exc:
-        findings = _piecewise(data) or _pydantic_findings(exc)
-        raise SpecError([to_diagnostic(file, source, f) for f in findings]) from None
-    findings, edges = check(spec)
-    findings += _compose_findings(spec)
-    if any(f.severity == "error" for f in findings):
-        raise SpecError([to_diagnostic(file, source, f) for f in findings])
-    return spec, source, findings, edges
 
 
 _OPTIONAL_TABLES = frozenset({"firewall", "kubernetes", "mesh", "tls", "compose"})

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import tomllib
 from pathlib import Path
 
 from castle.errors import Diagnostic
+from castle.spec import toml_lines
 
 # 128 /16 pools in 10.128.0.0/9: clear of Docker's own default pools (172.17-31, 192.168)
 _BASE = ipaddress.IPv4Network("10.128.0.0/9")
@@ -25,13 +25,19 @@ def default_pool(stack: str) -> ipaddress.IPv4Network:
 def _pool_of(path: Path) -> tuple[str, ipaddress.IPv4Network] | None:
     """(stack name, pool) of a spec file, None when it is not one that reads."""
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        plain = toml_lines.read(text)
+        if plain is None:
+            import tomllib
+
+            doc = tomllib.loads(text)
+        else:
+            doc = plain[0]
         stack = doc["stack"]
         name = str(stack["name"])
         pool = stack.get("subnet_pool")
         return name, ipaddress.IPv4Network(pool) if pool else default_pool(name)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError,
-            ValueError):
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError):  # TOML's too
         return None
 
 

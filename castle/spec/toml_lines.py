@@ -58,7 +58,7 @@ def read(text: str) -> tuple[dict[str, Any], list[int]] | None:
         return None
     try:
         return _read(text)
-    except _Fallback:
+    except (_Fallback, ValueError):  # ValueError: an integer past int()'s digit limit
         return None
 
 

@@ -15,10 +15,13 @@ from castle import commands
 from castle.commands import Exit, err, folder
 from castle.errors import UsageError
 
+# Help and usage errors in click's plain layout: typer's rich layout imports rich,
+# markdown-it and pygments, which cost a `castle --help` more than castle itself.
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="castle: one concentric-walls spec, every wall that enforces it.",
 )
 
@@ -355,7 +358,8 @@ def main() -> None:
     if not chosen:
         app()
         return
-    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=app.info.help)
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+                      help=app.info.help)
     one.registered_commands = chosen
     one.registered_callback = app.registered_callback  # the same group options (--version)
     one()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from operator import attrgetter
+from typing import Any, NamedTuple
 
-from castle.io.render import render
+from castle.io.render import environment, render, yaml_scalar
 from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService
 from castle.spec.findings import INTERNET, is_outside
@@ -26,157 +27,185 @@ from castle.tls import recipes as tls_recipes
 
 POLICIES = "k8s/networkpolicies.yaml"
 KUSTOMIZATION = "k8s/kustomization.yaml"
+PARTS = "networkpolicies-parts.yaml.j2"
 DENY = "castle-default-deny"
 DNS = "castle-allow-dns"
 
 Labels = list[tuple[str, str]]
+Ports = tuple[tuple[str, int, int], ...]  # (TCP|UDP, port, endPort or 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """One `from` / `to` entry: pods (namespace AND pod selector in ONE entry) or an ipBlock."""
-
-    ns_labels: Labels | None = None
-    pod_labels: Labels | None = None
-    cidr: str = ""
-    excepts: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class Rule:
-    """One ingress or egress rule: a peer and the ports it may use."""
+class Entry(NamedTuple):
+    """One ingress or egress rule: its comment, its peer entry and its ports, as YAML text."""
 
     comment: str
-    peers: list[Peer]
-    ports: list[tuple[str, int, int]]  # (TCP|UDP, port, endPort or 0)
+    peer: str
+    ports: str
 
 
-@dataclass(slots=True)
-class Policy:
-    """One NetworkPolicy, ready for the template."""
+class Policy(NamedTuple):
+    """One NetworkPolicy, ready for the template: names and labels already YAML-quoted."""
 
+    comment: str
     name: str
     namespace: str
-    comment: str
+    annotations: list[tuple[str, str]]
     pod_labels: Labels
     types: list[str]
-    annotations: list[tuple[str, str]] = field(default_factory=list)
-    ingress: list[Rule] = field(default_factory=list)
-    egress: list[Rule] = field(default_factory=list)
+    ingress: list[Entry]
+    egress: list[Entry]
 
 
-def _pods_peer(plan: Plan, svc: PlanService, home: str) -> Peer:
-    known: dict[tuple[str, str], Peer] = plan.memo.setdefault("k8s_pods_peer", {})
-    peer = known.get((svc.name, home))
-    if peer is None:
-        peer = known[svc.name, home] = _new_pods_peer(plan, svc, home)
-    return peer
+def _quoted(pairs: Iterable[tuple[str, str]]) -> Labels:
+    return [(yaml_scalar(k), yaml_scalar(v)) for k, v in pairs]
 
 
-def _new_pods_peer(plan: Plan, svc: PlanService, home: str) -> Peer:
-    ns = namespace_of(plan, svc.name)
-    if ns == home and not plan.spec.kubernetes.tier_namespaces:
-        return Peer(pod_labels=list(svc.labels))
-    return Peer(ns_labels=[(NS_LABEL, ns)], pod_labels=list(svc.labels))
+class _Pair(NamedTuple):
+    """What the ingress rule of dst and the egress rule of src share: flows and ports."""
+
+    ids: tuple[int, ...]  # the flows behind the connections, sorted
+    flows: str  # "flows[3] (description), flows[9]"
+    ports: str
 
 
-def outside_peer(plan: Plan, peer: str, ingress: bool) -> Peer:
-    """The peer entry for internet or a CIDR, as the spec's [kubernetes] table asks."""
-    k = plan.spec.kubernetes
-    if peer == INTERNET and ingress and k.ingress_namespace:
-        return Peer(ns_labels=[(NS_LABEL, k.ingress_namespace)],
-                    pod_labels=sorted(k.ingress_pod_labels.items()) or None)
-    if peer == INTERNET:
-        excepts = () if ingress else tuple(str(n) for n in plan.internet_except)
-        return Peer(cidr=EVERYWHERE, excepts=excepts)
-    return Peer(cidr=peer.removeprefix("cidr:"))
+class _Writer:
+    """The text of each distinct peer and port list, rendered once through the parts macros
+    (a big stack names the same service in hundreds of rules), and the quoted values."""
 
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.parts: Any = environment().get_template(PARTS).module
+        self.peers: dict[tuple[str, str, bool], str] = {}
+        self.pods: dict[tuple[str, str], str] = {}  # (service, home) -> its peer entry
+        self.ports: dict[Ports, str] = {}
+        self.labels: dict[str, Labels] = {}  # service -> its labels, quoted
+        self.flow_texts: dict[int, str] = {}
+        self.notes: dict[int, list[tuple[str, str]]] = {}  # flow -> its annotations, quoted
 
-def _ports(conns: list[Conn]) -> list[tuple[str, int, int]]:
-    return [(c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0)
-            for c in sorted(conns, key=lambda c: (c.proto, c.lo, c.hi))]
+    def peer(self, name: str, home: str, ingress: bool) -> str:
+        """The `from` / `to` entry of a service, internet or a CIDR, seen from namespace home."""
+        key = (name, home, ingress)
+        text = self.peers.get(key)
+        if text is None:
+            text = self.peers[key] = self._peer(name, home, ingress)
+        return text
 
+    def _peer(self, name: str, home: str, ingress: bool) -> str:
+        plan, parts = self.plan, self.parts
+        if not is_outside(name):
+            text = self.pods.get((name, home))
+            if text is None:
+                svc = plan.service(name)
+                ns = namespace_of(plan, name)
+                if ns == home and not plan.spec.kubernetes.tier_namespaces:
+                    text = str(parts.pods(None, svc.labels))
+                else:
+                    text = str(parts.pods([(NS_LABEL, ns)], svc.labels))
+                self.pods[name, home] = text
+            return text
+        k = plan.spec.kubernetes
+        if name == INTERNET and ingress and k.ingress_namespace:
+            return str(parts.pods([(NS_LABEL, k.ingress_namespace)],
+                                  sorted(k.ingress_pod_labels.items()) or None))
+        if name == INTERNET:
+            excepts = () if ingress else tuple(str(n) for n in plan.internet_except)
+            return str(parts.ip_block(EVERYWHERE, excepts))
+        return str(parts.ip_block(name.removeprefix("cidr:"), ()))
 
-def _flows_text(plan: Plan, conns: list[Conn]) -> str:
-    flows = plan.spec.flows
-    if len(conns) == 1 and len(conns[0].flows) == 1:  # the common case: no set to sort
-        i = conns[0].flows[0]
-        desc = flows[i].description
-        return f"flows[{i}] ({desc})" if desc else f"flows[{i}]"
-    parts = []
-    for i in sorted({i for c in conns for i in c.flows}):
-        desc = flows[i].description
-        parts.append(f"flows[{i}]" + (f" ({desc})" if desc else ""))
-    return ", ".join(parts)
+    def port_list(self, ports: Ports) -> str:
+        """The `ports:` items of one rule."""
+        text = self.ports.get(ports)
+        if text is None:
+            text = self.ports[ports] = str(self.parts.ports(ports))
+        return text
 
+    def pair(self, conns: list[Conn]) -> _Pair:
+        """Flows and ports of the connections between two peers (sorted by port)."""
+        ids: tuple[int, ...] = conns[0].flows
+        if len(conns) > 1 or len(ids) > 1:  # else the common case: no set to sort
+            ids = tuple(sorted({i for c in conns for i in c.flows}))
+        ports = tuple((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0) for c in conns)
+        return _Pair(ids, ", ".join([self.flow_text(i) for i in ids]), self.port_list(ports))
 
-def _annotations(plan: Plan, conns: list[Conn]) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for i in sorted({i for c in conns for i in c.flows}):
-        flow = plan.spec.flows[i]
-        if flow.description:
-            out.append((f"castle/flow-{i}", flow.description))
-        if flow.waiver:
-            out.append((f"castle/waiver-{i}", flow.waiver))
-    return out
+    def flow_text(self, i: int) -> str:
+        """flows[i] and its description."""
+        text = self.flow_texts.get(i)
+        if text is None:
+            desc = self.plan.spec.flows[i].description
+            text = self.flow_texts[i] = f"flows[{i}] ({desc})" if desc else f"flows[{i}]"
+        return text
 
+    def pod_labels(self, svc: PlanService) -> Labels:
+        """A service's labels, quoted."""
+        labels = self.labels.get(svc.name)
+        if labels is None:
+            labels = self.labels[svc.name] = _quoted(svc.labels)
+        return labels
 
-def _group(order: dict[str, int], conns: list[Conn], key: str) -> list[tuple[str, list[Conn]]]:
-    """Connections grouped by peer (key 'src' or 'dst'), internet and CIDRs after services."""
-    groups: dict[str, list[Conn]] = {}
-    for c in conns:
-        groups.setdefault(getattr(c, key), []).append(c)
-    return sorted(groups.items(), key=lambda kv: (kv[0] not in order, order.get(kv[0], 0),
-                                                  kv[0] != INTERNET, kv[0]))
-
-
-def service_policies(plan: Plan, svc: PlanService, inbound: list[Conn],
-                     outbound: list[Conn]) -> list[Policy]:
-    """The ingress and egress policies of one service (none when it has no flows that way)."""
-    ns = namespace_of(plan, svc.name)
-    order = plan.rank
-    out: list[Policy] = []
-    if inbound:
-        rules = []
-        for src, conns in _group(order, inbound, "src"):
-            peer = (outside_peer(plan, src, ingress=True) if is_outside(src)
-                    else _pods_peer(plan, plan.service(src), ns))
-            rules.append(Rule(f"from {src}: {_flows_text(plan, conns)}", [peer], _ports(conns)))
-        out.append(Policy(f"{svc.name}-ingress", ns, f"who may open connections to {svc.name}",
-                          list(svc.labels), ["Ingress"], _annotations(plan, inbound),
-                          ingress=rules))
-    if outbound:
-        rules = []
-        for dst, conns in _group(order, outbound, "dst"):
-            peer = (outside_peer(plan, dst, ingress=False) if is_outside(dst)
-                    else _pods_peer(plan, plan.service(dst), ns))
-            rules.append(Rule(f"to {dst}: {_flows_text(plan, conns)}", [peer], _ports(conns)))
-        out.append(Policy(f"{svc.name}-egress", ns, f"where {svc.name} may open connections",
-                          list(svc.labels), ["Egress"], _annotations(plan, outbound),
-                          egress=rules))
-    return out
+    def annotations(self, pairs: list[_Pair]) -> list[tuple[str, str]]:
+        """castle/flow-N and castle/waiver-N of the flows behind a policy's rules."""
+        out: list[tuple[str, str]] = []
+        for i in sorted({i for p in pairs for i in p.ids}):
+            notes = self.notes.get(i)
+            if notes is None:
+                flow = self.plan.spec.flows[i]
+                notes = self.notes[i] = _quoted(
+                    ([(f"castle/flow-{i}", flow.description)] if flow.description else [])
+                    + ([(f"castle/waiver-{i}", flow.waiver)] if flow.waiver else []))
+            out += notes
+        return out
 
 
 def policies(plan: Plan) -> list[Policy]:
     """Every NetworkPolicy: per namespace default deny and DNS, then per service."""
     k = plan.spec.kubernetes
+    w = _Writer(plan)
     out: list[Policy] = []
+    dns_peer = str(w.parts.pods([(NS_LABEL, k.dns_namespace)],
+                                sorted(k.dns_pod_labels.items()) or None))
+    dns = [Entry("cluster DNS", dns_peer, w.port_list((("UDP", 53, 0), ("TCP", 53, 0))))]
     for ns in used_namespaces(plan):
-        out.append(Policy(DENY, ns, "deny every connection in and out unless allowed below",
-                          [], ["Ingress", "Egress"]))
-        dns = Peer(ns_labels=[(NS_LABEL, k.dns_namespace)],
-                   pod_labels=sorted(k.dns_pod_labels.items()) or None)
-        out.append(Policy(DNS, ns, "every pod may resolve names through the cluster DNS",
-                          [], ["Egress"],
-                          egress=[Rule("cluster DNS", [dns], [("UDP", 53, 0), ("TCP", 53, 0)])]))
-    inbound: dict[str, list[Conn]] = {}
-    outbound: dict[str, list[Conn]] = {}
-    for c in plan.conns:
-        inbound.setdefault(c.dst, []).append(c)
-        outbound.setdefault(c.src, []).append(c)
+        q = yaml_scalar(ns)
+        out.append(Policy("deny every connection in and out unless allowed below",
+                          yaml_scalar(DENY), q, [], [], ["Ingress", "Egress"], [], []))
+        out.append(Policy("every pod may resolve names through the cluster DNS",
+                          yaml_scalar(DNS), q, [], [], ["Egress"], [], dns))
+    # one stable sort by port: each pair's connections keep that order, as a sort of its own
+    # would; a pair's flows and ports serve the ingress of dst and the egress of src alike
+    by_pair: dict[tuple[str, str], list[Conn]] = {}
+    for c in sorted(plan.conns, key=attrgetter("proto", "lo", "hi")):
+        by_pair.setdefault((c.src, c.dst), []).append(c)
+    pairs = {key: w.pair(conns) for key, conns in by_pair.items()}
+    # peers in the plan's order of services, then internet, then CIDRs
+    rank: dict[str, tuple[bool, int, bool, str]] = {
+        s: (False, i, True, s) for s, i in plan.rank.items()}
+    inbound: dict[str, list[str]] = {}
+    outbound: dict[str, list[str]] = {}
+    for src, dst in pairs:
+        inbound.setdefault(dst, []).append(src)
+        outbound.setdefault(src, []).append(dst)
+        for peer in (src, dst):
+            if peer not in rank:
+                rank[peer] = (True, 0, peer != INTERNET, peer)
     for svc in plan.services:
-        out.extend(service_policies(plan, svc, inbound.get(svc.name, []),
-                                    outbound.get(svc.name, [])))
+        name, ns = svc.name, namespace_of(plan, svc.name)
+        q = yaml_scalar(ns)
+        if name in inbound:
+            srcs = sorted(inbound[name], key=rank.__getitem__)
+            used = [pairs[src, name] for src in srcs]
+            entries = [Entry(f"from {src}: {p.flows}", w.peer(src, ns, True), p.ports)
+                       for src, p in zip(srcs, used, strict=True)]
+            out.append(Policy(f"who may open connections to {name}",
+                              yaml_scalar(f"{name}-ingress"), q, w.annotations(used),
+                              w.pod_labels(svc), ["Ingress"], entries, []))
+        if name in outbound:
+            dsts = sorted(outbound[name], key=rank.__getitem__)
+            used = [pairs[name, dst] for dst in dsts]
+            entries = [Entry(f"to {dst}: {p.flows}", w.peer(dst, ns, False), p.ports)
+                       for dst, p in zip(dsts, used, strict=True)]
+            out.append(Policy(f"where {name} may open connections",
+                              yaml_scalar(f"{name}-egress"), q, w.annotations(used),
+                              w.pod_labels(svc), ["Egress"], [], entries))
     return out
 
 
@@ -273,8 +302,9 @@ def paths(plan: Plan) -> list[str]:
 
 def outputs(plan: Plan) -> list[Output]:
     """The k8s target's files."""
+    managed = f"{yaml_scalar(MANAGED[0])}: {yaml_scalar(MANAGED[1])}"
     pols = render("networkpolicies.yaml.j2", header=header(plan.source_name, plan.sha256),
-                  policies=policies(plan), managed=MANAGED,
+                  policies=policies(plan), managed=managed,
                   namespaces=used_namespaces(plan))
     kust = render("kustomization.yaml.j2", **kustomization_context(plan))
     files = [Output(POLICIES, pols), Output(KUSTOMIZATION, kust)]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
-from castle.io.render import render
+from castle.io.render import environment, render, yaml_scalar
 from castle.io.write import Output, header
 from castle.plan import Plan, PlanService
 from castle.spec.values import MAX_DECLARED_PORTS, listen_count
@@ -39,8 +39,11 @@ _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")  # what the API server a
 _DNS_1035 = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
 
 
-@dataclass
-class Port:
+PARTS = "workloads-parts.yaml.j2"
+Labels = list[tuple[str, str]]
+
+
+class Port(NamedTuple):
     """One containerPort and Service port."""
 
     name: str
@@ -48,32 +51,62 @@ class Port:
     number: int
 
 
-@dataclass
-class Workload:
-    """One service's ServiceAccount, Service and Deployment, ready for the template."""
+class Workload(NamedTuple):
+    """One service's ServiceAccount, Service and Deployment, ready for the template: every
+    value from the spec already YAML-quoted, except the raw texts the template comments on."""
 
-    name: str
+    name: str  # as written, for comments
+    qname: str
     namespace: str
-    comment: str
-    labels: list[tuple[str, str]]
-    service_account: str
+    comment: str  # as written
+    labels: Labels
+    account: str
     image: str
-    ports: list[Port]
     service: bool  # a Service is written (the name is a DNS-1035 label and ports exist)
-    undeclared: int = 0  # listen ports too many to declare
-    env: list[tuple[str, str]] = field(default_factory=list)
-    skipped_env: list[str] = field(default_factory=list)
-    command: list[str] | None = None
-    args: list[str] | None = None
-    working_dir: str = ""
-    run_as: tuple[int | None, int | None] = (None, None)
-    fs_group: int | None = None
-    mode: int = 0o440
-    mounts: list[tuple[str, str]] = field(default_factory=list)  # (mountPath, subPath)
-    configs: list[tuple[str, str]] = field(default_factory=list)  # ConfigMap key -> text
+    service_ports: str  # the Service's `ports:` items ("" when it has none)
+    container_ports: str  # the container's `ports:` items ("" when it has none)
+    undeclared: int  # listen ports too many to declare
+    config_map: str  # the ConfigMap of the TLS recipe's files
+    configs: Labels  # ConfigMap key -> text
+    annotations: Labels
+    run_user: str  # "" when not numeric
+    run_group: str
+    fs_group: str
+    command: list[str] | None
+    args: list[str] | None
+    working_dir: str
+    skipped_env: list[str]  # as written, for a comment
+    env: Labels
+    mounts: Labels  # (mountPath, subPath)
+    mode: int
     # projected volume sources: (secret, [(key, path)]), one per Secret
-    sources: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
-    annotations: list[tuple[str, str]] = field(default_factory=list)
+    sources: list[tuple[str, Labels]]
+
+
+def _quoted(pairs: Iterable[tuple[str, str]]) -> Labels:
+    return [(yaml_scalar(k), yaml_scalar(v)) for k, v in pairs]
+
+
+def _quoted_int(value: int | None) -> str:
+    return "" if value is None else yaml_scalar(value)
+
+
+class _PortLists:
+    """The text of each distinct port list, rendered once through the parts macros."""
+
+    def __init__(self) -> None:
+        self.parts: Any = environment().get_template(PARTS).module
+        self.known: dict[tuple[Port, ...], tuple[str, str]] = {}
+
+    def texts(self, ports: list[Port]) -> tuple[str, str]:
+        """The Service's and the container's `ports:` items."""
+        key = tuple(ports)
+        texts = self.known.get(key)
+        if texts is None:
+            texts = self.known[key] = ((str(self.parts.service_ports(key)),
+                                        str(self.parts.container_ports(key)))
+                                       if key else ("", ""))
+        return texts
 
 
 def k8s_text(value: Any) -> str | None:
@@ -146,7 +179,7 @@ def _sources(items: list[tuple[str, str, str]]) -> list[tuple[str, list[tuple[st
             for secret in sorted(by_secret)]
 
 
-def workload(plan: Plan, svc: PlanService) -> Workload:
+def workload(plan: Plan, svc: PlanService, port_lists: _PortLists | None = None) -> Workload:
     """Everything the templates write about one service."""
     ports = _ports(svc)
     env, skipped = _environment(plan, svc)
@@ -177,32 +210,38 @@ def workload(plan: Plan, svc: PlanService) -> Workload:
             group = wiring.owner.gid
     if run_as[0] == 0 and run_as[1] in (None, 0):
         group = None  # root reads anything
-    w = Workload(
+    command = _words(compose.get("entrypoint"))
+    working_dir = k8s_text(compose.get("working_dir") or "") or ""
+    service_ports, container_ports = (port_lists or _PortLists()).texts(ports)
+    q = yaml_scalar
+    return Workload(
         name=svc.name,
-        namespace=namespace_of(plan, svc.name),
+        qname=q(svc.name),
+        namespace=q(namespace_of(plan, svc.name)),
         comment=svc.spec.description,
-        labels=list(svc.labels),
-        service_account=svc.service_account,
-        image=svc.image,
-        ports=ports,
+        labels=_quoted(svc.labels),
+        account=q(svc.service_account),
+        image=q(svc.image),
         service=bool(ports) and bool(_DNS_1035.match(svc.name)),
+        service_ports=service_ports,
+        container_ports=container_ports,
         undeclared=0 if ports else listen_count(svc.spec.listen),
-        env=env,
+        config_map=q(svc.name + "-castle-tls"),
+        configs=_quoted(sorted(configs)),
+        annotations=_quoted(LINKERD_POD) if mesh_kind(plan) == "linkerd" else [],
+        run_user=_quoted_int(run_as[0]),
+        run_group=_quoted_int(run_as[1]),
+        fs_group=_quoted_int(group if mounts else None),
+        command=None if command is None else [q(w) for w in command],
+        args=None if args is None else [q(w) for w in args],
+        working_dir=q(working_dir) if working_dir else "",
         skipped_env=skipped,
-        command=_words(compose.get("entrypoint")),
-        args=args,
-        working_dir=k8s_text(compose.get("working_dir") or "") or "",
-        run_as=run_as,
-        fs_group=group if mounts else None,
+        env=_quoted(env),
+        mounts=_quoted(sorted(mounts)),
         # without a known group the container's unknown user must still read its own key
         mode=0o440 if group is not None or run_as[0] == 0 else 0o444,
-        mounts=sorted(mounts),
-        sources=_sources(items),
-        configs=sorted(configs),
+        sources=[(q(secret), _quoted(kps)) for secret, kps in _sources(items)],
     )
-    if mesh_kind(plan) == "linkerd":
-        w.annotations = list(LINKERD_POD)
-    return w
 
 
 def namespace_objects(plan: Plan) -> list[dict[str, Any]]:
@@ -225,7 +264,11 @@ def outputs(plan: Plan) -> list[Output]:
     head = header(plan.source_name, plan.sha256)
     namespaces = render("namespaces.yaml.j2", header=head, namespaces=namespace_objects(plan),
                         mesh=mesh_kind(plan))
-    loads = render("workloads.yaml.j2", header=head, managed=MANAGED,
-                   accounts=service_accounts(plan), volume=TLS_VOLUME,
-                   workloads=[workload(plan, s) for s in plan.services])
+    port_lists = _PortLists()
+    accounts = [(yaml_scalar(ns), yaml_scalar(sa)) for ns, sa in service_accounts(plan)]
+    loads = render("workloads.yaml.j2", header=head,
+                   managed=f"{yaml_scalar(MANAGED[0])}: {yaml_scalar(MANAGED[1])}",
+                   accounts=accounts,
+                   volume=yaml_scalar(TLS_VOLUME),
+                   workloads=[workload(plan, s, port_lists) for s in plan.services])
     return [Output(NAMESPACES, namespaces), Output(WORKLOADS, loads)]

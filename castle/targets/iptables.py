@@ -84,6 +84,11 @@ class Ruleset:
         self.rules.append(Rule(chain, spec, src, dst))
         self._lines[chain].append(f"-A {chain} {spec}")
 
+    def extend(self, chain: str, rows: list[tuple[str, str, str]]) -> None:
+        """Append (spec, src, dst) rules whose comments are in place already."""
+        self.rules += [Rule(chain, spec, src, dst) for spec, src, dst in rows]
+        self._lines[chain] += [f"-A {chain} {spec}" for spec, _, _ in rows]
+
     def lines(self) -> list[str]:
         """Rules grouped by chain, each group after a `#` line saying what the chain is for."""
         said: dict[str, str] = {}  # the tree's chains share a few notes
@@ -190,8 +195,9 @@ def shared(plan: Plan, a: str, b: str) -> list[tuple[IPv4Address, IPv4Address]]:
 def shared_text(plan: Plan, a: str, b: str) -> list[tuple[str, str]]:
     """`shared`, as address text."""
     texts = plan.address_text
-    mine = texts[a]
-    pairs = [(mine[net], ip) for net, ip in texts[b].items() if net in mine]
+    mine, theirs = texts[a], texts[b]
+    # network names sort as each service's networks do
+    pairs = [(mine[net], theirs[net]) for net in sorted(theirs.keys() & mine.keys())]
     if not pairs:
         raise CastleError(f"iptables: {a} and {b} share no network, yet a flow joins them")
     return pairs
@@ -206,11 +212,13 @@ def ports(proto: str, lo: int, hi: int) -> str:
 def describe(plan: Plan, conn: Conn) -> str:
     """The comment of an allowing rule: the connection, then its flows with their lines
     (once per plan: iptables and nftables both write it)."""
-    known: dict[Conn, str] = plan.memo.setdefault("describe", {})
-    text = known.get(conn)
-    if text is None:
-        text = known[conn] = _describe(plan, conn)
-    return text
+    # keyed by identity (the plan's connections are asked for again and again; the entry
+    # holds the connection, so its id is never reused): a dataclass hash is slow Python
+    known: dict[int, tuple[Conn, str]] = plan.memo.setdefault("describe", {})
+    entry = known.get(id(conn))
+    if entry is None or entry[0] is not conn:
+        entry = known[id(conn)] = (conn, _describe(plan, conn))
+    return entry[1]
 
 
 def _describe(plan: Plan, conn: Conn) -> str:
@@ -260,8 +268,7 @@ def _tree(rs: Ruleset, kind: str, opt: str, bits: int, counter: Iterator[int],
     collector off for a command-line run it would keep the whole ruleset alive)."""
     name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (prefix tree)")
     if hi - lo <= LEAF:
-        for _, text, leaf in items[lo:hi]:
-            rs.add(name, f"{opt} {text}/32 -g {leaf}")
+        rs.extend(name, [(f"{opt} {text}/32 -g {leaf}", "", "") for _, text, leaf in items[lo:hi]])
     else:
         # the items are sorted: each group (the same `bits` bits after the common prefix)
         # ends where the next value of those bits begins
@@ -373,13 +380,15 @@ def _log_chains(plan: Plan, rs: Ruleset) -> tuple[dict[str, str], dict[str, str]
 def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
                  own: list[IPv4Network], conns: list[Conn], pubs: list[Published],
                  drop: str = "DROP") -> None:
+    rows: list[tuple[str, str, str]] = []
     for c in conns:
         if is_outside(c.src):
             continue
         # the comment placed as add() places it, once for every shared network
         tail = f"{ports(c.proto, c.lo, c.hi)} {_note(describe(plan, c))} -j RETURN"
-        for sa, da in shared_text(plan, c.src, c.dst):
-            rs.add(chain, f"-s {sa}/32 -d {da}/32 {tail}", "", c.src, c.dst)
+        rows += [(f"-s {sa}/32 -d {da}/32 {tail}", c.src, c.dst)
+                 for sa, da in shared_text(plan, c.src, c.dst)]
+    rs.extend(chain, rows)
     if pubs:
         for b in own:
             rs.add(chain, f"-s {b} -j {drop}",
@@ -487,7 +496,7 @@ def script(plan: Plan, rs: Ruleset, *, container: str = "") -> str:
         tag=rs.tag,
         chains=rs.chains,
         hooks=rs.hooks,
-        lines=rs.lines(),
+        rules="\n".join(rs.lines()),  # each line made in Python; a ruleset has one at least
         bridge=not container,
         ssh=f"{fw.ssh_port}/tcp from {', '.join(str(n) for n in fw.ssh_sources)}",
         manage_input=fw.manage_input,

@@ -20,6 +20,8 @@ from castle.spec.model import METADATA, TARGETS, Service, Spec
 from castle.spec.values import PortRange, publish_ranges, span
 from castle.words import count
 
+_OCTETS = tuple(str(n) for n in range(256))  # the last number of an address, as text
+
 
 @dataclass(frozen=True, order=True, slots=True)
 class Conn:
@@ -145,22 +147,47 @@ class Plan:
     @functools.cached_property
     def address_text(self) -> dict[str, dict[str, str]]:
         """Service -> network -> its address there, as text (formatted once for all targets)."""
-        return {s.name: {net: str(ip) for net, ip in s.networks} for s in self.services}
+        texts: dict[str, dict[str, str]] = {s.name: {} for s in self.services}
+        for net in self.networks:  # in name order, as each service's networks are
+            # the addresses of a /24 or smaller share their first three numbers
+            base = int(net.subnet.network_address)
+            head = f"{base >> 24}.{base >> 16 & 255}.{base >> 8 & 255}."
+            for member, ip in net.addresses:
+                n = int(ip)
+                texts[member][net.name] = (head + _OCTETS[n & 255] if n >> 8 == base >> 8
+                                           else str(ip))
+        return texts
+
+    @functools.cached_property
+    def _sides(self) -> tuple[tuple[Conn, ...], tuple[Conn, ...], tuple[Conn, ...]]:
+        """(internal, ingress, egress) connections, sorted out in one pass."""
+        internal: list[Conn] = []
+        ingress: list[Conn] = []
+        egress: list[Conn] = []
+        for c in self.conns:
+            src_out, dst_out = is_outside(c.src), is_outside(c.dst)
+            if src_out:
+                ingress.append(c)
+            if dst_out:
+                egress.append(c)
+            if not src_out and not dst_out:
+                internal.append(c)
+        return tuple(internal), tuple(ingress), tuple(egress)
 
     @functools.cached_property
     def internal_conns(self) -> tuple[Conn, ...]:
         """Service -> service connections."""
-        return tuple(c for c in self.conns if not is_outside(c.src) and not is_outside(c.dst))
+        return self._sides[0]
 
     @functools.cached_property
     def ingress(self) -> tuple[Conn, ...]:
         """Connections from internet or a CIDR into the stack."""
-        return tuple(c for c in self.conns if is_outside(c.src))
+        return self._sides[1]
 
     @functools.cached_property
     def egress(self) -> tuple[Conn, ...]:
         """Connections from the stack out to internet or a CIDR."""
-        return tuple(c for c in self.conns if is_outside(c.dst))
+        return self._sides[2]
 
     @functools.cached_property
     def tls_pairs(self) -> tuple[tuple[str, str], ...]:
@@ -183,12 +210,23 @@ class Plan:
 def merge_conns(edges: Iterable[Edge], tls_flows: set[int]) -> tuple[Conn, ...]:
     """Merge expanded flow edges into sorted connections with overlapping ranges joined."""
     grouped: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
+    tls_pairs: set[tuple[str, str]] = set()
     for e in edges:
         for p in e.ports:
             grouped.setdefault((e.src, e.dst, p.proto), []).append((p.lo, p.hi, e.flow))
-    tls_pairs = {(e.src, e.dst) for e in edges if e.flow in tls_flows}
+        if e.flow in tls_flows:
+            tls_pairs.add((e.src, e.dst))
     out: list[Conn] = []
-    for (src, dst, proto), ranges in grouped.items():
+    # in the order of the keys, each key's merged ranges rising and disjoint: the dataclass
+    # order (src, dst, proto, lo, ...) without sorting the connections themselves
+    for key in sorted(grouped):
+        src, dst, proto = key
+        tls = (src, dst) in tls_pairs
+        ranges = grouped[key]
+        if len(ranges) == 1:
+            lo, hi, flow = ranges[0]
+            out.append(Conn(src, dst, proto, lo, hi, tls, (flow,)))
+            continue
         ranges.sort()
         lo, hi, flows = ranges[0][0], ranges[0][1], {ranges[0][2]}
         for rlo, rhi, flow in ranges[1:]:
@@ -196,12 +234,9 @@ def merge_conns(edges: Iterable[Edge], tls_flows: set[int]) -> tuple[Conn, ...]:
                 hi = max(hi, rhi)
                 flows.add(flow)
             else:
-                out.append(Conn(src, dst, proto, lo, hi, (src, dst) in tls_pairs,
-                                tuple(sorted(flows))))
+                out.append(Conn(src, dst, proto, lo, hi, tls, tuple(sorted(flows))))
                 lo, hi, flows = rlo, rhi, {flow}
-        out.append(Conn(src, dst, proto, lo, hi, (src, dst) in tls_pairs, tuple(sorted(flows))))
-    # the dataclass order, with one key per item instead of two field tuples per comparison
-    out.sort(key=lambda c: (c.src, c.dst, c.proto, c.lo, c.hi, c.tls, c.flows))
+        out.append(Conn(src, dst, proto, lo, hi, tls, tuple(sorted(flows))))
     return tuple(out)
 
 
@@ -216,14 +251,18 @@ def clique_cover(nodes: list[str], adj: dict[str, set[str]]) -> list[tuple[str, 
     uncovered = {n: set(adj[n]) for n in nodes}
     cliques: list[tuple[str, ...]] = []
     for u in nodes:
-        while uncovered[u]:
-            v = min(uncovered[u], key=order.__getitem__)
+        left = uncovered[u]
+        # u's uncovered neighbours only shrink: walking them in order once takes the
+        # smallest still uncovered each time
+        for v in sorted(left, key=order.__getitem__):
+            if v not in left:
+                continue
             clique = [u, v]
             cand = (adj[u] & adj[v]) - {u, v}
             while cand:
                 best, gain = None, 0
                 for w in sorted(cand, key=order.__getitem__):
-                    g = sum(1 for m in clique if m in uncovered[w])
+                    g = len(uncovered[w].intersection(clique))
                     if g > gain:
                         best, gain = w, g
                 if best is None:
@@ -231,10 +270,8 @@ def clique_cover(nodes: list[str], adj: dict[str, set[str]]) -> list[tuple[str, 
                 clique.append(best)
                 cand &= adj[best]
                 cand.discard(best)
-            for a in clique:
-                for b in clique:
-                    if a != b:
-                        uncovered[a].discard(b)
+            for a in clique:  # (no node is its own neighbour)
+                uncovered[a].difference_update(clique)
             cliques.append(tuple(sorted(clique, key=order.__getitem__)))
     return cliques
 
@@ -315,9 +352,8 @@ def allocate(pool: IPv4Network, sizes: list[int],
 def _take(pool: IPv4Network, prefix: int, holes: list[tuple[int, int]]) -> Iterable[IPv4Network]:
     base = int(pool.network_address)
     step = 2 ** (32 - prefix)
-    for i in range(2 ** (prefix - pool.prefixlen)):
-        lo = base + i * step
-        if not any(lo <= h_hi and h_lo <= lo + step - 1 for h_lo, h_hi in holes):
+    for lo in range(base, base + (2 ** (prefix - pool.prefixlen)) * step, step):
+        if not holes or not any(lo <= h_hi and h_lo <= lo + step - 1 for h_lo, h_hi in holes):
             yield IPv4Network((lo, prefix))
 
 
@@ -370,13 +406,18 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
     groups: list[tuple[tuple[str, ...], bool]] = [
         (members, False) for members in clique_cover(order, adj)
     ]
-    open_groups = [g for g, _ in groups if all(m in needs_out for m in g)]
+    open_groups = [g for g, _ in groups if needs_out.issuperset(g)]
     reached = {m for g in open_groups for m in g}
     for svc in order:
         if svc in needs_out and svc not in reached:
             groups.append(((svc,), True))
     rank = {n: i for i, n in enumerate(order)}
-    groups.sort(key=lambda g: (min(rank[m] for m in g[0]), g[1], [rank[m] for m in g[0]]))
+
+    def placed(group: tuple[tuple[str, ...], bool]) -> tuple[int, bool, list[int]]:
+        ranks = [rank[m] for m in group[0]]
+        return min(ranks), group[1], ranks
+
+    groups.sort(key=placed)
     tier_of = {n: spec.services[n].tier for n in order}
     names = _name_networks(groups, tier_of)
 
@@ -399,16 +440,18 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
         raise SpecError([to_diagnostic(str(loaded.path), loaded.source, finding)]) from None
 
     networks: list[Network] = []
-    per_service: dict[str, list[tuple[str, IPv4Address]]] = {n: [] for n in order}
     for i, ((members, _edge), name, subnet) in enumerate(zip(groups, names, subnets,
                                                              strict=True)):
-        internal = not all(m in needs_out for m in members)
+        internal = not needs_out.issuperset(members)
         base = int(subnet.network_address)
         addrs = member_addresses(members, subnet, kept.get(i, {}))
-        for m, ip in addrs:
-            per_service[m].append((name, ip))
         networks.append(Network(name, subnet, IPv4Address(base + 1), internal, members, addrs))
     networks.sort(key=lambda n: n.name)
+    # filled in network name order, each service's list is sorted already
+    per_service: dict[str, list[tuple[str, IPv4Address]]] = {n: [] for n in order}
+    for net in networks:
+        for m, ip in net.addresses:
+            per_service[m].append((net.name, ip))
 
     services = tuple(
         PlanService(
@@ -416,7 +459,7 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
             tier=tier_of[n],
             depth=depth[tier_of[n]],
             spec=spec.services[n],
-            networks=tuple(sorted(per_service[n])),
+            networks=tuple(per_service[n]),
             labels=tuple(sorted((spec.services[n].labels or
                                  {"app.kubernetes.io/name": n}).items())),
             service_account=spec.services[n].service_account or n,

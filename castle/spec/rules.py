@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from castle.spec.findings import (
@@ -36,6 +36,10 @@ class Checker(TlsRules):
     broken: frozenset[str] = frozenset()  # services that failed validation: known, not unknown
     findings: list[Finding] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
+    # endpoint text -> its peers, for the texts that expanded without a finding (a big spec
+    # names each service in many flows, and a tier: expansion scans every service)
+    _peers: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
+    _depth: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def error(self, loc: Loc, message: str, hint: str = "") -> None:
         """Record an error."""
@@ -49,10 +53,10 @@ class Checker(TlsRules):
 
     def depth(self) -> dict[str, int]:
         """Tier name -> depth (0 = outermost)."""
-        out: dict[str, int] = {}
-        for i, tier in enumerate(self.spec.tiers):
-            out.setdefault(tier.name, i)
-        return out
+        if not self._depth:
+            for i, tier in enumerate(self.spec.tiers):
+                self._depth.setdefault(tier.name, i)
+        return self._depth
 
     def check_names(self) -> None:
         """Duplicate tiers, bad or reserved service names, unknown tiers of services."""
@@ -82,6 +86,15 @@ class Checker(TlsRules):
 
     def endpoint(self, text: str, loc: Loc) -> list[str]:
         """Expand one endpoint string to peers; an unknown one is reported and dropped."""
+        known = self._peers.get(text)
+        if known is None:
+            peers = self._endpoint(text, loc)
+            if peers:  # an empty expansion may have been reported: look it up again
+                self._peers[text] = tuple(peers)
+            return peers
+        return list(known)
+
+    def _endpoint(self, text: str, loc: Loc) -> list[str]:
         services = self.spec.services
         if text == INTERNET:
             return [INTERNET]
@@ -123,20 +136,25 @@ class Checker(TlsRules):
         services = self.spec.services
         tiers = [t.name for t in self.spec.tiers]
         innermost = len(tiers) - 1
+        # each service's depth, looked up once rather than for every pair of every flow
+        level = {name: depth.get(svc.tier, 0) for name, svc in services.items()}
         for i, flow in enumerate(self.spec.flows):
             if i in self.skip_flows:
                 continue
             srcs = self._expand(flow.from_, ("flows", i, "from"))
             dsts = self._expand(flow.to, ("flows", i, "to"))
             reported: set[str] = set()
+            multi = len(dsts) > 1
             for src in srcs:
+                src_out = is_outside(src)
                 for dst in dsts:
                     if src == dst:
                         if flow.from_ == flow.to == [src]:
                             self.warn(("flows", i), f"{src!r} -> {src!r} is a flow to itself",
                                       "a container always reaches itself; remove the flow")
                         continue
-                    if is_outside(src) and is_outside(dst):
+                    dst_out = is_outside(dst)
+                    if src_out and dst_out:
                         key = "outside-outside"
                         if key not in reported:
                             reported.add(key)
@@ -144,21 +162,32 @@ class Checker(TlsRules):
                                        f"{self.written(i, src, dst)} never touches the stack",
                                        "one side of a flow must be a service")
                         continue
-                    ports = self._ports(i, src, dst, reported, multi=len(dsts) > 1)
+                    ports = self._ports(i, src, dst, reported, multi, dst_out)
                     if ports is not None:
                         self.edges.append(Edge(i, src, dst, ports))
-                    msg, hint = self._wall(src, dst, depth, tiers)
-                    if msg and not flow.waiver and msg not in reported:
-                        reported.add(msg)
-                        self.error(("flows", i), f"{self.written(i, src, dst)} {msg}", hint)
-                    if is_outside(dst) and not flow.waiver:
-                        tier = depth.get(services[src].tier, 0)
-                        key = "egress-inner"
-                        if tier == innermost and innermost > 0 and key not in reported:
-                            reported.add(key)
-                            self.warn(("flows", i), f"{src!r} in the innermost tier "
-                                      f"{tiers[innermost]!r} opens connections out of the stack",
-                                      "add waiver = \"why\" to say it is intended")
+                    if dst_out:  # egress is not bound by the wall direction rules
+                        if not flow.waiver:
+                            key = "egress-inner"
+                            if (level[src] == innermost and innermost > 0
+                                    and key not in reported):
+                                reported.add(key)
+                                self.warn(("flows", i), f"{src!r} in the innermost tier "
+                                          f"{tiers[innermost]!r} opens connections out of the "
+                                          "stack", "add waiver = \"why\" to say it is intended")
+                        continue
+                    # the wall rules as _wall states them, its message made only when broken
+                    dd = level[dst]
+                    if src_out:
+                        broken = dd > 0
+                    else:
+                        ds = level[src]
+                        broken = dd < ds or dd > ds + 1
+                    if broken:
+                        msg, hint = self._wall(src, dst, depth, tiers)
+                        if msg and not flow.waiver and msg not in reported:
+                            reported.add(msg)
+                            self.error(("flows", i), f"{self.written(i, src, dst)} {msg}",
+                                       hint)
         self._check_duplicates()
 
     def written(self, i: int, src: str, dst: str) -> str:
@@ -169,7 +198,10 @@ class Checker(TlsRules):
             return pair
         return f"{pair} (flow from = {toml_endpoints(flow.from_)}, to = {toml_endpoints(flow.to)})"
 
-    def _expand(self, endpoints: list[str], loc: Loc) -> list[str]:
+    def _expand(self, endpoints: list[str], loc: Loc) -> Sequence[str]:
+        if len(endpoints) == 1:  # one endpoint's peers hold no repeat
+            known = self._peers.get(endpoints[0])
+            return known if known is not None else self.endpoint(endpoints[0], loc)
         peers: list[str] = []
         for j, text in enumerate(endpoints):
             sub = (*loc, j) if len(endpoints) > 1 else loc
@@ -179,10 +211,12 @@ class Checker(TlsRules):
         return peers
 
     def _ports(
-        self, i: int, src: str, dst: str, reported: set[str], multi: bool = False
+        self, i: int, src: str, dst: str, reported: set[str], multi: bool, outside: bool
     ) -> tuple[PortRange, ...] | None:
+        """The ports a flow opens from src to dst (an `outside` one), None when it opens
+        none."""
         flow = self.spec.flows[i]
-        if is_outside(dst):
+        if outside:
             if flow.ports is None:
                 if "egress-ports" not in reported:
                     reported.add("egress-ports")
@@ -206,7 +240,10 @@ class Checker(TlsRules):
             return tuple(listen)
         ok = True
         for j, port in enumerate(flow.ports):
-            if not any(r.covers(port) for r in listen):
+            for r in listen:
+                if r.covers(port):
+                    break
+            else:
                 ok = False
                 key = f"port:{dst}:{port}"
                 if key not in reported:
@@ -248,22 +285,22 @@ class Checker(TlsRules):
         for edge in self.edges:
             by_flow.setdefault(edge.flow, []).append(edge)
         for i in sorted(by_flow):
-            triples = [(e.src, e.dst, p) for e in by_flow[i] for p in e.ports]
-            dup_of: set[int] = set()
-            duplicate = True
-            for src, dst, port in triples:
-                owners = [f for lo, hi, f in covered.get((src, dst, port.proto), [])
-                          if lo <= port.lo and port.hi <= hi]
-                if not owners:
-                    duplicate = False
+            triples = [((e.src, e.dst, p.proto), p.lo, p.hi) for e in by_flow[i] for p in e.ports]
+            # each triple's first (earliest) earlier flow that covers it, none if one is new
+            owners: list[int] = []
+            for key, plo, phi in triples:
+                for lo, hi, f in covered.get(key, ()):
+                    if lo <= plo and phi <= hi:
+                        owners.append(f)
+                        break
+                else:
+                    owners = []
                     break
-                dup_of.add(owners[0])
-            if duplicate and triples:
-                first = min(dup_of)
-                self.warn(("flows", i), f"flows[{i}] allows nothing that flows[{first}] "
+            if owners:
+                self.warn(("flows", i), f"flows[{i}] allows nothing that flows[{min(owners)}] "
                           "(and earlier flows) do not already allow", "remove it or merge them")
-            for src, dst, port in triples:
-                covered.setdefault((src, dst, port.proto), []).append((port.lo, port.hi, i))
+            for key, plo, phi in triples:
+                covered.setdefault(key, []).append((plo, phi, i))
 
     # -- publishing and reachability ---------------------------------------------------
 
@@ -374,8 +411,9 @@ class Checker(TlsRules):
         found: list[tuple[str, str, dict[str, str]]] = []
         # (namespace, label) -> services whose pods carry it: candidates without a scan of all
         having: dict[tuple[str, tuple[str, str]], set[str]] = {}
+        namespace = self.spec.namespace
         for name, svc in self.spec.services.items():
-            ns = f"{self.spec.namespace}-{svc.tier}" if k.tier_namespaces else self.spec.namespace
+            ns = f"{namespace}-{svc.tier}" if k.tier_namespaces else namespace
             labels = svc.labels or {"app.kubernetes.io/name": name}
             found.append((name, ns, labels))
             for item in labels.items():
@@ -392,7 +430,10 @@ class Checker(TlsRules):
                           f"workloads.yaml gets no Service {name!r}",
                           "rename the service, or set [kubernetes] workloads = false")
         for name, ns, labels in found:
-            sets = sorted((having[(ns, item)] for item in labels.items()), key=len)
+            sets = [having[(ns, item)] for item in labels.items()]
+            if min(map(len, sets)) == 1:  # a label only its own pods carry: none shared
+                continue
+            sets.sort(key=len)
             for other in sorted(set.intersection(*sets) - {name}):
                 other_labels = by_name[other][1]
                 if labels == other_labels and other < name:

@@ -24,21 +24,32 @@ class TlsRules:
 
     def check_tls(self) -> None:
         """tls_env references must match the service's tls flows; no clash with compose env."""
-        pairs = {(e.src, e.dst) for e in self.edges
-                 if self.spec.flows[e.flow].tls and not is_outside(e.src)}
-        for e in self.edges:
-            if self.spec.flows[e.flow].tls and (is_outside(e.src) or is_outside(e.dst)):
+        flows = self.spec.flows
+        tls_edges = [e for e in self.edges if flows[e.flow].tls]
+        pairs = {(e.src, e.dst) for e in tls_edges if not is_outside(e.src)}
+        for e in tls_edges:
+            if is_outside(e.src) or is_outside(e.dst):
                 self.error(("flows", e.flow, "tls"), "tls = true needs a service at both ends",
                            "castle makes certificates for services only; remove tls here")
                 break
+        # client -> the servers its tls flows reach; the services some tls flow reaches
+        servers_of: dict[str, set[str]] = {}
+        for src, dst in pairs:
+            servers_of.setdefault(src, set()).add(dst)
+        reached = {dst for _, dst in pairs}
+        # server -> the services that reach it without tls (for the recipes' warning)
+        plain: dict[str, set[str]] = {}
+        for e in self.edges if pairs else ():
+            if not is_outside(e.src) and not flows[e.flow].tls:
+                plain.setdefault(e.dst, set()).add(e.src)
         # with a flow or service already rejected the pairs are incomplete: references are
         # checked once those errors are fixed, rather than reported falsely now
         trusted = not self.skip_flows and not self.broken
         for name, svc in self.spec.services.items():
-            servers = {dst for src, dst in pairs if src == name}
-            is_server = any(dst == name for _, dst in pairs)
-            literal_only = all(ref.startswith("=") for ref in svc.tls_env.values())
-            if svc.tls_env and trusted and literal_only and not servers and not is_server:
+            servers = servers_of.get(name, set())
+            is_server = name in reached
+            if (svc.tls_env and trusted and not servers and not is_server
+                    and all(ref.startswith("=") for ref in svc.tls_env.values())):
                 self.warn(("services", name, "tls_env"), f"{name!r} is in no tls flow: its "
                           "tls_env is not written", "add tls = true to a flow, or drop it")
             for key, ref in svc.tls_env.items():
@@ -78,15 +89,16 @@ class TlsRules:
                 self.error(("services", name, "compose", "environment"),
                            f"{key} is set both here and in tls_env", "keep one of them")
             if trusted and (is_server or servers):
-                self.check_recipe(name, svc, is_server)
+                self.check_recipe(name, svc, is_server, plain.get(name, set()))
 
-    def check_recipe(self, name: str, svc: Service, is_server: bool) -> None:
-        """A server recipe writes the command (and the entrypoint): passthrough may not."""
+    def check_recipe(self, name: str, svc: Service, is_server: bool,
+                     callers: set[str]) -> None:
+        """A server recipe writes the command (and the entrypoint): passthrough may not.
+        `callers` are the services whose flows reach it without tls."""
         recipe = spec_recipe(svc)
         if not is_server or recipe == "generic":
             return
-        plain = sorted({e.src for e in self.edges if e.dst == name and not is_outside(e.src)
-                        and not self.spec.flows[e.flow].tls})
+        plain = sorted(callers)
         if plain:
             self.warn(("services", name, "tls"), f"the {recipe} TLS recipe makes {name!r} "
                       f"TLS-only with client certificates, but flows from "

@@ -14,9 +14,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses, summarize_address_range
+from typing import NamedTuple
 
 from castle.errors import CastleError
 from castle.io.render import comment, quoted_comment, render
@@ -36,8 +38,7 @@ MAX_TREE = 10
 ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED"
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(NamedTuple):
     """One `-A CHAIN ...` line; src/dst name the peers an allowing rule lets through."""
 
     chain: str
@@ -60,6 +61,9 @@ class Ruleset:
     chains: list[str] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)  # chain -> what it is for
     rules: list[Rule] = field(default_factory=list)
+    # chain -> its `-A` lines so far, kept beside `rules` as they are added (a big stack has
+    # tens of thousands: lines() then only joins them, in the order of the chains)
+    _lines: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def chain(self, suffix: str, note: str) -> str:
         """Declare a chain named after the tag and return its name."""
@@ -68,25 +72,34 @@ class Ruleset:
             raise CastleError(f"iptables: two chains are both named {name}")
         self.chains.append(name)
         self.notes[name] = note
+        self._lines[name] = []
         return name
 
     def add(self, chain: str, spec: str, text: str = "", src: str = "", dst: str = "") -> None:
         """Append a rule, with a comment when `text` is given."""
         if text:  # the comment goes just before the verdict, where iptables-save puts it
-            note = f"-m comment --comment {ipt_comment(text)}"
+            note = _note(text)
             at = max(spec.rfind(" -j "), spec.rfind(" -g "))
             spec = f"{spec[:at]} {note}{spec[at:]}" if at >= 0 else f"{note} {spec}"
         self.rules.append(Rule(chain, spec, src, dst))
+        self._lines[chain].append(f"-A {chain} {spec}")
+
+    def extend(self, chain: str, rows: list[tuple[str, str, str]]) -> None:
+        """Append (spec, src, dst) rules whose comments are in place already."""
+        self.rules += [Rule(chain, spec, src, dst) for spec, src, dst in rows]
+        self._lines[chain] += [f"-A {chain} {spec}" for spec, _, _ in rows]
 
     def lines(self) -> list[str]:
         """Rules grouped by chain, each group after a `#` line saying what the chain is for."""
-        by_chain: dict[str, list[str]] = {name: [] for name in self.chains}
-        for r in self.rules:
-            by_chain[r.chain].append(r.line)
+        said: dict[str, str] = {}  # the tree's chains share a few notes
         out: list[str] = []
         for name in self.chains:
-            out.append(f"# {name}: {comment(self.notes[name])}")
-            out += by_chain[name]
+            note = self.notes[name]
+            text = said.get(note)
+            if text is None:
+                text = said[note] = comment(note)
+            out.append(f"# {name}: {text}")
+            out += self._lines[name]
         return out
 
 
@@ -112,6 +125,11 @@ def sub_chain(tag: str, suffix: str) -> str:
         return name
     room = MAX_CHAIN - len(tag) - 6
     return f"{tag}_{suffix[:room]}~{_hash(suffix)}"
+
+
+def _note(text: str) -> str:
+    """The comment match of a rule."""
+    return f"-m comment --comment {ipt_comment(text)}"
 
 
 def ipt_comment(text: str) -> str:
@@ -143,7 +161,12 @@ def blocks(plan: Plan) -> list[IPv4Network]:
 def _blocks(plan: Plan) -> list[IPv4Network]:
     # ipaddress.collapse_addresses is quadratic-ish on thousands of subnets: merge the
     # integer ranges first, then let summarize_address_range cut each into prefixes.
-    spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in plan.subnets)
+    # (each broadcast address from the prefix length: the property is a locked cached one)
+    spans = []
+    for n in plan.subnets:
+        lo = int(n.network_address)
+        spans.append((lo, lo | (0xFFFFFFFF >> n.prefixlen)))
+    spans.sort()
     merged: list[list[int]] = []
     for lo, hi in spans:
         if merged and lo <= merged[-1][1] + 1:
@@ -172,8 +195,9 @@ def shared(plan: Plan, a: str, b: str) -> list[tuple[IPv4Address, IPv4Address]]:
 def shared_text(plan: Plan, a: str, b: str) -> list[tuple[str, str]]:
     """`shared`, as address text."""
     texts = plan.address_text
-    mine = texts[a]
-    pairs = [(mine[net], ip) for net, ip in texts[b].items() if net in mine]
+    mine, theirs = texts[a], texts[b]
+    # network names sort as each service's networks do
+    pairs = [(mine[net], theirs[net]) for net in sorted(theirs.keys() & mine.keys())]
     if not pairs:
         raise CastleError(f"iptables: {a} and {b} share no network, yet a flow joins them")
     return pairs
@@ -188,11 +212,13 @@ def ports(proto: str, lo: int, hi: int) -> str:
 def describe(plan: Plan, conn: Conn) -> str:
     """The comment of an allowing rule: the connection, then its flows with their lines
     (once per plan: iptables and nftables both write it)."""
-    known: dict[Conn, str] = plan.memo.setdefault("describe", {})
-    text = known.get(conn)
-    if text is None:
-        text = known[conn] = _describe(plan, conn)
-    return text
+    # keyed by identity (the plan's connections are asked for again and again; the entry
+    # holds the connection, so its id is never reused): a dataclass hash is slow Python
+    known: dict[int, tuple[Conn, str]] = plan.memo.setdefault("describe", {})
+    entry = known.get(id(conn))
+    if entry is None or entry[0] is not conn:
+        entry = known[id(conn)] = (conn, _describe(plan, conn))
+    return entry[1]
 
 
 def _describe(plan: Plan, conn: Conn) -> str:
@@ -209,7 +235,7 @@ def _describe(plan: Plan, conn: Conn) -> str:
     return "; ".join(parts)
 
 
-def stride(items: list[tuple[int, IPv4Address, str]]) -> int:
+def stride(items: list[tuple[int, str, str]]) -> int:
     """Bits each dispatch level consumes, so that the tree is at most MAX_TREE chains deep.
 
     A chain that holds more than LEAF addresses spans a prefix of at most /28, and every
@@ -221,38 +247,49 @@ def stride(items: list[tuple[int, IPv4Address, str]]) -> int:
     return next(s for s in range(1, 33) if (28 - plen) // s + 2 <= MAX_TREE)
 
 
-def dispatch(rs: Ruleset, kind: str, opt: str, leaves: list[tuple[IPv4Address, str]]) -> str:
-    """A tree of chains that goes to leaves[addr] on `opt` (-d or -s); misses DROP.
+def dispatch(rs: Ruleset, kind: str, opt: str, leaves: list[tuple[int, str, str]]) -> str:
+    """A tree of chains that goes to the leaf chain of each (address, its text, leaf) on
+    `opt` (-d or -s); misses DROP.
 
     Every hop is a goto, so a RETURN in a leaf goes straight back to the hooked chain's
     caller. Each level splits the addresses left by the next `stride` bits of their common
     prefix (each part then narrowed to its own prefix), so a packet walks at most 2**stride
     rules a level and the longest jump path fits nf_tables' limit at any size.
     """
-    items = sorted((int(a), a, leaf) for a, leaf in leaves)
-    return _tree(rs, kind, opt, stride(items), itertools.count(), items)
+    items = sorted(leaves)
+    ints = [n for n, _, _ in items]
+    return _tree(rs, kind, opt, stride(items), itertools.count(), items, ints, 0, len(items))
 
 
 def _tree(rs: Ruleset, kind: str, opt: str, bits: int, counter: Iterator[int],
-          part: list[tuple[int, IPv4Address, str]]) -> str:
-    """One chain of the dispatch tree and, below it, its subtrees (a plain function, not a
-    closure: a closure that calls itself is a reference cycle, and with the collector off
-    for a command-line run it would keep the whole ruleset alive)."""
+          items: list[tuple[int, str, str]], ints: list[int], lo: int, hi: int) -> str:
+    """One chain of the dispatch tree, for items[lo:hi], and below it its subtrees (a plain
+    function, not a closure: a closure that calls itself is a reference cycle, and with the
+    collector off for a command-line run it would keep the whole ruleset alive)."""
     name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (prefix tree)")
-    if len(part) <= LEAF:
-        for n, _, leaf in part:
-            rs.add(name, f"{opt} {_dotted(n)}/32 -g {leaf}")
+    if hi - lo <= LEAF:
+        rs.extend(name, [(f"{opt} {text}/32 -g {leaf}", "", "") for _, text, leaf in items[lo:hi]])
     else:
-        # part is sorted: group it by the `bits` bits after its common prefix
-        shift = max(0, (part[0][0] ^ part[-1][0]).bit_length() - bits)
-        for _, group in itertools.groupby(part, key=lambda item: item[0] >> shift):
-            sub = list(group)
-            lo, hi = sub[0][0], sub[-1][0]
-            host = (lo ^ hi).bit_length()  # what cover() computes, without the objects
-            rs.add(name, f"{opt} {_dotted(lo >> host << host)}/{32 - host} "
-                         f"-g {_tree(rs, kind, opt, bits, counter, sub)}")
+        # the items are sorted: each group (the same `bits` bits after the common prefix)
+        # ends where the next value of those bits begins
+        shift = max(0, (ints[lo] ^ ints[hi - 1]).bit_length() - bits)
+        start = lo
+        while start < hi:
+            end = bisect_left(ints, ((ints[start] >> shift) + 1) << shift, start + 1, hi)
+            first = ints[start]
+            host = (first ^ ints[end - 1]).bit_length()  # what cover() computes, without objects
+            rs.add(name, f"{opt} {_dotted(first >> host << host)}/{32 - host} "
+                         f"-g {_tree(rs, kind, opt, bits, counter, items, ints, start, end)}")
+            start = end
     rs.add(name, "-j DROP")
     return name
+
+
+def _leaves(plan: Plan, names: Iterable[str], chain: dict[str, str]) -> list[tuple[int, str, str]]:
+    """(address, its text, the service's chain) for every address of the named services."""
+    texts = plan.address_text
+    return [(int(ip), texts[name][net], chain[name])
+            for name in names for net, ip in plan.service(name).networks]
 
 
 def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) -> None:
@@ -271,12 +308,12 @@ def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) ->
     # with logging, services without egress get a leaf too: their drops are logged by name
     out_chain |= {s: drop_out[s] for s in drop_out if s not in out_chain}
     egress_svcs = sorted(out_chain)
-    leaves = [(ip, svc_chain[s.name]) for s in plan.services for ip in s.addresses]
+    leaves = _leaves(plan, svc_chain, svc_chain)
     if leaves:
         to_tree = dispatch(rs, "T", "-d", leaves)
         for b in own:
             rs.add(main, f"-d {b} -g {to_tree}")
-    out_leaves = [(ip, out_chain[s]) for s in egress_svcs for ip in plan.service(s).addresses]
+    out_leaves = _leaves(plan, egress_svcs, out_chain)
     if out_leaves:
         from_tree = dispatch(rs, "S", "-s", out_leaves)
         for b in own:
@@ -343,12 +380,15 @@ def _log_chains(plan: Plan, rs: Ruleset) -> tuple[dict[str, str], dict[str, str]
 def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
                  own: list[IPv4Network], conns: list[Conn], pubs: list[Published],
                  drop: str = "DROP") -> None:
+    rows: list[tuple[str, str, str]] = []
     for c in conns:
         if is_outside(c.src):
             continue
-        what, match = describe(plan, c), ports(c.proto, c.lo, c.hi)
-        for sa, da in shared_text(plan, c.src, c.dst):
-            rs.add(chain, f"-s {sa}/32 -d {da}/32 {match} -j RETURN", what, c.src, c.dst)
+        # the comment placed as add() places it, once for every shared network
+        tail = f"{ports(c.proto, c.lo, c.hi)} {_note(describe(plan, c))} -j RETURN"
+        rows += [(f"-s {sa}/32 -d {da}/32 {tail}", c.src, c.dst)
+                 for sa, da in shared_text(plan, c.src, c.dst)]
+    rs.extend(chain, rows)
     if pubs:
         for b in own:
             rs.add(chain, f"-s {b} -j {drop}",
@@ -456,7 +496,7 @@ def script(plan: Plan, rs: Ruleset, *, container: str = "") -> str:
         tag=rs.tag,
         chains=rs.chains,
         hooks=rs.hooks,
-        lines=rs.lines(),
+        rules="\n".join(rs.lines()),  # each line made in Python; a ruleset has one at least
         bridge=not container,
         ssh=f"{fw.ssh_port}/tcp from {', '.join(str(n) for n in fw.ssh_sources)}",
         manage_input=fw.manage_input,

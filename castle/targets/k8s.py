@@ -75,6 +75,7 @@ class _Writer:
         self.labels: dict[str, Labels] = {}  # service -> its labels, quoted
         self.flow_texts: dict[int, str] = {}
         self.notes: dict[int, list[tuple[str, str]]] = {}  # flow -> its annotations, quoted
+        self.noted = any(f.description or f.waiver for f in plan.spec.flows)
 
     def peer(self, name: str, home: str, ingress: bool) -> str:
         """The `from` / `to` entry of a service, internet or a CIDR, seen from namespace home."""
@@ -145,6 +146,8 @@ class _Writer:
     def annotations(self, pairs: list[_Pair]) -> list[tuple[str, str]]:
         """castle/flow-N and castle/waiver-N of the flows behind a policy's rules."""
         out: list[tuple[str, str]] = []
+        if not self.noted:  # no flow has a description or a waiver
+            return out
         for i in sorted({i for p in pairs for i in p[0]}):
             notes = self.notes.get(i)
             if notes is None:

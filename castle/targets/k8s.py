@@ -35,12 +35,9 @@ Labels = list[tuple[str, str]]
 Ports = tuple[tuple[str, int, int], ...]  # (TCP|UDP, port, endPort or 0)
 
 
-class Entry(NamedTuple):
-    """One ingress or egress rule: its comment, its peer entry and its ports, as YAML text."""
-
-    comment: str
-    peer: str
-    ports: str
+# One ingress or egress rule: its comment, its peer entry and its ports, as YAML text (a
+# plain tuple: a big stack has tens of thousands)
+Entry = tuple[str, str, str]
 
 
 class Policy(NamedTuple):
@@ -60,12 +57,9 @@ def _quoted(pairs: Iterable[tuple[str, str]]) -> Labels:
     return [(yaml_scalar(k), yaml_scalar(v)) for k, v in pairs]
 
 
-class _Pair(NamedTuple):
-    """What the ingress rule of dst and the egress rule of src share: flows and ports."""
-
-    ids: tuple[int, ...]  # the flows behind the connections, sorted
-    flows: str  # "flows[3] (description), flows[9]"
-    ports: str
+# What the ingress rule of dst and the egress rule of src share: the flows behind the
+# connections (sorted), their text ("flows[3] (description), flows[9]") and the ports' text
+_Pair = tuple[tuple[int, ...], str, str]
 
 
 class _Writer:
@@ -81,6 +75,7 @@ class _Writer:
         self.labels: dict[str, Labels] = {}  # service -> its labels, quoted
         self.flow_texts: dict[int, str] = {}
         self.notes: dict[int, list[tuple[str, str]]] = {}  # flow -> its annotations, quoted
+        self.noted = any(f.description or f.waiver for f in plan.spec.flows)
 
     def peer(self, name: str, home: str, ingress: bool) -> str:
         """The `from` / `to` entry of a service, internet or a CIDR, seen from namespace home."""
@@ -121,11 +116,17 @@ class _Writer:
 
     def pair(self, conns: list[Conn]) -> _Pair:
         """Flows and ports of the connections between two peers (sorted by port)."""
-        ids: tuple[int, ...] = conns[0].flows
-        if len(conns) > 1 or len(ids) > 1:  # else the common case: no set to sort
+        c = conns[0]
+        ids: tuple[int, ...] = c.flows
+        texts = self.flow_texts
+        if len(conns) == 1 and len(ids) == 1:  # the common case: no set to sort
+            ports: Ports = ((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0),)
+            flows = texts.get(ids[0]) or self.flow_text(ids[0])
+        else:
             ids = tuple(sorted({i for c in conns for i in c.flows}))
-        ports = tuple((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0) for c in conns)
-        return _Pair(ids, ", ".join([self.flow_text(i) for i in ids]), self.port_list(ports))
+            ports = tuple((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0) for c in conns)
+            flows = ", ".join([texts.get(i) or self.flow_text(i) for i in ids])
+        return ids, flows, self.ports.get(ports) or self.port_list(ports)
 
     def flow_text(self, i: int) -> str:
         """flows[i] and its description."""
@@ -145,7 +146,9 @@ class _Writer:
     def annotations(self, pairs: list[_Pair]) -> list[tuple[str, str]]:
         """castle/flow-N and castle/waiver-N of the flows behind a policy's rules."""
         out: list[tuple[str, str]] = []
-        for i in sorted({i for p in pairs for i in p.ids}):
+        if not self.noted:  # no flow has a description or a waiver
+            return out
+        for i in sorted({i for p in pairs for i in p[0]}):
             notes = self.notes.get(i)
             if notes is None:
                 flow = self.plan.spec.flows[i]
@@ -163,7 +166,7 @@ def policies(plan: Plan) -> list[Policy]:
     out: list[Policy] = []
     dns_peer = str(w.parts.pods([(NS_LABEL, k.dns_namespace)],
                                 sorted(k.dns_pod_labels.items()) or None))
-    dns = [Entry("cluster DNS", dns_peer, w.port_list((("UDP", 53, 0), ("TCP", 53, 0))))]
+    dns = [("cluster DNS", dns_peer, w.port_list((("UDP", 53, 0), ("TCP", 53, 0))))]
     for ns in used_namespaces(plan):
         q = yaml_scalar(ns)
         out.append(Policy("deny every connection in and out unless allowed below",
@@ -175,37 +178,35 @@ def policies(plan: Plan) -> list[Policy]:
     by_pair: dict[tuple[str, str], list[Conn]] = {}
     for c in sorted(plan.conns, key=attrgetter("proto", "lo", "hi")):
         by_pair.setdefault((c.src, c.dst), []).append(c)
-    pairs = {key: w.pair(conns) for key, conns in by_pair.items()}
     # peers in the plan's order of services, then internet, then CIDRs
     rank: dict[str, tuple[bool, int, bool, str]] = {
         s: (False, i, True, s) for s, i in plan.rank.items()}
-    inbound: dict[str, list[str]] = {}
-    outbound: dict[str, list[str]] = {}
-    for src, dst in pairs:
-        inbound.setdefault(dst, []).append(src)
-        outbound.setdefault(src, []).append(dst)
+    inbound: dict[str, dict[str, _Pair]] = {}
+    outbound: dict[str, dict[str, _Pair]] = {}
+    for (src, dst), conns in by_pair.items():
+        inbound.setdefault(dst, {})[src] = outbound.setdefault(src, {})[dst] = w.pair(conns)
         for peer in (src, dst):
             if peer not in rank:
                 rank[peer] = (True, 0, peer != INTERNET, peer)
+    sides = ((True, inbound, "from ", "who may open connections to {}", "{}-ingress"),
+             (False, outbound, "to ", "where {} may open connections", "{}-egress"))
+    known = w.peers
     for svc in plan.services:
         name, ns = svc.name, namespace_of(plan, svc.name)
         q = yaml_scalar(ns)
-        if name in inbound:
-            srcs = sorted(inbound[name], key=rank.__getitem__)
-            used = [pairs[src, name] for src in srcs]
-            entries = [Entry(f"from {src}: {p.flows}", w.peer(src, ns, True), p.ports)
-                       for src, p in zip(srcs, used, strict=True)]
-            out.append(Policy(f"who may open connections to {name}",
-                              yaml_scalar(f"{name}-ingress"), q, w.annotations(used),
-                              w.pod_labels(svc), ["Ingress"], entries, []))
-        if name in outbound:
-            dsts = sorted(outbound[name], key=rank.__getitem__)
-            used = [pairs[name, dst] for dst in dsts]
-            entries = [Entry(f"to {dst}: {p.flows}", w.peer(dst, ns, False), p.ports)
-                       for dst, p in zip(dsts, used, strict=True)]
-            out.append(Policy(f"where {name} may open connections",
-                              yaml_scalar(f"{name}-egress"), q, w.annotations(used),
-                              w.pod_labels(svc), ["Egress"], [], entries))
+        for ingress, side, word, comment, policy in sides:
+            by_peer = side.get(name)
+            if not by_peer:
+                continue
+            peers = sorted(by_peer, key=rank.__getitem__)
+            used = [by_peer[peer] for peer in peers]
+            entries = [(word + peer + ": " + flows,
+                        known.get((peer, ns, ingress)) or w.peer(peer, ns, ingress), ports)
+                       for peer, (_, flows, ports) in zip(peers, used, strict=True)]
+            out.append(Policy(comment.format(name), yaml_scalar(policy.format(name)), q,
+                              w.annotations(used), w.pod_labels(svc),
+                              ["Ingress"] if ingress else ["Egress"],
+                              entries if ingress else [], [] if ingress else entries))
     return out
 
 

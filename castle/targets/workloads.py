@@ -91,12 +91,14 @@ def _quoted_int(value: int | None) -> str:
     return "" if value is None else yaml_scalar(value)
 
 
-class _PortLists:
-    """The text of each distinct port list, rendered once through the parts macros."""
+class _Shared:
+    """What every workload of a plan shares: the text of each distinct port list, rendered
+    once through the parts macros, and the pods' annotations."""
 
-    def __init__(self) -> None:
+    def __init__(self, plan: Plan) -> None:
         self.parts: Any = environment().get_template(PARTS).module
         self.known: dict[tuple[Port, ...], tuple[str, str]] = {}
+        self.annotations = _quoted(LINKERD_POD) if mesh_kind(plan) == "linkerd" else []
 
     def texts(self, ports: list[Port]) -> tuple[str, str]:
         """The Service's and the container's `ports:` items."""
@@ -179,7 +181,7 @@ def _sources(items: list[tuple[str, str, str]]) -> list[tuple[str, list[tuple[st
             for secret in sorted(by_secret)]
 
 
-def workload(plan: Plan, svc: PlanService, port_lists: _PortLists | None = None) -> Workload:
+def workload(plan: Plan, svc: PlanService, shared: _Shared | None = None) -> Workload:
     """Everything the templates write about one service."""
     ports = _ports(svc)
     env, skipped = _environment(plan, svc)
@@ -212,7 +214,8 @@ def workload(plan: Plan, svc: PlanService, port_lists: _PortLists | None = None)
         group = None  # root reads anything
     command = _words(compose.get("entrypoint"))
     working_dir = k8s_text(compose.get("working_dir") or "") or ""
-    service_ports, container_ports = (port_lists or _PortLists()).texts(ports)
+    shared = shared or _Shared(plan)
+    service_ports, container_ports = shared.texts(ports)
     q = yaml_scalar
     return Workload(
         name=svc.name,
@@ -227,8 +230,8 @@ def workload(plan: Plan, svc: PlanService, port_lists: _PortLists | None = None)
         container_ports=container_ports,
         undeclared=0 if ports else listen_count(svc.spec.listen),
         config_map=q(svc.name + "-castle-tls"),
-        configs=_quoted(sorted(configs)),
-        annotations=_quoted(LINKERD_POD) if mesh_kind(plan) == "linkerd" else [],
+        configs=_quoted(sorted(configs)) if configs else [],
+        annotations=shared.annotations,
         run_user=_quoted_int(run_as[0]),
         run_group=_quoted_int(run_as[1]),
         fs_group=_quoted_int(group if mounts else None),
@@ -236,11 +239,11 @@ def workload(plan: Plan, svc: PlanService, port_lists: _PortLists | None = None)
         args=None if args is None else [q(w) for w in args],
         working_dir=q(working_dir) if working_dir else "",
         skipped_env=skipped,
-        env=_quoted(env),
-        mounts=_quoted(sorted(mounts)),
+        env=_quoted(env) if env else [],
+        mounts=_quoted(sorted(mounts)) if mounts else [],
         # without a known group the container's unknown user must still read its own key
         mode=0o440 if group is not None or run_as[0] == 0 else 0o444,
-        sources=[(q(secret), _quoted(kps)) for secret, kps in _sources(items)],
+        sources=[(q(secret), _quoted(kps)) for secret, kps in _sources(items)] if items else [],
     )
 
 
@@ -264,11 +267,11 @@ def outputs(plan: Plan) -> list[Output]:
     head = header(plan.source_name, plan.sha256)
     namespaces = render("namespaces.yaml.j2", header=head, namespaces=namespace_objects(plan),
                         mesh=mesh_kind(plan))
-    port_lists = _PortLists()
+    shared = _Shared(plan)
     accounts = [(yaml_scalar(ns), yaml_scalar(sa)) for ns, sa in service_accounts(plan)]
     loads = render("workloads.yaml.j2", header=head,
                    managed=f"{yaml_scalar(MANAGED[0])}: {yaml_scalar(MANAGED[1])}",
                    accounts=accounts,
                    volume=yaml_scalar(TLS_VOLUME),
-                   workloads=[workload(plan, s, port_lists) for s in plan.services])
+                   workloads=[workload(plan, s, shared) for s in plan.services])
     return [Output(NAMESPACES, namespaces), Output(WORKLOADS, loads)]

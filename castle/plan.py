@@ -424,11 +424,12 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
     try:
         subnets = allocate(spec.stack.pool, [len(m) for m, _ in groups],
                            spec.firewall.ssh_sources)
+        wanted = {n: s.address for n, s in spec.services.items()}
         callers: dict[str, set[str]] = {}
-        for c in conns:
-            callers.setdefault(c.dst, set()).add(c.src)
-        kept = kept_addresses({n: s.address for n, s in spec.services.items()},
-                              [m for m, _ in groups], callers)
+        if any(ip is not None for ip in wanted.values()):  # only kept addresses ask for them
+            for c in conns:
+                callers.setdefault(c.dst, set()).add(c.src)
+        kept = kept_addresses(wanted, [m for m, _ in groups], callers)
         if kept:
             subnets = _around_kept(spec, groups, subnets, kept)
     except ValueError as exc:

@@ -116,7 +116,7 @@ def member_addresses(members: tuple[str, ...], subnet: IPv4Network,
     """Each member's address on a network: the kept ones, the others from .2 up around them."""
     base = int(subnet.network_address) + 2
     if not kept:  # the usual case, in int arithmetic (IPv4Address + n builds two objects)
-        return tuple((m, IPv4Address(base + i)) for i, m in enumerate(members))
+        return tuple(zip(members, map(IPv4Address, range(base, base + len(members))), strict=True))
     free = (IPv4Address(n) for n in itertools.count(base)
             if IPv4Address(n) not in kept.values())
     return tuple((m, kept[m] if m in kept else next(free)) for m in members)

@@ -222,10 +222,11 @@ def describe(plan: Plan, conn: Conn) -> str:
 
 
 def _describe(plan: Plan, conn: Conn) -> str:
+    flows, lines = plan.spec.flows, plan.flow_lines
     parts = [f"castle: {conn.src} -> {conn.dst} {conn.port_text}/{conn.proto}"]
     for i in conn.flows:
-        flow = plan.spec.flows[i]
-        line = plan.flow_lines[i] if i < len(plan.flow_lines) else 0
+        flow = flows[i]
+        line = lines[i] if i < len(lines) else 0
         text = f"flows[{i}] line {line}"
         if flow.description:
             text += f" {flow.description}"

@@ -119,3 +119,72 @@ def test_cover_is_near_lower_bound() -> None:
     assert covered == edges
     bound = cover_lower_bound(adj)
     assert bound <= len(cover) <= 1.2 * bound
+
+
+FIELDS_SPEC = """\
+version = 1
+[stack]
+name = "yes"
+subnet_pool = "10.90.0.0/16"
+[[tiers]]
+name = "front"
+[[tiers]]
+name = "back"
+[services.web]
+tier = "front"
+image = "nginx:1.27"
+listen = [80, "53/udp", "8000-8002/tcp"]
+description = "front door # not a key: 1"
+aliases = ["on", "1e3", "www"]
+secrets = ["plain", { source = "long", target = "/run/long", mode = 256 }]
+[services.web.compose]
+environment = ["A=$x", "B=2"]
+cap_add = ["SYS_TIME"]
+[services.api]
+tier = "back"
+image = "api:2"
+listen = [9000]
+[[flows]]
+from = "internet"
+to = "web"
+ports = [80]
+[[flows]]
+from = "web"
+to = "api"
+ports = [9000]
+tls = true
+[compose.secrets]
+plain = { file = "./plain.txt" }
+long = { file = "./long.txt" }
+"""
+
+
+def test_every_service_field_reads_back(tmp_path: Path) -> None:
+    """Each per-service field of compose.yaml reads back as the spec wrote it: names that
+    YAML would take for something else stay strings, a long-syntax secret stays a mapping,
+    the description stays one comment line, and the TLS secrets come after the spec's own."""
+    spec = tmp_path / "zones.toml"
+    spec.write_text(FIELDS_SPEC)
+    path, doc = compose_of(spec, tmp_path)
+    text = path.read_text()
+    web = doc["services"]["web"]  # type: ignore[index]
+    assert doc["name"] == "yes"
+    assert web["image"] == "nginx:1.27"
+    assert web["expose"] == ["80", "53/udp", "8000-8002"]
+    assert web["ports"] == ["80:80/tcp"]
+    assert web["environment"][:2] == ["A=$x", "B=2"]
+    assert web["cap_add"] == ["SYS_TIME"]
+    assert web["secrets"][:2] == ["plain", {"source": "long", "target": "/run/long",
+                                            "mode": 256}]
+    tls = web["secrets"][2:]
+    assert tls and all(set(m) == {"source", "target"} for m in tls)
+    assert {m["source"] for m in tls} <= set(doc["secrets"])  # type: ignore[operator]
+    assert web["networks"]
+    for net in web["networks"].values():
+        assert net["aliases"] == ["on", "1e3", "www"]
+    assert "    # front door # not a key: 1\n" in text
+    api = doc["services"]["api"]  # type: ignore[index]
+    shared = set(web["networks"]) & set(api["networks"])
+    assert shared, "a flow joins web and api: they share a network"
+    for name in shared:
+        assert doc["networks"][name]["internal"] is True  # type: ignore[index]

@@ -262,6 +262,14 @@ _CONSTANTS = {"header", "key", "word", "kind", "t", "proto", "port", "end", "s.p
               "pairs(w.labels, 6)", "pairs(w.labels, 8)", "pairs(w.annotations, 8)",
               'words("command", w.command)', 'words("args", w.args)'}
 _QUOTING = ("yq", "yblock", "comment")
+# Values a target quotes in Python, through the filters' own functions (render.yaml_strings,
+# yaml_scalar, comment, yaml_block): one pass a service instead of one filter call a value.
+# These are the fields of compose.py's rows; test_compose.py's
+# test_every_service_field_reads_back and test_injection read them back.
+_PREQUOTED = {
+    "compose.yaml.j2": {"s.name", "s.description", "s.image", "s.passthrough", "p", "net", "ip",
+                        "a", "m", "source", "target", "name", "internal", "subnet", "gateway"},
+}
 
 
 def unquoted_expressions(text: str) -> list[str]:
@@ -275,9 +283,15 @@ def unquoted_expressions(text: str) -> list[str]:
 
 
 def test_yaml_templates_quote_every_value() -> None:
-    """No YAML template writes an expression without yq, yblock or comment (constants aside)."""
-    bad = {p.name: unquoted_expressions(p.read_text()) for p in _TEMPLATES.glob("*.yaml.j2")}
+    """No YAML template writes an expression without yq, yblock or comment (constants and
+    values quoted in Python aside)."""
+    found = {p.name: unquoted_expressions(p.read_text()) for p in _TEMPLATES.glob("*.yaml.j2")}
+    bad = {name: [e for e in exprs if e not in _PREQUOTED.get(name, set())]
+           for name, exprs in found.items()}
     assert len(bad) >= 5 and not any(bad.values()), bad
+    # the list names only what its templates really write unfiltered
+    for name, exprs in _PREQUOTED.items():
+        assert exprs == set(found[name]), name
 
 
 def test_template_scan_can_fail() -> None:

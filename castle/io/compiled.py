@@ -45,6 +45,9 @@ def key(environment: jinja2.Environment, source: str) -> str:
                                          getattr(e.finalize, "__qualname__", None),
                                          getattr(e.finalize, "jinja_pass_arg", None)),
         sorted((k, repr(v)) for k, v in e.policies.items() if k.startswith("compiler.")),
+        # the generator writes the code: Jinja's own or castle's (castle/io/codegen.py)
+        (e.code_generator_class.__module__, e.code_generator_class.__qualname__,
+         getattr(e.code_generator_class, "VERSION", None)),
     ))
     return hashlib.sha256(shape.encode() + b"\0" + source.encode()).hexdigest()
 

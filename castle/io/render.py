@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import shlex
+from collections.abc import Sequence
 from json.encoder import encode_basestring  # json.dumps(s, ensure_ascii=False), minus its setup
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,26 @@ def yaml_scalar(value: Any) -> str:
 
     text: str = yaml.safe_dump(value, default_flow_style=True, width=2**31).strip()
     return text.removesuffix("...").strip()
+
+
+# joins a batch of strings for one pass of a quoting function: no quoting function changes
+# this private-use character and no filter's character class holds it
+_SEP = "\ue000"
+
+
+def yaml_strings(values: Sequence[str]) -> list[str]:
+    """`yaml_scalar` of each string, the batch quoted in one pass (a big stack has thousands
+    of names and addresses): the escapes work character by character, so quoting the joined
+    text and cutting it at the separators gives each string's own quoted form."""
+    if not values:
+        return []
+    text = _SEP.join(values)
+    if text.count(_SEP) != len(values) - 1:  # a string holds the separator: one at a time
+        return [_yaml_string(v) for v in values]
+    quoted: str = encode_basestring(text)
+    if _YAML_UNSAFE.search(quoted):
+        quoted = _YAML_UNSAFE.sub(_escape, quoted)
+    return quoted.replace(_SEP, '"' + _SEP + '"').split(_SEP)
 
 
 def yaml_block(value: Any, indent: int = 0) -> str:
@@ -108,13 +129,37 @@ def quoted_comment(value: Any, limit: int) -> str:
     text = comment(value).replace('"', "'").replace("\\", "/")
     if len(text) <= limit and text.isascii():  # one byte a character: nothing to cut
         return f'"{text}"'
-    data = text.encode("utf-8")[:limit]
-    return '"' + data.decode("utf-8", "ignore") + '"'
+    return _cut(text, limit)
+
+
+def quoted_comments(values: Sequence[str], limit: int) -> list[str]:
+    """`quoted_comment` of each string, the batch cleaned in one pass (as `yaml_strings`)."""
+    if not values:
+        return []
+    text = _SEP.join(values)
+    if text.count(_SEP) != len(values) - 1:  # a string holds the separator: one at a time
+        return [quoted_comment(v, limit) for v in values]
+    text = _UNSAFE_COMMENT.sub(" ", text).replace('"', "'").replace("\\", "/")
+    return [f'"{t}"' if len(t) <= limit and t.isascii() else _cut(t, limit)
+            for t in text.split(_SEP)]
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` double-quoted, cut to `limit` bytes of UTF-8 (never inside a character)."""
+    return '"' + text.encode("utf-8")[:limit].decode("utf-8", "ignore") + '"'
+
+
+_NFT_LIMIT = 120  # nft refuses a comment past 128 bytes
 
 
 def nft_string(value: Any) -> str:
     """An nftables quoted string (comments are limited to 128 bytes)."""
-    return quoted_comment(value, 120)
+    return quoted_comment(value, _NFT_LIMIT)
+
+
+def nft_strings(values: Sequence[str]) -> list[str]:
+    """`nft_string` of each string, the batch cleaned in one pass."""
+    return quoted_comments(values, _NFT_LIMIT)
 
 
 _UNIT_WORD = re.compile(r"^[A-Za-z0-9_./:@+=-]+$")
@@ -161,10 +206,13 @@ def environment() -> jinja2.Environment:
     """The shared, cached Jinja environment."""
     import jinja2
 
+    from castle.io.codegen import JoinedOutput
+
     try:
         # compiling the templates is a fifth of a small run; Jinja keeps the compiled code in
         # a per-user 0700 folder of the temp dir, checked against each template's source
-        cache: jinja2.BytecodeCache | None = jinja2.FileSystemBytecodeCache()
+        cache: jinja2.BytecodeCache | None = jinja2.FileSystemBytecodeCache(
+            pattern=f"__jinja2_castle{JoinedOutput.VERSION}_%s.cache")
     except RuntimeError:  # no private temp folder to be had: compile every time
         cache = None
     env = jinja2.Environment(
@@ -176,6 +224,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.code_generator_class = JoinedOutput
     env.filters.update(
         yq=yaml_scalar, yblock=yaml_block, sh=shell_quote, comment=comment, nftstr=nft_string,
         xml=xml_text, unit=unit_word,

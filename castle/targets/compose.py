@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from castle.errors import CastleError
-from castle.io.render import render
+from castle.io.render import comment, render, yaml_block, yaml_scalar, yaml_strings
 from castle.io.write import Output, header
 from castle.plan import Plan, PlanService, Published
 from castle.spec.findings import INTERNET
@@ -54,15 +55,34 @@ def _port_entry(svc: PlanService, p: Published) -> str:
     return f"{ip + ':' if ip else ''}{host}:{cont}/{p.container.proto}"
 
 
-def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
-    """What the template needs about one service."""
+@dataclass(frozen=True, slots=True)
+class ServiceRow:
+    """What the template writes about one service, every value already quoted: YAML
+    scalars through `yaml_strings` (the `yq` filter's quoting), the description through
+    `comment`, the passthrough keys as a `yblock` at indentation 4."""
+
+    name: str
+    description: str  # "" when the spec gives none
+    image: str
+    passthrough: str  # "" when no key is passed through
+    expose: list[str]
+    networks: list[tuple[str, str]]  # (network, address)
+    aliases: list[str]
+    ports: list[str]
+    own_secrets: list[str]
+    secrets: list[tuple[str, str]]  # (source, target)
+
+
+def _passthrough(plan: Plan, svc: PlanService,
+                 wiring: tls_recipes.ServiceTls | None) -> tuple[dict[str, Any], list[str]]:
+    """The service's compose keys castle passes through (TLS wiring merged in), and its TLS
+    secrets as (source, target) names flattened into one list."""
     passthrough = relocate.service_keys(
         {k: v for k, v in svc.spec.compose.items() if k != "environment"}, plan.spec_dir)
-    wiring = tls_recipes.service_tls(plan, svc.name)
     env = _environment(plan, svc, wiring)
     if env is not None:
         passthrough["environment"] = env
-    secrets: list[dict[str, str]] = []
+    secrets: list[str] = []
     if wiring is not None:
         if wiring.command is not None:
             passthrough["command"] = [c.replace("$", "$$") for c in wiring.command]
@@ -75,27 +95,53 @@ def service_context(plan: Plan, svc: PlanService) -> dict[str, Any]:
         prefix = tls_recipes.SECRETS_DIR + "/"
         for m in wiring.secrets:
             target = staged.get(m.target, m.target)
-            secrets.append({"source": m.source, "target": target.removeprefix(prefix)})
+            secrets += [m.source, target.removeprefix(prefix)]
     if svc.spec.container_firewall:
         caps = list(passthrough.get("cap_add") or [])
         passthrough["cap_add"] = sorted(set(caps) | {"NET_ADMIN"})
-    tls_dir = plan.spec.tls.dir
-    return {
-        "name": svc.name,
-        "image": svc.image,
-        "description": svc.spec.description,
-        "tier": svc.tier,
-        "passthrough": dict(sorted(passthrough.items())),
-        "networks": list(plan.address_text[svc.name].items()),
-        "aliases": list(svc.spec.aliases),
-        # informational for readers and `castle import`; reachability comes from networks
-        "expose": [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "")
-                   for p in svc.spec.listen],
-        "ports": [_port_entry(svc, p) for p in _published(plan).get(svc.name, ())],
-        "secrets": secrets,
-        "own_secrets": list(svc.spec.secrets),
-        "tls_dir": tls_dir,
-    }
+    return passthrough, secrets
+
+
+def service_row(plan: Plan, svc: PlanService) -> ServiceRow:
+    """What the template needs about one service, quoted."""
+    passthrough, secrets = _passthrough(plan, svc, tls_recipes.service_tls(plan, svc.name))
+    networks = plan.address_text[svc.name]
+    # informational for readers and `castle import`; reachability comes from networks
+    expose = [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "") for p in svc.spec.listen]
+    ports = [_port_entry(svc, p) for p in _published(plan).get(svc.name, ())]
+    aliases = svc.spec.aliases
+    # one quoting pass for the service's strings, then cut back into their fields
+    flat = [svc.name, svc.image, *expose, *aliases, *ports, *secrets]
+    for net, ip in networks.items():
+        flat += (net, ip)
+    quoted = yaml_strings(flat)
+    at = 2
+    fields: list[list[str]] = []
+    for count in (len(expose), len(aliases), len(ports), len(secrets)):
+        fields.append(quoted[at:at + count])
+        at += count
+    pairs = quoted[at:]
+    return ServiceRow(
+        name=quoted[0], image=quoted[1],
+        description=comment(svc.spec.description) if svc.spec.description else "",
+        passthrough=yaml_block(dict(sorted(passthrough.items())), 4) if passthrough else "",
+        expose=fields[0], aliases=fields[1], ports=fields[2],
+        # a name, or a long-syntax table written as a flow mapping
+        own_secrets=[yaml_scalar(m) for m in svc.spec.secrets],
+        secrets=list(zip(fields[3][::2], fields[3][1::2], strict=True)),
+        networks=list(zip(pairs[::2], pairs[1::2], strict=True)),
+    )
+
+
+def _networks(plan: Plan) -> list[tuple[str, str, str, str]]:
+    """The top-level networks, quoted: (name, internal, subnet, gateway)."""
+    flat: list[str] = []
+    for n in plan.networks:
+        flat += (n.name, str(n.subnet), str(n.gateway))
+    quoted = yaml_strings(flat)
+    flags = {b: yaml_scalar(b) for b in (False, True)}
+    return [(quoted[i], flags[n.internal], quoted[i + 1], quoted[i + 2])
+            for i, n in zip(range(0, len(quoted), 3), plan.networks, strict=True)]
 
 
 def _published(plan: Plan) -> dict[str, list[Published]]:
@@ -128,8 +174,8 @@ def context(plan: Plan) -> dict[str, Any]:
     return {
         "header": header(plan.source_name, plan.sha256),
         "stack": plan.stack,
-        "services": [service_context(plan, s) for s in plan.services],
-        "networks": plan.networks,
+        "services": [service_row(plan, s) for s in plan.services],
+        "networks": _networks(plan),
         "secrets": [
             (name, f"./{plan.spec.tls.dir}/{file}")
             for name, file in tls.items()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from castle.io.render import render
+from castle.io.render import nft_strings, render
 from castle.io.write import Output, header
 from castle.plan import Plan
 from castle.spec.values import span
@@ -22,12 +22,8 @@ from castle.targets.systemd import unit, unit_path
 PATH = "firewall/castle.nft"
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Element:
-    """One set element: its key text and the comment that says which flow it comes from."""
-
-    key: str
-    note: str = ""
+# One set element: its key text and the nft-quoted comment naming the flows it comes from.
+Element = tuple[str, str]
 
 
 def table_name(stack: str) -> str:
@@ -60,17 +56,16 @@ def _carve(rows: list[Row]) -> list[Row]:
 
 def elements(plan: Plan) -> dict[str, list[Element]]:
     """The sets' elements: internal, published (ingress) and egress connections."""
-    internal: list[Element] = []
+    internal: list[tuple[str, str]] = []
     for c in plan.internal_conns:
         what, rest = describe(plan, c), f" . {c.proto} . {c.port_text}"
-        for sa, da in shared_text(plan, c.src, c.dst):
-            internal.append(Element(f"{sa} . {da}{rest}", what))
+        internal += [(f"{sa} . {da}{rest}", what) for sa, da in shared_text(plan, c.src, c.dst)]
     anywhere = IPv4Network("0.0.0.0/0")
     ingress: list[Row] = [
         (str(ip), c.proto, cidr(c.src) or anywhere, c.lo, c.hi, describe(plan, c))
         for c in plan.ingress for ip in plan.service(c.dst).addresses
     ]
-    published = [Element(f"{net} . {ip} . {proto} . {span(lo, hi)}", note)
+    published = [(f"{net} . {ip} . {proto} . {span(lo, hi)}", note)
                  for ip, proto, net, lo, hi, note in _carve(ingress)]
     # "internet" egress is its own set, looked up only for public destinations: a CIDR flow
     # may open a private or link-local range, "internet" never does.
@@ -78,12 +73,19 @@ def elements(plan: Plan) -> dict[str, list[Element]]:
         (str(ip), c.proto, cidr(c.dst) or anywhere, c.lo, c.hi, describe(plan, c))
         for c in plan.egress for ip in plan.service(c.src).addresses
     ]
-    egress = [Element(f"{ip} . {net} . {proto} . {span(lo, hi)}", note)
+    egress = [(f"{ip} . {net} . {proto} . {span(lo, hi)}", note)
               for ip, proto, net, lo, hi, note in _carve([r for r in outgoing if r[2] != anywhere])]
-    public = [Element(f"{ip} . {proto} . {span(lo, hi)}", note)
+    public = [(f"{ip} . {proto} . {span(lo, hi)}", note)
               for ip, proto, _, lo, hi, note in _carve([r for r in outgoing if r[2] == anywhere])]
-    return {"internal": sorted(set(internal)), "published": sorted(set(published)),
-            "egress": sorted(set(egress)), "internet": sorted(set(public))}
+    return {"internal": _quoted(internal), "published": _quoted(published),
+            "egress": _quoted(egress), "internet": _quoted(public)}
+
+
+def _quoted(pairs: list[tuple[str, str]]) -> list[Element]:
+    """(key, note) pairs without repeats, sorted, each note quoted for nft (nft_strings)."""
+    unique = sorted(set(pairs))
+    notes = nft_strings([note for _, note in unique])
+    return [(key, note) for (key, _), note in zip(unique, notes, strict=True)]
 
 
 @dataclass(frozen=True)

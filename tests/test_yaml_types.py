@@ -269,6 +269,14 @@ _QUOTING = ("yq", "yblock", "comment")
 _PREQUOTED = {
     "compose.yaml.j2": {"s.name", "s.description", "s.image", "s.passthrough", "p", "net", "ip",
                         "a", "m", "source", "target", "name", "internal", "subnet", "gateway"},
+    # castle.targets.workloads quotes every value with yaml_scalar (the yq filter's function)
+    "workloads.yaml.j2": {"account", "config_map", "container_ports", "fs_group", "image", "k",
+                          "managed", "namespace", "ns", "path", "qname", "run_group",
+                          "run_user", "sa", "secret", "service_ports", "sub", "text", "v",
+                          "volume", "w", "working_dir"},
+    # castle.targets.k8s likewise; peers and port lists are text of the -parts template,
+    # whose macros quote with yq
+    "networkpolicies.yaml.j2": {"k", "managed", "name", "namespace", "peer", "ports", "v"},
 }
 
 

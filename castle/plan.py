@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses
-from typing import Any
+from typing import Any, NamedTuple
 
 from castle.errors import SpecError
 from castle.spec.addresses import AddressError, fixed_subnets, kept_addresses, member_addresses
@@ -23,8 +23,10 @@ from castle.words import count
 _OCTETS = tuple(str(n) for n in range(256))  # the last number of an address, as text
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Conn:
+# Conn and Network are named tuples: a big stack makes thousands of each, and a frozen
+# dataclass pays one object.__setattr__ per field (the order, equality and hash are the
+# same: those of the fields in turn)
+class Conn(NamedTuple):
     """An allowed connection: src opens dst on proto lo-hi (peers: services, internet, cidr:X)."""
 
     src: str
@@ -46,8 +48,7 @@ class Conn:
         return span(self.lo, self.hi)
 
 
-@dataclass(frozen=True, slots=True)
-class Network:
+class Network(NamedTuple):
     """A compose network: a clique of services that may talk, with its subnet."""
 
     name: str

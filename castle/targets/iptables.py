@@ -212,13 +212,11 @@ def ports(proto: str, lo: int, hi: int) -> str:
 def describe(plan: Plan, conn: Conn) -> str:
     """The comment of an allowing rule: the connection, then its flows with their lines
     (once per plan: iptables and nftables both write it)."""
-    # keyed by identity (the plan's connections are asked for again and again; the entry
-    # holds the connection, so its id is never reused): a dataclass hash is slow Python
-    known: dict[int, tuple[Conn, str]] = plan.memo.setdefault("describe", {})
-    entry = known.get(id(conn))
-    if entry is None or entry[0] is not conn:
-        entry = known[id(conn)] = (conn, _describe(plan, conn))
-    return entry[1]
+    known: dict[Conn, str] = plan.memo.setdefault("describe", {})
+    text = known.get(conn)
+    if text is None:
+        text = known[conn] = _describe(plan, conn)
+    return text
 
 
 def _describe(plan: Plan, conn: Conn) -> str:

@@ -202,6 +202,16 @@ class Record:
         return self._make({**self.__dict__, **changed},
                           set(self.__pydantic_fields_set__) | set(changed))
 
+    def __getstate__(self) -> tuple[dict[str, Any], set[str]]:
+        return self.__dict__, self.__pydantic_fields_set__
+
+    def __setstate__(self, state: tuple[dict[str, Any], set[str]]) -> None:
+        # copy, deepcopy and pickle fill a new record here: its __setattr__ refuses
+        values, given = state
+        for name, value in (("__dict__", dict(values)), ("__pydantic_fields_set__", set(given)),
+                            ("__pydantic_extra__", None), ("__pydantic_private__", None)):
+            object.__setattr__(self, name, value)
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen")
 

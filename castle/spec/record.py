@@ -169,8 +169,11 @@ class Record:
                 "type": "model", "cls": cls,
                 "schema": {"type": "model-fields", "fields": fields, "model_name": cls.__name__,
                            "extra_behavior": "forbid"},
+                # by name as well as by alias (`from_` and `from`): pydantic_core before
+                # 2.30 (pydantic 2.6-2.10, which pyproject allows) reads populate_by_name
                 "config": {"title": cls.__name__, "extra_fields_behavior": "forbid",
-                           "validate_by_alias": True, "validate_by_name": True},
+                           "validate_by_alias": True, "validate_by_name": True,
+                           "populate_by_name": True},
             }
         return cls._core
 

@@ -3,7 +3,9 @@ validated by pydantic's core without BaseModel's machinery (what start-up pays f
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +82,18 @@ def test_a_run_never_imports_basemodel(tmp_path: Path, command: str) -> None:
     loaded = done.stdout.split("LOADED", 1)[1].split()
     assert "pydantic_core" in loaded  # the negative control: the probe sees imports
     assert [m for m in loaded if not m.startswith("pydantic_core")] == []
+
+
+def test_a_record_copies_and_pickles_as_a_model_did() -> None:
+    """copy, deepcopy and pickle rebuild a record without going through its frozen setattr;
+    a deep copy shares no list with the original."""
+    spec = Spec.model_validate({"version": 1, "stack": {"name": "s"}, "tiers": [{"name": "t"}],
+                                "flows": [{"from": "internet", "to": "t", "ports": [80]}]})
+    for copied in (copy.copy(spec), copy.deepcopy(spec), pickle.loads(pickle.dumps(spec))):
+        assert copied == spec and copied is not spec
+        assert copied.__pydantic_fields_set__ == spec.__pydantic_fields_set__
+        with pytest.raises(AttributeError, match="frozen"):
+            copied.flows = []  # type: ignore[misc]
+    deep = copy.deepcopy(spec)
+    deep.flows[0].to.append("other")
+    assert spec.flows[0].to == ["t"]  # the negative control: the copy is its own

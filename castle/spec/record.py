@@ -169,8 +169,11 @@ class Record:
                 "type": "model", "cls": cls,
                 "schema": {"type": "model-fields", "fields": fields, "model_name": cls.__name__,
                            "extra_behavior": "forbid"},
+                # by name as well as by alias (`from_` and `from`): pydantic_core before
+                # 2.30 (pydantic 2.6-2.10, which pyproject allows) reads populate_by_name
                 "config": {"title": cls.__name__, "extra_fields_behavior": "forbid",
-                           "validate_by_alias": True, "validate_by_name": True},
+                           "validate_by_alias": True, "validate_by_name": True,
+                           "populate_by_name": True},
             }
         return cls._core
 
@@ -201,6 +204,16 @@ class Record:
         changed = update or {}
         return self._make({**self.__dict__, **changed},
                           set(self.__pydantic_fields_set__) | set(changed))
+
+    def __getstate__(self) -> tuple[dict[str, Any], set[str]]:
+        return self.__dict__, self.__pydantic_fields_set__
+
+    def __setstate__(self, state: tuple[dict[str, Any], set[str]]) -> None:
+        # copy, deepcopy and pickle fill a new record here: its __setattr__ refuses
+        values, given = state
+        for name, value in (("__dict__", dict(values)), ("__pydantic_fields_set__", set(given)),
+                            ("__pydantic_extra__", None), ("__pydantic_private__", None)):
+            object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen")

@@ -252,3 +252,13 @@ def test_temp_names_are_unpredictable(tmp_path: Path) -> None:
     b = write.write_tmp(target, "y", 0o644)
     assert a != b and str(os.getpid()) not in (a.name, b.name)
     assert write.TMP_NAME.fullmatch(a.name) and a.parent == tmp_path
+
+
+def test_a_deeply_nested_sibling_spec_is_passed_over(tmp_path: Path) -> None:
+    """Another .toml beside the spec, nested past tomllib's recursion limit: the neighbour
+    check reads it as no spec (it used to be an internal RecursionError)."""
+    (tmp_path / "zones.toml").write_text(EXAMPLE.read_text())
+    (tmp_path / "deep.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "zones.toml")])
+    assert result.exit_code == 0, result.output
+    assert "internal error" not in result.output

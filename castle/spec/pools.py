@@ -37,7 +37,8 @@ def _pool_of(path: Path) -> tuple[str, ipaddress.IPv4Network] | None:
         name = str(stack["name"])
         pool = stack.get("subnet_pool")
         return name, ipaddress.IPv4Network(pool) if pool else default_pool(name)
-    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError):  # TOML's too
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError,  # TOML's too
+            RecursionError):  # tomllib recurses per nesting level
         return None
 
 

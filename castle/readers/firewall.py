@@ -17,7 +17,8 @@ from pathlib import Path
 from castle.errors import UsageError
 from castle.plan import Plan
 from castle.spec.findings import INTERNET
-from castle.targets.iptables import PATH, blocks, host_ruleset, main_chain
+from castle.targets.fw_addresses import blocks
+from castle.targets.iptables import PATH, host_ruleset, main_chain
 
 ALLOWED = ("RETURN", "ACCEPT")
 SPARE = ("203.0.113.2", "198.51.100.7", "192.0.2.7", "100.64.0.7", "172.31.255.7")

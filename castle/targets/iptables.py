@@ -17,7 +17,7 @@ import itertools
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, collapse_addresses, summarize_address_range
+from ipaddress import IPv4Network
 from typing import NamedTuple
 
 from castle.errors import CastleError
@@ -25,6 +25,7 @@ from castle.io.render import comment, quoted_comment, render
 from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, Published
 from castle.spec.findings import is_outside
+from castle.targets.fw_addresses import blocks, cidr, cover, dotted, shared, shared_text
 from castle.targets.systemd import unit, unit_path
 
 PATH = "firewall/iptables.sh"
@@ -137,72 +138,6 @@ def ipt_comment(text: str) -> str:
     return quoted_comment(text, MAX_COMMENT)
 
 
-def cover(addrs: Iterable[IPv4Address]) -> IPv4Network:
-    """The smallest prefix holding every address."""
-    ints = [int(a) for a in addrs]
-    lo, hi = min(ints), max(ints)
-    plen = 32 - (lo ^ hi).bit_length()
-    return IPv4Network(((lo >> (32 - plen)) << (32 - plen), plen))
-
-
-def _dotted(n: int) -> str:
-    """An IPv4 address as text, from its integer."""
-    return f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
-
-
-def blocks(plan: Plan) -> list[IPv4Network]:
-    """The stack's compose subnets, merged into as few prefixes as possible."""
-    known: list[IPv4Network] | None = plan.memo.get("blocks")
-    if known is None:
-        known = plan.memo["blocks"] = _blocks(plan)
-    return list(known)
-
-
-def _blocks(plan: Plan) -> list[IPv4Network]:
-    # ipaddress.collapse_addresses is quadratic-ish on thousands of subnets: merge the
-    # integer ranges first, then let summarize_address_range cut each into prefixes.
-    # (each broadcast address from the prefix length: the property is a locked cached one)
-    spans = []
-    for n in plan.subnets:
-        lo = int(n.network_address)
-        spans.append((lo, lo | (0xFFFFFFFF >> n.prefixlen)))
-    spans.sort()
-    merged: list[list[int]] = []
-    for lo, hi in spans:
-        if merged and lo <= merged[-1][1] + 1:
-            merged[-1][1] = max(merged[-1][1], hi)
-        else:
-            merged.append([lo, hi])
-    return list(collapse_addresses(
-        net for lo, hi in merged
-        for net in summarize_address_range(IPv4Address(lo), IPv4Address(hi))))
-
-
-def cidr(peer: str) -> IPv4Network | None:
-    """The network of a `cidr:` peer; None for `internet`."""
-    return IPv4Network(peer[5:]) if peer.startswith("cidr:") else None
-
-
-def shared(plan: Plan, a: str, b: str) -> list[tuple[IPv4Address, IPv4Address]]:
-    """(address of a, address of b) on every network the two share."""
-    mine = dict(plan.service(a).networks)
-    pairs = [(mine[net], ip) for net, ip in plan.service(b).networks if net in mine]
-    if not pairs:
-        raise CastleError(f"iptables: {a} and {b} share no network, yet a flow joins them")
-    return pairs
-
-
-def shared_text(plan: Plan, a: str, b: str) -> list[tuple[str, str]]:
-    """`shared`, as address text."""
-    texts = plan.address_text
-    mine, theirs = texts[a], texts[b]
-    # network names sort as each service's networks do
-    pairs = [(mine[net], theirs[net]) for net in sorted(theirs.keys() & mine.keys())]
-    if not pairs:
-        raise CastleError(f"iptables: {a} and {b} share no network, yet a flow joins them")
-    return pairs
-
-
 def ports(proto: str, lo: int, hi: int) -> str:
     """-p tcp -m tcp --dport 80 (or 8000:8010)."""
     rng = str(lo) if lo == hi else f"{lo}:{hi}"
@@ -277,7 +212,7 @@ def _tree(rs: Ruleset, kind: str, opt: str, bits: int, counter: Iterator[int],
             end = bisect_left(ints, ((ints[start] >> shift) + 1) << shift, start + 1, hi)
             first = ints[start]
             host = (first ^ ints[end - 1]).bit_length()  # what cover() computes, without objects
-            rs.add(name, f"{opt} {_dotted(first >> host << host)}/{32 - host} "
+            rs.add(name, f"{opt} {dotted(first >> host << host)}/{32 - host} "
                          f"-g {_tree(rs, kind, opt, bits, counter, items, ints, start, end)}")
             start = end
     rs.add(name, "-j DROP")

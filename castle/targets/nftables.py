@@ -16,7 +16,8 @@ from castle.io.render import nft_strings, render
 from castle.io.write import Output, header
 from castle.plan import Plan
 from castle.spec.values import span
-from castle.targets.iptables import blocks, cidr, describe, shared_text
+from castle.targets.fw_addresses import blocks, cidr, shared_text
+from castle.targets.iptables import describe
 from castle.targets.systemd import unit, unit_path
 
 PATH = "firewall/castle.nft"

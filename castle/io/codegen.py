@@ -21,6 +21,13 @@ class JoinedOutput(CodeGenerator):
     # file names: code another version of this generator made is never taken for its own
     VERSION = 1
 
+    @staticmethod
+    def fits() -> bool:
+        """True when this Jinja's generator has the two helpers the override calls (Jinja
+        3.0 to 3.1 do; they are not public API)."""
+        return all(hasattr(CodeGenerator, name)
+                   for name in ("_make_finalize", "_output_child_to_const", "visit_Output"))
+
     def visit_Output(self, node: nodes.Output, frame: Frame) -> None:
         """One `yield FORMAT % (values,)` for the node; Jinja's own code where it differs
         (inside a buffer, with autoescape or a finalize function)."""

@@ -224,7 +224,8 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.code_generator_class = JoinedOutput
+    if JoinedOutput.fits():  # Jinja's own generator otherwise: the same text, more yields
+        env.code_generator_class = JoinedOutput
     env.filters.update(
         yq=yaml_scalar, yblock=yaml_block, sh=shell_quote, comment=comment, nftstr=nft_string,
         xml=xml_text, unit=unit_word,

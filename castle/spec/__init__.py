@@ -1,1 +1,2 @@
-"""The spec: pydantic models of zones.toml, the wall rules, and loading with line numbers."""
+"""The spec: the models of zones.toml (records pydantic_core validates), the wall rules, and
+loading with line numbers."""

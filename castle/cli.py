@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -346,6 +347,18 @@ def schema() -> None:
     from castle.spec.starter import json_schema
 
     print(json_schema())
+
+
+def _short_helps() -> None:
+    """Each command's first paragraph as its line in `castle --help`, whole: click's plain
+    layout would cut a longer one at the column's width (typer's rich layout wrapped it)."""
+    for command in app.registered_commands:
+        doc = inspect.getdoc(command.callback) if command.callback else None
+        if command.short_help is None and doc:
+            command.short_help = " ".join(doc.split("\n\n", 1)[0].split())
+
+
+_short_helps()
 
 
 def main() -> None:

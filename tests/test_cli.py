@@ -314,3 +314,14 @@ def test_a_target_run_compiles_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 0, result.output
     assert len(calls) == 1
     assert (tmp_path / "k8s" / "networkpolicies.yaml").is_file()  # not taken for stale
+
+
+def test_help_lists_each_command_whole() -> None:
+    """`castle --help` gives each command's first paragraph in full, never cut with "..."."""
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    listed = " ".join(result.output.split("Commands:", 1)[1].split())
+    assert "..." not in listed
+    assert ("import Draft a zones.toml from compose files: flows for the connections the file "
+            "shows (or guesses, noted), the other pairs of a shared network closed and listed "
+            "in the draft.") in listed

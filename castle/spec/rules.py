@@ -175,19 +175,10 @@ class Checker(TlsRules):
                                           f"{tiers[innermost]!r} opens connections out of the "
                                           "stack", "add waiver = \"why\" to say it is intended")
                         continue
-                    # the wall rules as _wall states them, its message made only when broken
-                    dd = level[dst]
-                    if src_out:
-                        broken = dd > 0
-                    else:
-                        ds = level[src]
-                        broken = dd < ds or dd > ds + 1
-                    if broken:
-                        msg, hint = self._wall(src, dst, depth, tiers)
-                        if msg and not flow.waiver and msg not in reported:
-                            reported.add(msg)
-                            self.error(("flows", i), f"{self.written(i, src, dst)} {msg}",
-                                       hint)
+                    msg, hint = self._wall(src, dst, level, tiers, src_out)
+                    if msg and not flow.waiver and msg not in reported:
+                        reported.add(msg)
+                        self.error(("flows", i), f"{self.written(i, src, dst)} {msg}", hint)
         self._check_duplicates()
 
     def written(self, i: int, src: str, dst: str) -> str:
@@ -254,21 +245,20 @@ class Checker(TlsRules):
                                f"it listens on {have}; add the port to [services.{dst}].listen")
         return tuple(flow.ports) if ok else None
 
-    def _wall(
-        self, src: str, dst: str, depth: dict[str, int], tiers: list[str]
-    ) -> tuple[str, str]:
-        services = self.spec.services
+    @staticmethod
+    def _wall(src: str, dst: str, level: dict[str, int], tiers: list[str],
+              src_out: bool) -> tuple[str, str]:
+        """How src -> dst (a service) breaks a wall and how to mend it; ("", "") when it
+        does not. `level` is each service's tier depth; egress never reaches here."""
         waive = 'or add waiver = "why" to the flow'
-        if is_outside(dst):
-            return "", ""  # egress is not bound by the wall direction rules
-        dd = depth.get(services[dst].tier, 0)
-        if is_outside(src):
+        dd = level[dst]
+        if src_out:
             if dd > 0:
                 return (f"enters at tier {tiers[dd]!r}, behind the outermost "
                         f"wall {tiers[0]!r}",
                         f"expose a service of tier {tiers[0]!r} (a proxy) instead, {waive}")
             return "", ""
-        ds = depth.get(services[src].tier, 0)
+        ds = level[src]
         if dd < ds:
             return (f"goes outward (from tier {tiers[ds]!r} to "
                     f"{tiers[dd]!r}); walls only open inward",

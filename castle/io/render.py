@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from json.encoder import encode_basestring  # json.dumps(s, ensure_ascii=False), minus its setup
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,19 +53,29 @@ def yaml_scalar(value: Any) -> str:
     return text.removesuffix("...").strip()
 
 
+def yaml_pairs(pairs: Iterable[tuple[Any, Any]]) -> list[tuple[str, str]]:
+    """`yaml_scalar` of both sides of each (key, value) pair: labels, annotations, env."""
+    return [(yaml_scalar(k), yaml_scalar(v)) for k, v in pairs]
+
+
 # joins a batch of strings for one pass of a quoting function: no quoting function changes
 # this private-use character and no filter's character class holds it
 _SEP = "\ue000"
+
+
+def _joined(values: Sequence[str]) -> str | None:
+    """The batch joined at the separator; None when it is empty or a string holds the
+    separator itself (then each is quoted on its own)."""
+    text = _SEP.join(values)
+    return text if values and text.count(_SEP) == len(values) - 1 else None
 
 
 def yaml_strings(values: Sequence[str]) -> list[str]:
     """`yaml_scalar` of each string, the batch quoted in one pass (a big stack has thousands
     of names and addresses): the escapes work character by character, so quoting the joined
     text and cutting it at the separators gives each string's own quoted form."""
-    if not values:
-        return []
-    text = _SEP.join(values)
-    if text.count(_SEP) != len(values) - 1:  # a string holds the separator: one at a time
+    text = _joined(values)
+    if text is None:
         return [_yaml_string(v) for v in values]
     quoted: str = encode_basestring(text)
     if _YAML_UNSAFE.search(quoted):
@@ -126,26 +136,23 @@ def comment(value: Any) -> str:
 def quoted_comment(value: Any, limit: int) -> str:
     """A double-quoted comment word for nft and iptables-restore: one line, no quotes or
     backslashes (neither tool has a safe escape for them), at most `limit` bytes."""
-    text = comment(value).replace('"', "'").replace("\\", "/")
-    if len(text) <= limit and text.isascii():  # one byte a character: nothing to cut
-        return f'"{text}"'
-    return _cut(text, limit)
+    return _word(comment(value).replace('"', "'").replace("\\", "/"), limit)
 
 
 def quoted_comments(values: Sequence[str], limit: int) -> list[str]:
     """`quoted_comment` of each string, the batch cleaned in one pass (as `yaml_strings`)."""
-    if not values:
-        return []
-    text = _SEP.join(values)
-    if text.count(_SEP) != len(values) - 1:  # a string holds the separator: one at a time
+    text = _joined(values)
+    if text is None:
         return [quoted_comment(v, limit) for v in values]
     text = _UNSAFE_COMMENT.sub(" ", text).replace('"', "'").replace("\\", "/")
-    return [f'"{t}"' if len(t) <= limit and t.isascii() else _cut(t, limit)
-            for t in text.split(_SEP)]
+    return [_word(t, limit) for t in text.split(_SEP)]
 
 
-def _cut(text: str, limit: int) -> str:
-    """`text` double-quoted, cut to `limit` bytes of UTF-8 (never inside a character)."""
+def _word(text: str, limit: int) -> str:
+    """Cleaned `text` double-quoted, cut to `limit` bytes of UTF-8 (never inside a
+    character)."""
+    if len(text) <= limit and text.isascii():  # one byte a character: nothing to cut
+        return f'"{text}"'
     return '"' + text.encode("utf-8")[:limit].decode("utf-8", "ignore") + '"'
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from operator import attrgetter
 from typing import Any, NamedTuple
 
-from castle.io.render import environment, render, yaml_scalar
+from castle.io.render import environment, render, yaml_pairs, yaml_scalar
 from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService
 from castle.spec.findings import INTERNET, is_outside
@@ -31,7 +30,7 @@ PARTS = "networkpolicies-parts.yaml.j2"
 DENY = "castle-default-deny"
 DNS = "castle-allow-dns"
 
-Labels = list[tuple[str, str]]
+Labels = workloads.Labels
 Ports = tuple[tuple[str, int, int], ...]  # (TCP|UDP, port, endPort or 0)
 
 
@@ -51,10 +50,6 @@ class Policy(NamedTuple):
     types: list[str]
     ingress: list[Entry]
     egress: list[Entry]
-
-
-def _quoted(pairs: Iterable[tuple[str, str]]) -> Labels:
-    return [(yaml_scalar(k), yaml_scalar(v)) for k, v in pairs]
 
 
 # What the ingress rule of dst and the egress rule of src share: the flows behind the
@@ -140,7 +135,7 @@ class _Writer:
         """A service's labels, quoted."""
         labels = self.labels.get(svc.name)
         if labels is None:
-            labels = self.labels[svc.name] = _quoted(svc.labels)
+            labels = self.labels[svc.name] = yaml_pairs(svc.labels)
         return labels
 
     def annotations(self, pairs: list[_Pair]) -> list[tuple[str, str]]:
@@ -152,7 +147,7 @@ class _Writer:
             notes = self.notes.get(i)
             if notes is None:
                 flow = self.plan.spec.flows[i]
-                notes = self.notes[i] = _quoted(
+                notes = self.notes[i] = yaml_pairs(
                     ([(f"castle/flow-{i}", flow.description)] if flow.description else [])
                     + ([(f"castle/waiver-{i}", flow.waiver)] if flow.waiver else []))
             out += notes

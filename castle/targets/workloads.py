@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from castle.io.render import environment, render, yaml_scalar
+from castle.io.render import environment, render, yaml_pairs, yaml_scalar
 from castle.io.write import Output, header
 from castle.plan import Plan, PlanService
 from castle.spec.values import MAX_DECLARED_PORTS, listen_count
@@ -83,10 +82,6 @@ class Workload(NamedTuple):
     sources: list[tuple[str, Labels]]
 
 
-def _quoted(pairs: Iterable[tuple[str, str]]) -> Labels:
-    return [(yaml_scalar(k), yaml_scalar(v)) for k, v in pairs]
-
-
 def _quoted_int(value: int | None) -> str:
     return "" if value is None else yaml_scalar(value)
 
@@ -98,7 +93,7 @@ class _Shared:
     def __init__(self, plan: Plan) -> None:
         self.parts: Any = environment().get_template(PARTS).module
         self.known: dict[tuple[Port, ...], tuple[str, str]] = {}
-        self.annotations = _quoted(LINKERD_POD) if mesh_kind(plan) == "linkerd" else []
+        self.annotations = yaml_pairs(LINKERD_POD) if mesh_kind(plan) == "linkerd" else []
 
     def texts(self, ports: list[Port]) -> tuple[str, str]:
         """The Service's and the container's `ports:` items."""
@@ -222,7 +217,7 @@ def workload(plan: Plan, svc: PlanService, shared: _Shared | None = None) -> Wor
         qname=q(svc.name),
         namespace=q(namespace_of(plan, svc.name)),
         comment=svc.spec.description,
-        labels=_quoted(svc.labels),
+        labels=yaml_pairs(svc.labels),
         account=q(svc.service_account),
         image=q(svc.image),
         service=bool(ports) and bool(_DNS_1035.match(svc.name)),
@@ -230,7 +225,7 @@ def workload(plan: Plan, svc: PlanService, shared: _Shared | None = None) -> Wor
         container_ports=container_ports,
         undeclared=0 if ports else listen_count(svc.spec.listen),
         config_map=q(svc.name + "-castle-tls"),
-        configs=_quoted(sorted(configs)) if configs else [],
+        configs=yaml_pairs(sorted(configs)) if configs else [],
         annotations=shared.annotations,
         run_user=_quoted_int(run_as[0]),
         run_group=_quoted_int(run_as[1]),
@@ -239,11 +234,11 @@ def workload(plan: Plan, svc: PlanService, shared: _Shared | None = None) -> Wor
         args=None if args is None else [q(w) for w in args],
         working_dir=q(working_dir) if working_dir else "",
         skipped_env=skipped,
-        env=_quoted(env) if env else [],
-        mounts=_quoted(sorted(mounts)) if mounts else [],
+        env=yaml_pairs(env) if env else [],
+        mounts=yaml_pairs(sorted(mounts)) if mounts else [],
         # without a known group the container's unknown user must still read its own key
         mode=0o440 if group is not None or run_as[0] == 0 else 0o444,
-        sources=[(q(secret), _quoted(kps)) for secret, kps in _sources(items)] if items else [],
+        sources=[(q(secret), yaml_pairs(kps)) for secret, kps in _sources(items)] if items else [],
     )
 
 

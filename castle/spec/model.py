@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic_core import PydanticCustomError
 
@@ -127,7 +127,7 @@ class Tier(Record):
 
 
 Recipe = Literal["postgres", "mysql", "mariadb", "redis", "valkey", "nginx", "generic"]
-RECIPES = ("postgres", "mysql", "mariadb", "redis", "valkey", "nginx", "generic")
+RECIPES: tuple[Recipe, ...] = get_args(Recipe)
 
 
 class ServiceTls(Record):

@@ -193,10 +193,7 @@ class Record:
     @classmethod
     def _make(cls: type[R], values: dict[str, Any], given: set[str]) -> R:
         new = object.__new__(cls)
-        object.__setattr__(new, "__dict__", values)
-        object.__setattr__(new, "__pydantic_fields_set__", given)
-        object.__setattr__(new, "__pydantic_extra__", None)
-        object.__setattr__(new, "__pydantic_private__", None)
+        new.__setstate__((values, given))
         return new
 
     def model_copy(self: R, *, update: dict[str, Any] | None = None) -> R:

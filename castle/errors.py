@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class CastleError(Exception):
@@ -19,8 +19,7 @@ class WriteRefused(CastleError):
     """Writing would overwrite a file castle did not generate, or escape the output folder."""
 
 
-@dataclass(frozen=True, order=True)
-class Diagnostic:
+class Diagnostic(NamedTuple):
     """One finding about a spec, located in its file: an error or a warning."""
 
     file: str

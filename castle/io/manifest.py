@@ -16,10 +16,9 @@ import os
 import stat
 import sys
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from castle.errors import Diagnostic
 from castle.io.render import templates_dir
@@ -33,8 +32,7 @@ FORMAT = 1
 LIBRARIES = ("pydantic", "pydantic_core", "jinja2", "markupsafe", "yaml", "typer", "cryptography")
 
 
-@dataclass(frozen=True)
-class UpToDate:
+class UpToDate(NamedTuple):
     """A `--check` answered from the manifest: nothing drifts."""
 
     out: Path

@@ -12,8 +12,8 @@ import re
 import stat
 import tempfile
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from castle.errors import UsageError, WriteRefused
 from castle.io.render import comment
@@ -35,8 +35,7 @@ JOURNAL_FORMAT = 1
 JOURNAL_MAX = 4 << 20  # a real journal lists a few hundred renames: 4 MiB is plenty
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(NamedTuple):
     """One file to write, relative to the output folder."""
 
     path: str
@@ -314,8 +313,7 @@ def write_file(path: Path, content: str, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-@dataclass(frozen=True)
-class Prune:
+class Prune(NamedTuple):
     """Remove castle's own files from `source_name` that are not in `keep` (see stale)."""
 
     source_name: str

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from castle import targets as target_registry
 from castle.errors import UsageError
@@ -14,13 +15,12 @@ from castle.io.write import Output, Prune, diff_outputs, locked, write_outputs, 
 from castle.plan import Plan, compile_plan, select_targets
 from castle.spec.load import Loaded, load
 from castle.spec.model import TARGETS
-from castle.tls import known
-from castle.tls import plan as tlsplan
-from castle.tls.files import CertsResult
+
+if TYPE_CHECKING:
+    from castle.tls.files import CertsResult
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     """What a generate run produced (or would produce, with check)."""
 
     loaded: Loaded
@@ -29,9 +29,9 @@ class Result:
     outputs: list[Output]
     changed: list[str]  # written or removed paths (removed ones are also in `removed`)
     diffs: list[str]
-    removed: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # warnings met while writing
-    tls: str = ""  # what the TLS step did (castle certs' report), empty when nothing was needed
+    removed: list[str]
+    notes: list[str]  # warnings met while writing
+    tls: str  # what the TLS step did (castle certs' report), empty when nothing was needed
 
 
 def spec_dir_from(spec_path: str | Path, out: str | Path | None) -> str:
@@ -66,7 +66,8 @@ def generate(spec_path: str | Path, out: str | Path | None = None, *,
     root = Path(out) if out is not None else Path(spec_path).parent
     prune = Prune(plan.source_name, full_paths(loaded, plan, outputs, narrowed=bool(wanted)))
     if check:
-        return Result(loaded, plan, root, outputs, [], diff_outputs(root, outputs, prune))
+        return Result(loaded, plan, root, outputs, [], diff_outputs(root, outputs, prune), [], [],
+                      "")
     tls = ""
     issued: CertsResult | None = None
     castle: str | None = None
@@ -92,7 +93,11 @@ def _certificates(plan: Plan, root: Path) -> tuple[CertsResult | None, str | Non
     """The TLS step (castle.tls.certs.ensure) and castle's fingerprint, when one was taken.
 
     An unchanged TLS folder is answered from the last manifest's record without loading
-    cryptography (castle.tls.known); any doubt runs the full check."""
+    cryptography (castle.tls.known); any doubt runs the full check. (The TLS modules are
+    imported here: a firewall-only run never needs them.)"""
+    from castle.tls import known
+    from castle.tls import plan as tlsplan
+
     if not tlsplan.leaves(plan):
         return None, None  # ensure has nothing to do
     previous = manifest.previous(root)

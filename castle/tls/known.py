@@ -22,9 +22,8 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from castle.errors import WriteRefused
 from castle.io.write import TMP_TAG, inside, locked
@@ -41,8 +40,7 @@ DAY = 86400
 _SHA = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(frozen=True)
-class Inputs:
+class Inputs(NamedTuple):
     """What decides the certificates castle keeps or issues in one TLS folder."""
 
     folder: str

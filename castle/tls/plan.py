@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from castle.plan import Plan
 from castle.spec.model import TLS_REF
@@ -18,16 +17,14 @@ CLUSTER_DOMAIN = "cluster.local"
 Role = Literal["server", "client"]
 
 
-@dataclass(frozen=True, order=True)
-class Mount:
+class Mount(NamedTuple):
     """A compose secret mounted in a service at /run/secrets/<target>."""
 
     source: str
     target: str
 
 
-@dataclass(frozen=True, order=True)
-class Leaf:
+class Leaf(NamedTuple):
     """One certificate castle issues: a service's server or client identity."""
 
     service: str

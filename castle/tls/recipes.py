@@ -10,7 +10,7 @@ docs/tls.md describes each recipe.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from castle.io.render import render, shell_quote
 from castle.io.write import Output, header
@@ -27,8 +27,7 @@ OUT_DIR = "tls"  # recipe files castle generate writes, relative to the output f
 PASSWORD_SUFFIX = "-postgres-password"
 
 
-@dataclass(frozen=True)
-class Owner:
+class Owner(NamedTuple):
     """Who runs the server inside the official image: its private files are root:group 0640."""
 
     user: str
@@ -50,16 +49,14 @@ ENTRYPOINTS = {name: "docker-entrypoint.sh" for name in OWNERS}
 PRIVATE_MODE = 0o640  # with owner root: what PostgreSQL, libpq and MySQL accept
 
 
-@dataclass(frozen=True, order=True)
-class SecretMount:
+class SecretMount(NamedTuple):
     """A top-level secret mounted at an absolute path inside the container."""
 
     source: str
     target: str
 
 
-@dataclass(frozen=True, order=True)
-class ConfigFile:
+class ConfigFile(NamedTuple):
     """A file castle generate writes (tls/...) and the service mounts read-only."""
 
     name: str  # top-level compose config name
@@ -68,8 +65,7 @@ class ConfigFile:
     text: str
 
 
-@dataclass(frozen=True)
-class ServiceTls:
+class ServiceTls(NamedTuple):
     """Everything TLS adds to one service, for any target."""
 
     service: str
@@ -79,10 +75,10 @@ class ServiceTls:
     private: tuple[str, ...]  # paths (in SECRETS_DIR) that hold keys and passwords
     configs: tuple[ConfigFile, ...]
     env: dict[str, str]
-    command: tuple[str, ...] | None = None
-    entrypoint: tuple[str, ...] | None = None  # compose only: copies private files first
-    owner: Owner | None = None  # must read the private files (None: root reads them)
-    client_args: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dest -> CLI flags
+    command: tuple[str, ...] | None
+    entrypoint: tuple[str, ...] | None  # compose only: copies private files first
+    owner: Owner | None  # must read the private files (None: root reads them)
+    client_args: dict[str, tuple[str, ...]]  # dest -> CLI flags
 
     @property
     def staged(self) -> dict[str, str]:

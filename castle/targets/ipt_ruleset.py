@@ -39,9 +39,9 @@ class Ruleset:
     hooks: list[tuple[str, str, bool]] = field(default_factory=list)  # builtin, chain, wanted
     chains: list[str] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)  # chain -> what it is for
-    # chain -> its `# CHAIN: note` line, then its `-A` lines so far (or pieces of several lines
-    # where a chain is made whole at once, the dispatch tree's): a big stack has tens of
-    # thousands, text() only joins them, in the order the chains were declared
+    # chain -> its `# CHAIN: note` line, then its `-A` lines so far; chains declared whole at
+    # once (the dispatch tree's) are one piece under the first one's name. A big stack has
+    # tens of thousands of lines: text() only joins the pieces, in the order of `chains`
     _body: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _said: dict[str, str] = field(default_factory=dict, repr=False)  # note -> comment(note)
     # (chain, index of a piece in its body, what starts with the (src, dst) of it and of each
@@ -59,17 +59,29 @@ class Ruleset:
         self.open(name, note)
         return name
 
-    def open(self, name: str, note: str) -> list[str]:
-        """Declare the next chain by its full name; return the list its lines go in."""
-        said = self._said.get(note)  # the tree's chains share a few notes
+    def heading(self, note: str) -> str:
+        """What a chain's `#` line says for `note`."""
+        said = self._said.get(note)
         if said is None:
             said = self._said[note] = comment(note)
+        return said
+
+    def open(self, name: str, note: str) -> list[str]:
+        """Declare the next chain by its full name; return the list its lines go in."""
         self.chains.append(name)
         self.notes[name] = note
         self._rules = None
-        body = [f"# {name}: {said}"]
+        body = [f"# {name}: {self.heading(note)}"]
         self._body[name] = body
         return body
+
+    def declare(self, names: list[str], note: str, text: str) -> None:
+        """Declare chains made whole at once (they take no more rules): `text` holds each
+        one's `#` line, as open() makes it, then its rules, in the order of `names`."""
+        self.chains += names
+        self.notes.update(dict.fromkeys(names, note))
+        self._body[names[0]] = [text]
+        self._rules = None
 
     def add(self, chain: str, spec: str, text: str = "", src: str = "", dst: str = "") -> None:
         """Append a rule, with a comment when `text` is given."""
@@ -101,11 +113,13 @@ class Ruleset:
             peers = {(chain, at + i): (pair[0], pair[1]) for chain, at, pairs in self._peers
                      for i, pair in enumerate(pairs)}
             rules: list[Rule] = []
-            for chain in self.chains:
-                cut = len(chain) + 4  # "-A CHAIN "
-                for i, piece in enumerate(self._body[chain][1:], 1):
-                    src, dst = peers.get((chain, i), ("", ""))
-                    rules += [Rule(chain, line[cut:], src, dst) for line in piece.split("\n")]
+            for key, body in self._body.items():  # each line names its chain
+                for i, piece in enumerate(body):
+                    src, dst = peers.get((key, i), ("", ""))
+                    for line in piece.split("\n"):
+                        if line.startswith("-A "):
+                            chain, spec = line[3:].split(" ", 1)
+                            rules.append(Rule(chain, spec, src, dst))
             self._rules = rules
         return self._rules
 

@@ -21,7 +21,7 @@ from castle.io.render import quoted_comments, render
 from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, Published
 from castle.spec.findings import is_outside
-from castle.targets.fw_addresses import blocks, cidr, cover, shared
+from castle.targets.fw_addresses import address_int, blocks, cidr, cover, dotted, shared
 from castle.targets.ipt_ruleset import (
     MAX_CHAIN,
     MAX_COMMENT,
@@ -40,7 +40,6 @@ LEAF = 8  # dispatch chains end in at most this many per-address jumps
 # levels for hosts that reach DOCKER-USER from a chain of their own
 MAX_TREE = 10
 ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED"
-_OCTETS = tuple(str(n) for n in range(256))
 _RULES = "\0castle-rules\0"  # where script() puts the rules: no rendered value holds a NUL
 
 
@@ -115,23 +114,30 @@ def dispatch(rs: Ruleset, kind: str, leaves: dict[int, str]) -> str:
     names: Iterator[str] = (map(head.__add__, map(str, itertools.count()))
                             if len(f"{head}{2 * len(ints)}") <= MAX_CHAIN else
                             (sub_chain(rs.tag, f"{kind}{i}") for i in itertools.count()))
+    note = f"dispatch on {opt} (prefix tree)"
+    texts: list[str] = []
+    order: list[str] = []
+    _tree(texts, order, rs.heading(note), names, opt,
+          stride([(ints[0], ""), (ints[-1], "")]), ints, rules, 0, len(ints))
     declared = len(rs.chains)
-    root = _tree(rs, f"dispatch on {opt} (prefix tree)", names, opt,
-                 stride([(ints[0], ""), (ints[-1], "")]), ints, rules, 0, len(ints))
+    rs.declare(order, note, "\n".join(texts))
     if len(rs.notes) != len(rs.chains):  # a tree's name met another chain's
         twice = next(c for c in rs.chains[declared:] if rs.chains.count(c) > 1)
         raise CastleError(f"iptables: two chains are both named {twice}")
-    return root
+    return order[0]
 
 
-def _tree(rs: Ruleset, note: str, names: Iterator[str], opt: str, bits: int,
-          ints: list[int], rules: list[str], lo: int, hi: int) -> str:
-    """One chain of the dispatch tree, for ints[lo:hi], and below it its subtrees (a plain
-    function, not a closure: a closure that calls itself is a reference cycle, and with the
-    collector off for a command-line run it would keep the whole ruleset alive). Each chain
-    is one piece of text, made when its subtrees are named."""
+def _tree(texts: list[str], order: list[str], said: str, names: Iterator[str], opt: str,
+          bits: int, ints: list[int], rules: list[str], lo: int, hi: int) -> str:
+    """One chain of the dispatch tree, for ints[lo:hi], and below it its subtrees: their
+    names go in `order`, their text (as Ruleset.open heads a chain, `said` its note) in
+    `texts`, parents first. (A plain function, not a closure: a closure that calls itself is
+    a reference cycle, and with the collector off for a command-line run it would keep the
+    whole ruleset alive.)"""
     name = next(names)
-    body = rs.open(name, note)
+    slot = len(texts)
+    order.append(name)
+    texts.append(name)  # the chain's place, its text once its subtrees are named
     if hi - lo <= LEAF:
         specs = rules[lo:hi]
     else:
@@ -144,25 +150,23 @@ def _tree(rs: Ruleset, note: str, names: Iterator[str], opt: str, bits: int,
             end = bisect_left(ints, ((ints[start] >> shift) + 1) << shift, start + 1, hi)
             first = ints[start]
             host = (first ^ ints[end - 1]).bit_length()  # what cover() computes, without objects
-            net = first >> host << host
-            child = _tree(rs, note, names, opt, bits, ints, rules, start, end)
-            specs.append(f"{opt} {_OCTETS[net >> 24]}.{_OCTETS[net >> 16 & 255]}."  # dotted()
-                         f"{_OCTETS[net >> 8 & 255]}.{_OCTETS[net & 255]}/{32 - host} -g {child}")
+            child = _tree(texts, order, said, names, opt, bits, ints, rules, start, end)
+            specs.append(f"{opt} {dotted(first >> host << host)}/{32 - host} -g {child}")
             start = end
     sep = f"\n-A {name} "
-    body.append(f"-A {name} {sep.join(specs)}{sep}-j DROP")
+    texts[slot] = f"# {name}: {said}{sep}{sep.join(specs)}{sep}-j DROP"
     return name
 
 
 def _leaves(plan: Plan, names: Iterable[str], chain: dict[str, str], opt: str) -> dict[int, str]:
     """Address -> the rule that sends it to its service's chain, for every address of the
     named services."""
-    texts = plan.address_text
+    texts, service = plan.address_text, plan.service
     out: dict[int, str] = {}
     for name in names:
         text, leaf = texts[name], chain[name]
-        out.update([(int(ip), f"{opt} {text[net]}/32 -g {leaf}")
-                    for net, ip in plan.service(name).networks])
+        for net, ip in service(name).networks:
+            out[address_int(ip)] = f"{opt} {text[net]}/32 -g {leaf}"
     return out
 
 

@@ -80,8 +80,9 @@ def shared_text(plan: Plan, a: str, b: str) -> list[tuple[str, str]]:
     """`shared`, as address text."""
     texts = plan.address_text
     mine, theirs = texts[a], texts[b]
+    nets = theirs.keys() & mine.keys()  # most pairs share one: nothing to sort
     # network names sort as each service's networks do
-    pairs = [(mine[net], theirs[net]) for net in sorted(theirs.keys() & mine.keys())]
+    pairs = [(mine[net], theirs[net]) for net in (sorted(nets) if len(nets) > 1 else nets)]
     if not pairs:
         raise CastleError(f"iptables: {a} and {b} share no network, yet a flow joins them")
     return pairs

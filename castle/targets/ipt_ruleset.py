@@ -40,8 +40,8 @@ class Ruleset:
     chains: list[str] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)  # chain -> what it is for
     # chain -> its `# CHAIN: note` line, then its `-A` lines so far; chains declared whole at
-    # once (the dispatch tree's) are one piece under the first one's name. A big stack has
-    # tens of thousands of lines: text() only joins the pieces, in the order of `chains`
+    # once (the dispatch tree's) are a piece each, all under the first one's name. A big stack
+    # has tens of thousands of lines: text() only joins the pieces, in the order of `chains`
     _body: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _said: dict[str, str] = field(default_factory=dict, repr=False)  # note -> comment(note)
     # (chain, index of a piece in its body, what starts with the (src, dst) of it and of each
@@ -75,12 +75,12 @@ class Ruleset:
         self._body[name] = body
         return body
 
-    def declare(self, names: list[str], note: str, text: str) -> None:
-        """Declare chains made whole at once (they take no more rules): `text` holds each
+    def declare(self, names: list[str], note: str, pieces: list[str]) -> None:
+        """Declare chains made whole at once (they take no more rules): `pieces` hold each
         one's `#` line, as open() makes it, then its rules, in the order of `names`."""
         self.chains += names
         self.notes.update(dict.fromkeys(names, note))
-        self._body[names[0]] = [text]
+        self._body[names[0]] = pieces
         self._rules = None
 
     def add(self, chain: str, spec: str, text: str = "", src: str = "", dst: str = "") -> None:

@@ -99,13 +99,15 @@ def stride(items: list[tuple[int, str]]) -> int:
 
 def dispatch(rs: Ruleset, kind: str, leaves: dict[int, str]) -> str:
     """A tree of chains that goes to the leaf chain of each address (by its rule there:
-    `-d A/32 -g LEAF` or `-s ...`); misses DROP.
+    `-d A/32 -g LEAF` or `-s ...`); misses DROP. Its root, or "" without addresses.
 
     Every hop is a goto, so a RETURN in a leaf goes straight back to the hooked chain's
     caller. Each level splits the addresses left by the next `stride` bits of their common
     prefix (each part then narrowed to its own prefix), so a packet walks at most 2**stride
     rules a level and the longest jump path fits nf_tables' limit at any size.
     """
+    if not leaves:
+        return ""
     ints = sorted(leaves)
     rules = list(map(leaves.__getitem__, ints))
     opt = rules[0][:2]
@@ -120,7 +122,7 @@ def dispatch(rs: Ruleset, kind: str, leaves: dict[int, str]) -> str:
     _tree(texts, order, rs.heading(note), names, opt,
           stride([(ints[0], ""), (ints[-1], "")]), ints, rules, 0, len(ints))
     declared = len(rs.chains)
-    rs.declare(order, note, "\n".join(texts))
+    rs.declare(order, note, texts)
     if len(rs.notes) != len(rs.chains):  # a tree's name met another chain's
         twice = next(c for c in rs.chains[declared:] if rs.chains.count(c) > 1)
         raise CastleError(f"iptables: two chains are both named {twice}")
@@ -186,14 +188,13 @@ def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) ->
     # with logging, services without egress get a leaf too: their drops are logged by name
     out_chain |= {s: drop_out[s] for s in drop_out if s not in out_chain}
     egress_svcs = sorted(out_chain)
-    leaves = _leaves(plan, svc_chain, svc_chain, "-d")
-    if leaves:
-        to_tree = dispatch(rs, "T", leaves)
+    # (each tree's leaves are let go once it is made: what comes next reuses their memory)
+    to_tree = dispatch(rs, "T", _leaves(plan, svc_chain, svc_chain, "-d"))
+    if to_tree:
         for b in own:
             rs.add(main, f"-d {b} -g {to_tree}")
-    out_leaves = _leaves(plan, egress_svcs, out_chain, "-s")
-    if out_leaves:
-        from_tree = dispatch(rs, "S", out_leaves)
+    from_tree = dispatch(rs, "S", _leaves(plan, egress_svcs, out_chain, "-s"))
+    if from_tree:
         for b in own:
             rs.add(main, f"-s {b} -g {from_tree}")
     else:
@@ -271,25 +272,23 @@ def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
     comment), the published ports, then `end`'s comment on the DROP of the rest."""
     texts = plan.address_text
     theirs = texts[svc.name]
+    nets = theirs.keys()
     head = f"-A {chain} "
     lines: list[str] = []
     peers: list[Conn] = []  # the (src, dst) of each line: its Conn's first two
     for c, note in conns:
         src, dst, proto, lo, hi, _, _ = c
         mine = texts[src]
-        rng = lo if lo == hi else f"{lo}:{hi}"
-        before = len(lines)
-        # the comment placed as add() places it, once for every shared network (in name
-        # order: address_text holds each service's networks in the plan's, sorted by name)
-        for name, da in theirs.items():
-            sa = mine.get(name)
-            if sa:
-                lines.append(f"{head}-s {sa}/32 -d {da}/32 -p {proto} -m {proto} --dport {rng} "
-                             f"-m comment --comment {note} -j RETURN")
-                peers.append(c)
-        if len(lines) == before:
+        shared = nets & mine.keys()  # as shared_text(), without a list of pairs a connection
+        if not shared:
             raise CastleError(f"iptables: {src} and {dst} share no network, yet a flow joins "
                               "them")
+        rng = lo if lo == hi else f"{lo}:{hi}"
+        # the comment placed as add() places it, once for every shared network (by name)
+        for name in sorted(shared) if len(shared) > 1 else shared:
+            lines.append(f"{head}-s {mine[name]}/32 -d {theirs[name]}/32 -p {proto} -m {proto} "
+                         f"--dport {rng} -m comment --comment {note} -j RETURN")
+            peers.append(c)
     rs.extend(chain, lines, peers)
     if pubs:
         for b in own:

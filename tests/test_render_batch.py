@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from castle.io import codegen, render
 
 # characters each quoting function treats specially, and the batch separator itself
-TRICKY = ['"', "\\", "\n", "\t", "\x00", "\x1f", "\x7f", "\x85", "\x9f", "\u2028", "\u2029",
+TRICKY = ['"', "\\", "\n", "\t", "\x00", "\x1e", "\x1f", "\x7f", "\x85", "\x9f", "\u2028", "\u2029",
           "\ufeff", "\ud800", "\udfff", "\ufffe", "\uffff", "\ue000", "é", "🐍", "%", "'", " "]
 texts = st.text(alphabet=st.sampled_from(TRICKY) | st.characters(), max_size=40)
 
@@ -37,6 +37,16 @@ def test_yaml_strings_are_yaml_scalar(values: list[str]) -> None:
 def test_nft_strings_are_nft_string(values: list[str]) -> None:
     """Cleaned and cut in one batch or one at a time: the same comment words."""
     assert render.nft_strings(values) == [render.nft_string(v) for v in values]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(TRICKY[:8]) | st.characters(max_codepoint=127),
+                        max_size=300), max_size=12))
+def test_ascii_comments_are_comment_words(values: list[str]) -> None:
+    """An all-ASCII batch (castle's own comments, mostly) is cleaned by another way: the
+    same words, cut at either limit."""
+    assert render.nft_strings(values) == [render.nft_string(v) for v in values]
+    assert render.quoted_comments(values, 255) == [render.quoted_comment(v, 255) for v in values]
 
 
 def test_a_string_holding_the_separator_is_quoted_alone() -> None:

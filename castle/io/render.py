@@ -139,8 +139,22 @@ def quoted_comment(value: Any, limit: int) -> str:
     return _word(comment(value).replace('"', "'").replace("\\", "/"), limit)
 
 
+# quoted_comment's cleaning of ASCII text, by code point: the controls become spaces, quotes
+# and backslashes are swapped; the record separator stays, to cut a batch joined at it
+_RS = "\x1e"
+_ASCII_WORD = str.maketrans({**dict.fromkeys((*range(0x1e), 0x1f, 0x7f), " "), '"': "'",
+                            "\\": "/"})
+
+
 def quoted_comments(values: Sequence[str], limit: int) -> list[str]:
-    """`quoted_comment` of each string, the batch cleaned in one pass (as `yaml_strings`)."""
+    """`quoted_comment` of each string, the batch cleaned in one pass (as `yaml_strings`);
+    an all-ASCII batch (castle's own comments, mostly) by one str.translate, several times
+    faster than the regular expression."""
+    if all(map(str.isascii, values)):
+        plain = _RS.join(values)
+        if values and plain.count(_RS) == len(values) - 1:
+            return [f'"{t}"' if len(t) <= limit else _word(t, limit)
+                    for t in plain.translate(_ASCII_WORD).split(_RS)]
     text = _joined(values)
     if text is None:
         return [quoted_comment(v, limit) for v in values]

@@ -11,131 +11,36 @@ allowed packet RETURNs, it is never ACCEPTed past Docker's isolation.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import itertools
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
 from ipaddress import IPv4Network
-from typing import NamedTuple
 
 from castle.errors import CastleError
-from castle.io.render import comment, quoted_comment, render
+from castle.io.render import quoted_comments, render
 from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, Published
 from castle.spec.findings import is_outside
-from castle.targets.fw_addresses import blocks, cidr, cover, dotted, shared, shared_text
+from castle.targets.fw_addresses import address_int, blocks, cidr, cover, dotted, shared
+from castle.targets.ipt_ruleset import (
+    MAX_CHAIN,
+    MAX_COMMENT,
+    Rule,
+    Ruleset,
+    ipt_comment,
+    main_chain,
+    sub_chain,
+)
 from castle.targets.systemd import unit, unit_path
 
 PATH = "firewall/iptables.sh"
-MAX_CHAIN = 28  # iptables' limit on chain names (29 bytes with the NUL)
-MAX_COMMENT = 255  # the comment match keeps at most 256 bytes with the NUL
 LEAF = 8  # dispatch chains end in at most this many per-address jumps
 # nf_tables refuses a jump path deeper than 16 chains (base chain included): FORWARD,
 # DOCKER-USER, castle's main chain, the dispatch tree, the service's chain, and two spare
 # levels for hosts that reach DOCKER-USER from a chain of their own
 MAX_TREE = 10
 ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED"
-
-
-class Rule(NamedTuple):
-    """One `-A CHAIN ...` line; src/dst name the peers an allowing rule lets through."""
-
-    chain: str
-    spec: str
-    src: str = ""
-    dst: str = ""
-
-    @property
-    def line(self) -> str:
-        """The iptables-restore line."""
-        return f"-A {self.chain} {self.spec}"
-
-
-@dataclass
-class Ruleset:
-    """castle's chains (in order, the first is the one hooked) and their rules."""
-
-    tag: str
-    hooks: list[tuple[str, str, bool]] = field(default_factory=list)  # builtin, chain, wanted
-    chains: list[str] = field(default_factory=list)
-    notes: dict[str, str] = field(default_factory=dict)  # chain -> what it is for
-    rules: list[Rule] = field(default_factory=list)
-    # chain -> its `-A` lines so far, kept beside `rules` as they are added (a big stack has
-    # tens of thousands: lines() then only joins them, in the order of the chains)
-    _lines: dict[str, list[str]] = field(default_factory=dict, repr=False)
-
-    def chain(self, suffix: str, note: str) -> str:
-        """Declare a chain named after the tag and return its name."""
-        name = sub_chain(self.tag, suffix)
-        if name in self.notes:
-            raise CastleError(f"iptables: two chains are both named {name}")
-        self.chains.append(name)
-        self.notes[name] = note
-        self._lines[name] = []
-        return name
-
-    def add(self, chain: str, spec: str, text: str = "", src: str = "", dst: str = "") -> None:
-        """Append a rule, with a comment when `text` is given."""
-        if text:  # the comment goes just before the verdict, where iptables-save puts it
-            note = _note(text)
-            at = max(spec.rfind(" -j "), spec.rfind(" -g "))
-            spec = f"{spec[:at]} {note}{spec[at:]}" if at >= 0 else f"{note} {spec}"
-        self.rules.append(Rule(chain, spec, src, dst))
-        self._lines[chain].append(f"-A {chain} {spec}")
-
-    def extend(self, chain: str, rows: list[tuple[str, str, str]]) -> None:
-        """Append (spec, src, dst) rules whose comments are in place already."""
-        self.rules += [Rule(chain, spec, src, dst) for spec, src, dst in rows]
-        self._lines[chain] += [f"-A {chain} {spec}" for spec, _, _ in rows]
-
-    def lines(self) -> list[str]:
-        """Rules grouped by chain, each group after a `#` line saying what the chain is for."""
-        said: dict[str, str] = {}  # the tree's chains share a few notes
-        out: list[str] = []
-        for name in self.chains:
-            note = self.notes[name]
-            text = said.get(note)
-            if text is None:
-                text = said[note] = comment(note)
-            out.append(f"# {name}: {text}")
-            out += self._lines[name]
-        return out
-
-
-def _hash(text: str, size: int = 4) -> str:
-    """`size` base-32 characters (5 bits each) of the text's SHA-256."""
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:size].lower()
-
-
-def main_chain(stack: str) -> str:
-    """CASTLE-<stack>, or for long names CASTLE-<4 chars>~<40-bit hash>, so that every
-    sub-chain still fits 28 chars and two long names practically never meet (the script
-    also refuses a chain whose first rule names another stack)."""
-    name = f"CASTLE-{stack}"
-    return name if len(name) <= 20 else f"CASTLE-{stack[:4]}~{_hash(stack, 8)}"
-
-
-def sub_chain(tag: str, suffix: str) -> str:
-    """<tag>_<suffix>; stack names hold no '_', so no stack's chains match another's prefix."""
-    if not suffix:
-        return tag
-    name = f"{tag}_{suffix}"
-    if len(name) <= MAX_CHAIN:
-        return name
-    room = MAX_CHAIN - len(tag) - 6
-    return f"{tag}_{suffix[:room]}~{_hash(suffix)}"
-
-
-def _note(text: str) -> str:
-    """The comment match of a rule."""
-    return f"-m comment --comment {ipt_comment(text)}"
-
-
-def ipt_comment(text: str) -> str:
-    """A double-quoted iptables-restore word: one line, no quotes or backslashes, <=255 bytes."""
-    return quoted_comment(text, MAX_COMMENT)
+_RULES = "\0castle-rules\0"  # where script() puts the rules: no rendered value holds a NUL
 
 
 def ports(proto: str, lo: int, hi: int) -> str:
@@ -150,26 +55,37 @@ def describe(plan: Plan, conn: Conn) -> str:
     known: dict[Conn, str] = plan.memo.setdefault("describe", {})
     text = known.get(conn)
     if text is None:
-        text = known[conn] = _describe(plan, conn)
+        text = known[conn] = _describe(plan, [conn])[0]
     return text
 
 
-def _describe(plan: Plan, conn: Conn) -> str:
+def _descriptions(plan: Plan, conns: Sequence[Conn]) -> list[str]:
+    """`describe` of each connection, made in one batch when none is known yet."""
+    known: dict[Conn, str] = plan.memo.setdefault("describe", {})
+    if known:
+        return [describe(plan, c) for c in conns]
+    texts = _describe(plan, conns)
+    known.update(zip(conns, texts, strict=True))
+    return texts
+
+
+def _describe(plan: Plan, conns: Iterable[Conn]) -> list[str]:
     flows, lines = plan.spec.flows, plan.flow_lines
-    parts = [f"castle: {conn.src} -> {conn.dst} {conn.port_text}/{conn.proto}"]
-    for i in conn.flows:
-        flow = flows[i]
-        line = lines[i] if i < len(lines) else 0
-        text = f"flows[{i}] line {line}"
-        if flow.description:
-            text += f" {flow.description}"
-        if flow.waiver:
-            text += f" (waiver: {flow.waiver})"
-        parts.append(text)
-    return "; ".join(parts)
+    texts = []
+    for src, dst, proto, lo, hi, _, ids in conns:
+        text = f"castle: {src} -> {dst} {lo if lo == hi else f'{lo}-{hi}'}/{proto}"
+        for i in ids:
+            flow = flows[i]
+            text += f"; flows[{i}] line {lines[i] if i < len(lines) else 0}"
+            if flow.description:
+                text += f" {flow.description}"
+            if flow.waiver:
+                text += f" (waiver: {flow.waiver})"
+        texts.append(text)
+    return texts
 
 
-def stride(items: list[tuple[int, str, str]]) -> int:
+def stride(items: list[tuple[int, str]]) -> int:
     """Bits each dispatch level consumes, so that the tree is at most MAX_TREE chains deep.
 
     A chain that holds more than LEAF addresses spans a prefix of at most /28, and every
@@ -181,49 +97,79 @@ def stride(items: list[tuple[int, str, str]]) -> int:
     return next(s for s in range(1, 33) if (28 - plen) // s + 2 <= MAX_TREE)
 
 
-def dispatch(rs: Ruleset, kind: str, opt: str, leaves: list[tuple[int, str, str]]) -> str:
-    """A tree of chains that goes to the leaf chain of each (address, its text, leaf) on
-    `opt` (-d or -s); misses DROP.
+def dispatch(rs: Ruleset, kind: str, leaves: dict[int, str]) -> str:
+    """A tree of chains that goes to the leaf chain of each address (by its rule there:
+    `-d A/32 -g LEAF` or `-s ...`); misses DROP. Its root, or "" without addresses.
 
     Every hop is a goto, so a RETURN in a leaf goes straight back to the hooked chain's
     caller. Each level splits the addresses left by the next `stride` bits of their common
     prefix (each part then narrowed to its own prefix), so a packet walks at most 2**stride
     rules a level and the longest jump path fits nf_tables' limit at any size.
     """
-    items = sorted(leaves)
-    ints = [n for n, _, _ in items]
-    return _tree(rs, kind, opt, stride(items), itertools.count(), items, ints, 0, len(items))
+    if not leaves:
+        return ""
+    ints = sorted(leaves)
+    rules = list(map(leaves.__getitem__, ints))
+    opt = rules[0][:2]
+    head = f"{rs.tag}_{kind}"
+    # a tree has fewer than two chains per address (every inner chain splits in two or more)
+    names: Iterator[str] = (map(head.__add__, map(str, itertools.count()))
+                            if len(f"{head}{2 * len(ints)}") <= MAX_CHAIN else
+                            (sub_chain(rs.tag, f"{kind}{i}") for i in itertools.count()))
+    note = f"dispatch on {opt} (prefix tree)"
+    texts: list[str] = []
+    order: list[str] = []
+    _tree(texts, order, rs.heading(note), names, opt,
+          stride([(ints[0], ""), (ints[-1], "")]), ints, rules, 0, len(ints))
+    declared = len(rs.chains)
+    rs.declare(order, note, texts)
+    if len(rs.notes) != len(rs.chains):  # a tree's name met another chain's
+        twice = next(c for c in rs.chains[declared:] if rs.chains.count(c) > 1)
+        raise CastleError(f"iptables: two chains are both named {twice}")
+    return order[0]
 
 
-def _tree(rs: Ruleset, kind: str, opt: str, bits: int, counter: Iterator[int],
-          items: list[tuple[int, str, str]], ints: list[int], lo: int, hi: int) -> str:
-    """One chain of the dispatch tree, for items[lo:hi], and below it its subtrees (a plain
-    function, not a closure: a closure that calls itself is a reference cycle, and with the
-    collector off for a command-line run it would keep the whole ruleset alive)."""
-    name = rs.chain(f"{kind}{next(counter)}", f"dispatch on {opt} (prefix tree)")
+def _tree(texts: list[str], order: list[str], said: str, names: Iterator[str], opt: str,
+          bits: int, ints: list[int], rules: list[str], lo: int, hi: int) -> str:
+    """One chain of the dispatch tree, for ints[lo:hi], and below it its subtrees: their
+    names go in `order`, their text (as Ruleset.open heads a chain, `said` its note) in
+    `texts`, parents first. (A plain function, not a closure: a closure that calls itself is
+    a reference cycle, and with the collector off for a command-line run it would keep the
+    whole ruleset alive.)"""
+    name = next(names)
+    slot = len(texts)
+    order.append(name)
+    texts.append(name)  # the chain's place, its text once its subtrees are named
     if hi - lo <= LEAF:
-        rs.extend(name, [(f"{opt} {text}/32 -g {leaf}", "", "") for _, text, leaf in items[lo:hi]])
+        specs = rules[lo:hi]
     else:
         # the items are sorted: each group (the same `bits` bits after the common prefix)
         # ends where the next value of those bits begins
         shift = max(0, (ints[lo] ^ ints[hi - 1]).bit_length() - bits)
+        specs = []
         start = lo
         while start < hi:
             end = bisect_left(ints, ((ints[start] >> shift) + 1) << shift, start + 1, hi)
             first = ints[start]
             host = (first ^ ints[end - 1]).bit_length()  # what cover() computes, without objects
-            rs.add(name, f"{opt} {dotted(first >> host << host)}/{32 - host} "
-                         f"-g {_tree(rs, kind, opt, bits, counter, items, ints, start, end)}")
+            child = _tree(texts, order, said, names, opt, bits, ints, rules, start, end)
+            specs.append(f"{opt} {dotted(first >> host << host)}/{32 - host} -g {child}")
             start = end
-    rs.add(name, "-j DROP")
+    sep = f"\n-A {name} "
+    texts[slot] = f"# {name}: {said}{sep}{sep.join(specs)}{sep}-j DROP"
     return name
 
 
-def _leaves(plan: Plan, names: Iterable[str], chain: dict[str, str]) -> list[tuple[int, str, str]]:
-    """(address, its text, the service's chain) for every address of the named services."""
-    texts = plan.address_text
-    return [(int(ip), texts[name][net], chain[name])
-            for name in names for net, ip in plan.service(name).networks]
+def _leaves(plan: Plan, names: Iterable[str], chain: dict[str, str], opt: str) -> dict[int, str]:
+    """Address -> the rule that sends it to its service's chain, for every address of the
+    named services."""
+    texts, service = plan.address_text, plan.service
+    out: dict[int, str] = {}
+    for name in names:
+        text, leaf = texts[name], chain[name]
+        for net, ip in service(name).networks:
+            out[address_int(ip)] = f"{opt} {text[net]}/32 -g {leaf}"
+    return out
 
 
 def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) -> None:
@@ -242,29 +188,37 @@ def forward_rules(plan: Plan, rs: Ruleset, main: str, own: list[IPv4Network]) ->
     # with logging, services without egress get a leaf too: their drops are logged by name
     out_chain |= {s: drop_out[s] for s in drop_out if s not in out_chain}
     egress_svcs = sorted(out_chain)
-    leaves = _leaves(plan, svc_chain, svc_chain)
-    if leaves:
-        to_tree = dispatch(rs, "T", "-d", leaves)
+    # (each tree's leaves are let go once it is made: what comes next reuses their memory)
+    to_tree = dispatch(rs, "T", _leaves(plan, svc_chain, svc_chain, "-d"))
+    if to_tree:
         for b in own:
             rs.add(main, f"-d {b} -g {to_tree}")
-    out_leaves = _leaves(plan, egress_svcs, out_chain)
-    if out_leaves:
-        from_tree = dispatch(rs, "S", "-s", out_leaves)
+    from_tree = dispatch(rs, "S", _leaves(plan, egress_svcs, out_chain, "-s"))
+    if from_tree:
         for b in own:
             rs.add(main, f"-s {b} -g {from_tree}")
     else:
         for b in own:
             rs.add(main, f"-s {b} -j DROP", "castle: no service of the stack may connect out")
     # Plan's conn views are recomputed on each access: index them once (linear, not n^2).
-    into: dict[str, list[Conn]] = {}
-    for c in plan.internal_conns + plan.ingress:
-        into.setdefault(c.dst, []).append(c)
+    # The comments of the allowing rules, and of each chain's last, quoted in two batches.
+    internal = plan.internal_conns
+    into: dict[str, list[tuple[Conn, str]]] = {}
+    for c, note in zip(internal, quoted_comments(_descriptions(plan, internal), MAX_COMMENT),
+                       strict=True):
+        into.setdefault(c.dst, []).append((c, note))
+    ingress: dict[str, list[Conn]] = {}
+    for c in plan.ingress:
+        ingress.setdefault(c.dst, []).append(c)
     pubs: dict[str, list[Published]] = {}
     for p in plan.published:
         pubs.setdefault(p.service, []).append(p)
-    for svc in plan.services:
+    ends = quoted_comments([f"castle: nothing else reaches {s.name}" for s in plan.services],
+                           MAX_COMMENT)
+    for svc, end in zip(plan.services, ends, strict=True):
         _destination(plan, rs, svc, svc_chain[svc.name], own, into.get(svc.name, []),
-                     pubs.get(svc.name, []), drop_in.get(svc.name, "DROP"))
+                     ingress.get(svc.name, []), pubs.get(svc.name, []),
+                     drop_in.get(svc.name, "DROP"), end)
     outgoing: dict[str, list[Conn]] = {}
     for c in plan.egress:
         outgoing.setdefault(c.src, []).append(c)
@@ -312,17 +266,30 @@ def _log_chains(plan: Plan, rs: Ruleset) -> tuple[dict[str, str], dict[str, str]
 
 
 def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
-                 own: list[IPv4Network], conns: list[Conn], pubs: list[Published],
-                 drop: str = "DROP") -> None:
-    rows: list[tuple[str, str, str]] = []
-    for c in conns:
-        if is_outside(c.src):
-            continue
-        # the comment placed as add() places it, once for every shared network
-        tail = f"{ports(c.proto, c.lo, c.hi)} {_note(describe(plan, c))} -j RETURN"
-        rows += [(f"-s {sa}/32 -d {da}/32 {tail}", c.src, c.dst)
-                 for sa, da in shared_text(plan, c.src, c.dst)]
-    rs.extend(chain, rows)
+                 own: list[IPv4Network], conns: list[tuple[Conn, str]], ingress: list[Conn],
+                 pubs: list[Published], drop: str, end: str) -> None:
+    """What may reach one service: `conns` from within the stack (each with its quoted
+    comment), the published ports, then `end`'s comment on the DROP of the rest."""
+    texts = plan.address_text
+    theirs = texts[svc.name]
+    nets = theirs.keys()
+    head = f"-A {chain} "
+    lines: list[str] = []
+    peers: list[Conn] = []  # the (src, dst) of each line: its Conn's first two
+    for c, note in conns:
+        src, dst, proto, lo, hi, _, _ = c
+        mine = texts[src]
+        shared = nets & mine.keys()  # as shared_text(), without a list of pairs a connection
+        if not shared:
+            raise CastleError(f"iptables: {src} and {dst} share no network, yet a flow joins "
+                              "them")
+        rng = lo if lo == hi else f"{lo}:{hi}"
+        # the comment placed as add() places it, once for every shared network (by name)
+        for name in sorted(shared) if len(shared) > 1 else shared:
+            lines.append(f"{head}-s {mine[name]}/32 -d {theirs[name]}/32 -p {proto} -m {proto} "
+                         f"--dport {rng} -m comment --comment {note} -j RETURN")
+            peers.append(c)
+    rs.extend(chain, lines, peers)
     if pubs:
         for b in own:
             rs.add(chain, f"-s {b} -j {drop}",
@@ -335,13 +302,13 @@ def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
             ct += f" --ctorigdst {p.host_ip}"
         ct += f" --ctorigdstport {orig}"
         for src in p.sources:
-            conn = next((c for c in conns if c.src == src and c.proto == cp.proto
+            conn = next((c for c in ingress if c.src == src and c.proto == cp.proto
                          and c.lo <= cp.lo and cp.hi <= c.hi), None)
             net = cidr(src)
             what = describe(plan, conn) if conn else f"castle: {src} -> {svc.name} {cp}"
             rs.add(chain, f"{'-s ' + str(net) + ' ' if net else ''}"
                    f"{ports(cp.proto, cp.lo, cp.hi)} {ct} -j RETURN", what, src, svc.name)
-    rs.add(chain, f"-j {drop}", f"castle: nothing else reaches {svc.name}")
+    rs.extend(chain, [f"{head}-m comment --comment {end} -j {drop}"])
 
 
 def ssh_narrowed(plan: Plan) -> bool:
@@ -422,7 +389,7 @@ def container_ruleset(plan: Plan, svc: PlanService) -> Ruleset:
 def script(plan: Plan, rs: Ruleset, *, container: str = "") -> str:
     """Render the POSIX sh script that applies, prints or removes a ruleset."""
     fw = plan.spec.firewall
-    return render(
+    text = render(
         "iptables.sh.j2",
         header=header(plan.source_name, plan.sha256),
         stack=plan.stack,
@@ -430,7 +397,7 @@ def script(plan: Plan, rs: Ruleset, *, container: str = "") -> str:
         tag=rs.tag,
         chains=rs.chains,
         hooks=rs.hooks,
-        rules="\n".join(rs.lines()),  # each line made in Python; a ruleset has one at least
+        rules=_RULES,
         bridge=not container,
         ssh=f"{fw.ssh_port}/tcp from {', '.join(str(n) for n in fw.ssh_sources)}",
         manage_input=fw.manage_input,
@@ -438,6 +405,10 @@ def script(plan: Plan, rs: Ruleset, *, container: str = "") -> str:
         ssh6=fw.manage_input and ssh_narrowed(plan),
         ssh_port=fw.ssh_port,
     )
+    # The rules go into the script in the one join that makes it (through the template a big
+    # ruleset's 2 MB would be copied twice more); `{{ rules }}` has a line of its own there.
+    before, after = text.split(f"\n{_RULES}\n")
+    return "\n".join([before, *rs.pieces(), after])
 
 
 def _opted_in(plan: Plan) -> list[PlanService]:

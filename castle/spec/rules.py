@@ -23,6 +23,7 @@ from castle.spec.values import (
     PortRange,
     dns_label_problem,
     listen_count,
+    listens_on,
     publish_ranges,
 )
 
@@ -136,25 +137,41 @@ class Checker(TlsRules):
         services = self.spec.services
         tiers = [t.name for t in self.spec.tiers]
         innermost = len(tiers) - 1
-        # each service's depth, looked up once rather than for every pair of every flow
-        level = {name: depth.get(svc.tier, 0) for name, svc in services.items()}
+        # each service's tier depth, looked up once rather than for every pair of every
+        # flow; a peer it does not hold is outside the stack (internet, cidr:)
+        level = {name: depth.get(svc.tier, 0) for name, svc in services.items()
+                 if not is_outside(name)}
+        peers = self._peers
+        for name in level:  # a service's name is its one peer: known before a flow names it
+            if not name.startswith("tier:"):
+                peers[name] = (name,)
+        # whether src -> dst breaks a wall depends on their depths alone (None: from
+        # outside): _wall is asked once per pair of depths, and again only to word a breach
+        breaks: dict[tuple[int | None, int], bool] = {}
+        edges = self.edges
         for i, flow in enumerate(self.spec.flows):
             if i in self.skip_flows:
                 continue
-            srcs = self._expand(flow.from_, ("flows", i, "from"))
-            dsts = self._expand(flow.to, ("flows", i, "to"))
+            ends = flow.from_  # one endpoint, seen before: the common case, without a call
+            known = peers.get(ends[0]) if len(ends) == 1 else None
+            srcs = known if known is not None else self._expand(ends, ("flows", i, "from"))
+            ends = flow.to
+            known = peers.get(ends[0]) if len(ends) == 1 else None
+            dsts = known if known is not None else self._expand(ends, ("flows", i, "to"))
+            asked = flow.ports
+            opened = None if asked is None else tuple(asked)
             reported: set[str] = set()
             multi = len(dsts) > 1
             for src in srcs:
-                src_out = is_outside(src)
+                ds = level.get(src)
                 for dst in dsts:
                     if src == dst:
                         if flow.from_ == flow.to == [src]:
                             self.warn(("flows", i), f"{src!r} -> {src!r} is a flow to itself",
                                       "a container always reaches itself; remove the flow")
                         continue
-                    dst_out = is_outside(dst)
-                    if src_out and dst_out:
+                    dd = level.get(dst)
+                    if ds is None and dd is None:
                         key = "outside-outside"
                         if key not in reported:
                             reported.add(key)
@@ -162,23 +179,29 @@ class Checker(TlsRules):
                                        f"{self.written(i, src, dst)} never touches the stack",
                                        "one side of a flow must be a service")
                         continue
-                    ports = self._ports(i, src, dst, reported, multi, dst_out)
+                    ports = opened
+                    if asked is None or (dd is not None
+                                         and not listens_on(services[dst].listen, asked)):
+                        ports = self._ports(i, src, dst, reported, multi, dd is None)
                     if ports is not None:
-                        self.edges.append(Edge(i, src, dst, ports))
-                    if dst_out:  # egress is not bound by the wall direction rules
+                        edges.append(Edge(i, src, dst, ports))
+                    if dd is None:  # egress is not bound by the wall direction rules
                         if not flow.waiver:
                             key = "egress-inner"
-                            if (level[src] == innermost and innermost > 0
-                                    and key not in reported):
+                            if ds == innermost and innermost > 0 and key not in reported:
                                 reported.add(key)
                                 self.warn(("flows", i), f"{src!r} in the innermost tier "
                                           f"{tiers[innermost]!r} opens connections out of the "
                                           "stack", "add waiver = \"why\" to say it is intended")
                         continue
-                    msg, hint = self._wall(src, dst, level, tiers, src_out)
-                    if msg and not flow.waiver and msg not in reported:
-                        reported.add(msg)
-                        self.error(("flows", i), f"{self.written(i, src, dst)} {msg}", hint)
+                    verdict = breaks.get((ds, dd))
+                    if verdict is None:
+                        verdict = breaks[ds, dd] = bool(self._wall(src, dst, ds, dd, tiers)[0])
+                    if verdict and not flow.waiver:
+                        msg, hint = self._wall(src, dst, ds, dd, tiers)
+                        if msg not in reported:
+                            reported.add(msg)
+                            self.error(("flows", i), f"{self.written(i, src, dst)} {msg}", hint)
         self._check_duplicates()
 
     def written(self, i: int, src: str, dst: str) -> str:
@@ -231,10 +254,7 @@ class Checker(TlsRules):
             return tuple(listen)
         ok = True
         for j, port in enumerate(flow.ports):
-            for r in listen:
-                if r.covers(port):
-                    break
-            else:
+            if not listens_on(listen, [port]):
                 ok = False
                 key = f"port:{dst}:{port}"
                 if key not in reported:
@@ -246,19 +266,17 @@ class Checker(TlsRules):
         return tuple(flow.ports) if ok else None
 
     @staticmethod
-    def _wall(src: str, dst: str, level: dict[str, int], tiers: list[str],
-              src_out: bool) -> tuple[str, str]:
+    def _wall(src: str, dst: str, ds: int | None, dd: int, tiers: list[str]) -> tuple[str, str]:
         """How src -> dst (a service) breaks a wall and how to mend it; ("", "") when it
-        does not. `level` is each service's tier depth; egress never reaches here."""
+        does not. `ds` and `dd` are their tiers' depths (ds None: src is outside the stack);
+        egress never reaches here."""
         waive = 'or add waiver = "why" to the flow'
-        dd = level[dst]
-        if src_out:
+        if ds is None:
             if dd > 0:
                 return (f"enters at tier {tiers[dd]!r}, behind the outermost "
                         f"wall {tiers[0]!r}",
                         f"expose a service of tier {tiers[0]!r} (a proxy) instead, {waive}")
             return "", ""
-        ds = level[src]
         if dd < ds:
             return (f"goes outward (from tier {tiers[ds]!r} to "
                     f"{tiers[dd]!r}); walls only open inward",
@@ -270,27 +288,36 @@ class Checker(TlsRules):
         return "", ""
 
     def _check_duplicates(self) -> None:
-        covered: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
-        by_flow: dict[int, list[Edge]] = {}
-        for edge in self.edges:
-            by_flow.setdefault(edge.flow, []).append(edge)
-        for i in sorted(by_flow):
-            triples = [((e.src, e.dst, p.proto), p.lo, p.hi) for e in by_flow[i] for p in e.ports]
-            # each triple's first (earliest) earlier flow that covers it, none if one is new
-            owners: list[int] = []
-            for key, plo, phi in triples:
-                for lo, hi, f in covered.get(key, ()):
-                    if lo <= plo and phi <= hi:
-                        owners.append(f)
-                        break
-                else:
-                    owners = []
+        """Warn about each flow whose every port range an earlier flow between the same
+        peers already opened (the edges come in flow order, each pair once per flow)."""
+        # (src, dst) -> the port ranges earlier flows opened, each with its flow
+        covered: dict[tuple[str, str], list[tuple[tuple[PortRange, ...], int]]] = {}
+        flow, new, owner = -1, False, -1  # owner: the first earlier flow that covers one
+        for edge in (*self.edges, None):  # None: the end of the last flow
+            if edge is None or edge.flow != flow:
+                if flow >= 0 and not new and owner >= 0:
+                    self.warn(("flows", flow), f"flows[{flow}] allows nothing that "
+                              f"flows[{owner}] (and earlier flows) do not already allow",
+                              "remove it or merge them")
+                if edge is None:
+                    return
+                flow, new, owner = edge.flow, False, -1
+            ports = edge.ports
+            if not ports:
+                continue
+            pair = (edge.src, edge.dst)
+            earlier = covered.get(pair)
+            if earlier is None:
+                covered[pair] = [(ports, flow)]
+                new = True
+                continue
+            for p in ports if not new else ():
+                found = next((f for opened, f in earlier for r in opened if r.covers(p)), -1)
+                if found < 0:
+                    new = True
                     break
-            if owners:
-                self.warn(("flows", i), f"flows[{i}] allows nothing that flows[{min(owners)}] "
-                          "(and earlier flows) do not already allow", "remove it or merge them")
-            for key, plo, phi in triples:
-                covered.setdefault(key, []).append((plo, phi, i))
+                owner = found if owner < 0 else min(owner, found)
+            earlier.append((ports, flow))
 
     # -- publishing and reachability ---------------------------------------------------
 

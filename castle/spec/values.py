@@ -131,6 +131,17 @@ class PortRange:
         return self.proto == other.proto and self.lo <= other.lo and other.hi <= self.hi
 
 
+def listens_on(listen: list[PortRange], ports: list[PortRange]) -> bool:
+    """True when every range of `ports` lies within one range of `listen`."""
+    for port in ports:
+        for r in listen:
+            if r.covers(port):
+                break
+        else:
+            return False
+    return True
+
+
 _PORT = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(tcp|udp))?")
 
 

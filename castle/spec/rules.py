@@ -22,8 +22,8 @@ from castle.spec.values import (
     MAX_DECLARED_PORTS,
     PortRange,
     dns_label_problem,
-    listen_count,
     listens_on,
+    more_ports_than,
     publish_ranges,
 )
 
@@ -41,6 +41,8 @@ class Checker(TlsRules):
     # names each service in many flows, and a tier: expansion scans every service)
     _peers: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
     _depth: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    # the edges from outside the stack (internet, cidr:), as check_flows found them
+    _ingress: list[Edge] = field(default_factory=list, init=False, repr=False)
 
     def error(self, loc: Loc, message: str, hint: str = "") -> None:
         """Record an error."""
@@ -141,10 +143,8 @@ class Checker(TlsRules):
         # flow; a peer it does not hold is outside the stack (internet, cidr:)
         level = {name: depth.get(svc.tier, 0) for name, svc in services.items()
                  if not is_outside(name)}
-        peers = self._peers
-        for name in level:  # a service's name is its one peer: known before a flow names it
-            if not name.startswith("tier:"):
-                peers[name] = (name,)
+        peers = self._peers  # a service's name is its one peer: known before a flow names it
+        peers.update({name: (name,) for name in level if not name.startswith("tier:")})
         # whether src -> dst breaks a wall depends on their depths alone (None: from
         # outside): _wall is asked once per pair of depths, and again only to word a breach
         breaks: dict[tuple[int | None, int], bool] = {}
@@ -185,6 +185,8 @@ class Checker(TlsRules):
                         ports = self._ports(i, src, dst, reported, multi, dd is None)
                     if ports is not None:
                         edges.append(Edge(i, src, dst, ports))
+                        if ds is None:
+                            self._ingress.append(edges[-1])
                     if dd is None:  # egress is not bound by the wall direction rules
                         if not flow.waiver:
                             key = "egress-inner"
@@ -214,12 +216,10 @@ class Checker(TlsRules):
 
     def _expand(self, endpoints: list[str], loc: Loc) -> Sequence[str]:
         if len(endpoints) == 1:  # one endpoint's peers hold no repeat
-            known = self._peers.get(endpoints[0])
-            return known if known is not None else self.endpoint(endpoints[0], loc)
+            return self.endpoint(endpoints[0], loc)
         peers: list[str] = []
         for j, text in enumerate(endpoints):
-            sub = (*loc, j) if len(endpoints) > 1 else loc
-            for peer in self.endpoint(text, sub):
+            for peer in self.endpoint(text, (*loc, j)):
                 if peer not in peers:
                     peers.append(peer)
         return peers
@@ -324,9 +324,8 @@ class Checker(TlsRules):
     def check_publish(self) -> None:
         """Every publish entry needs a flow from outside; host ports may not collide."""
         ingress: dict[str, list[PortRange]] = {}
-        for edge in self.edges:
-            if is_outside(edge.src):
-                ingress.setdefault(edge.dst, []).extend(edge.ports)
+        for edge in self._ingress:
+            ingress.setdefault(edge.dst, []).extend(edge.ports)
         for name, svc in self.spec.services.items():
             for j, entry in enumerate(svc.publish):
                 earlier = [k for k, e in enumerate(svc.publish[:j])
@@ -384,9 +383,7 @@ class Checker(TlsRules):
     def host_ports(self) -> Iterator[tuple[str, str, PortRange, PortRange]]:
         """(service, host IP, host range, container range) published by flows from outside."""
         seen: set[tuple[str, str, PortRange, PortRange]] = set()
-        for edge in self.edges:
-            if not is_outside(edge.src):
-                continue
+        for edge in self._ingress:
             for port in edge.ports:
                 for ip, host, container in publish_ranges(
                         self.spec.services[edge.dst].publish, port):
@@ -425,19 +422,24 @@ class Checker(TlsRules):
         the labels are the contract with Deployments and dashboards the user already has.
         """
         k = self.spec.kubernetes
-        found: list[tuple[str, str, dict[str, str]]] = []
         # (namespace, label) -> services whose pods carry it: candidates without a scan of all
         having: dict[tuple[str, tuple[str, str]], set[str]] = {}
+        # each service's namespace, labels and the having-sets of its labels
+        found: list[tuple[str, str, dict[str, str], list[set[str]]]] = []
         namespace = self.spec.namespace
         for name, svc in self.spec.services.items():
             ns = f"{namespace}-{svc.tier}" if k.tier_namespaces else namespace
             labels = svc.labels or {"app.kubernetes.io/name": name}
-            found.append((name, ns, labels))
+            sets = []
             for item in labels.items():
-                having.setdefault((ns, item), set()).add(name)
-        by_name = {name: (ns, labels) for name, ns, labels in found}
+                carriers = having.get((ns, item))
+                if carriers is None:
+                    carriers = having[ns, item] = set()
+                carriers.add(name)
+                sets.append(carriers)
+            found.append((name, ns, labels, sets))
         for name, svc in self.spec.services.items():
-            if k.workloads and listen_count(svc.listen) > MAX_DECLARED_PORTS:
+            if k.workloads and more_ports_than(svc.listen, MAX_DECLARED_PORTS):
                 self.warn(("services", name, "listen"),
                           f"more than {MAX_DECLARED_PORTS} listen ports: its Deployment "
                           "declares none and it gets no Service",
@@ -446,13 +448,15 @@ class Checker(TlsRules):
                 self.warn(("services", name), f"Kubernetes Service names start with a letter: "
                           f"workloads.yaml gets no Service {name!r}",
                           "rename the service, or set [kubernetes] workloads = false")
-        for name, ns, labels in found:
-            sets = [having[(ns, item)] for item in labels.items()]
+        by_name: dict[str, dict[str, str]] = {}
+        shared = max(map(len, having.values()), default=1) > 1  # a label on two services
+        for name, ns, labels, sets in found if shared else ():
             if min(map(len, sets)) == 1:  # a label only its own pods carry: none shared
                 continue
+            by_name = by_name or {other: mine for other, _, mine, _ in found}
             sets.sort(key=len)
             for other in sorted(set.intersection(*sets) - {name}):
-                other_labels = by_name[other][1]
+                other_labels = by_name[other]
                 if labels == other_labels and other < name:
                     continue  # identical: reported once, at the first name
                 # a default label set names its own service, so the wider set is explicit
@@ -475,11 +479,14 @@ class Checker(TlsRules):
         """Warn about lonely services and empty tiers; discourage container firewalls."""
         touched = {e.src for e in self.edges} | {e.dst for e in self.edges}
         for name, svc in self.spec.services.items():
-            for j, port in enumerate(svc.listen):
-                if any(other.proto == port.proto and other.lo <= port.hi and port.lo <= other.hi
-                       for other in svc.listen[:j]):
-                    self.warn(("services", name, "listen", j),
-                              f"{port} repeats an earlier listen port", "remove the repeat")
+            listen = svc.listen
+            for j in range(1, len(listen)):  # the first port repeats none
+                port = listen[j]
+                for other in listen[:j]:
+                    if other.proto == port.proto and other.lo <= port.hi and port.lo <= other.hi:
+                        self.warn(("services", name, "listen", j),
+                                  f"{port} repeats an earlier listen port", "remove the repeat")
+                        break
             if name not in touched:
                 self.warn(("services", name), f"{name!r} reaches nothing and nothing reaches it",
                           "add a flow, or remove the service")

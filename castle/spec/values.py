@@ -369,6 +369,14 @@ def listen_count(listen: list[PortRange]) -> int:
     return len({(p.proto, n) for p in listen for n in range(p.lo, p.hi + 1)})
 
 
+def more_ports_than(listen: list[PortRange], limit: int) -> bool:
+    """True when a listen list names more than `limit` (protocol, port) pairs."""
+    span = 0  # the ranges' lengths bound the count: most lists need no count at all
+    for port in listen:
+        span += port.hi - port.lo + 1
+    return span > limit and listen_count(listen) > limit
+
+
 def publish_ranges(
     publish: list[PublishEntry], port: PortRange
 ) -> list[tuple[str, PortRange, PortRange]]:

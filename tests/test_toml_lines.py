@@ -123,3 +123,14 @@ def test_a_long_hostile_line_is_read_in_linear_time(line: str, plain: str | None
     if plain is not None:  # the control: what makes the line refused is its tail alone
         assert toml_lines.read(plain) == (tomllib.loads(plain), [])
     assert time.process_time() - start < 2.0
+
+
+def test_an_odd_character_steps_aside_in_ascii_and_unicode_texts() -> None:
+    """The ASCII shortcut of the odd-character check refuses what the pattern refuses."""
+    for code in [*range(0x100), 0x2028, 0x2029, 0xfeff]:
+        for text in (f"a = 1 # {chr(code)}\n", f"a = 1 # {chr(code)} caf\u00e9\n"):
+            want = toml_lines._ODD.search(text) is not None
+            assert toml_lines._odd(text) is want, (hex(code), text)
+            if want:
+                assert toml_lines.read(text) is None
+    assert toml_lines.read("a = 1 # \u00e9\n") == ({"a": 1}, [])  # the control: plain

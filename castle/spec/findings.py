@@ -6,6 +6,7 @@ import difflib
 import json
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from castle.spec.values import PortRange, PublishEntry
 
@@ -23,10 +24,11 @@ class Finding:
     hint: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Edge:
+class Edge(NamedTuple):
     """One expanded (source, destination) of a flow with the port ranges it opens."""
 
+    # a named tuple: a big spec makes one per flow, and a frozen dataclass took twice as
+    # long to make
     flow: int
     src: str
     dst: str

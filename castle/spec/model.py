@@ -22,6 +22,7 @@ from castle.spec.record import (
     Type,
     after,
     before,
+    checker,
     dict_of,
     field,
     list_of,
@@ -45,6 +46,7 @@ from castle.spec.values import (
     check_labels,
     image_problem,
     passthrough_problem,
+    port_list,
 )
 
 # Reserved peer names: they mean something else in `from` / `to`.
@@ -168,6 +170,14 @@ def _image(v: str) -> str:
     return v
 
 
+_IMAGE = after(_image, STR)
+_IMAGE_CHECK = checker(_IMAGE)
+
+
+def _known_image(value: Any) -> Any:  # as values.py's fields: a valid one in one call
+    return value if type(value) is str and not image_problem(value) else _IMAGE_CHECK(value)
+
+
 def _aliases(v: list[str]) -> list[str]:
     for alias in v:
         if not _HOST_ALIAS.match(alias):
@@ -231,7 +241,7 @@ class Service(Record):
     """A container of the stack and what castle needs to wall it."""
 
     tier: str = field(LABEL, "the tier (wall) this service sits in")
-    image: str = field(after(_image, STR), "container image reference")
+    image: str = field(plain(_known_image, _IMAGE.json), "container image reference")
     listen: list[PortRange] = field(
         PORT_LIST, 'container ports: 80 (tcp), "53/udp", "8000-8010/tcp"', factory=list)
     publish: list[PublishEntry] = field(
@@ -272,30 +282,35 @@ class Service(Record):
         "subnet around it; default: one from subnet_pool", default=None)
 
 
-def _nonempty(v: list[str]) -> list[str]:
-    if not v:
-        raise ValueError("needs at least one endpoint")
-    return v
-
-
 def _ports_nonempty(v: list[PortRange] | None) -> list[PortRange] | None:
     if v is not None and not v:
         raise ValueError("an empty port list allows nothing; leave `ports` out for all")
     return v
 
 
+# as values.py's fields: valid ports, as TOML writes them, in one call; any other value
+# through the checks above
+_FLOW_PORTS = after(_ports_nonempty, nullable(PORT_LIST))
+_FLOW_PORTS_CHECK = checker(_FLOW_PORTS)
+
+
+def _known_flow_ports(value: Any) -> Any:
+    ports = port_list(value)
+    return ports if ports else _FLOW_PORTS_CHECK(value)
+
+
 class Flow(Record):
     """An allowed, directed connection: `from` opens connections to `to`."""
 
     from_: list[str] = field(
-        after(_nonempty, ENDPOINTS),
+        ENDPOINTS,
         "who opens connections: a service, tier:NAME, internet, cidr:A.B.C.D/N, or a list",
         alias="from")
     to: list[str] = field(
-        after(_nonempty, ENDPOINTS),
+        ENDPOINTS,
         "who accepts them: a service, tier:NAME, internet, cidr:A.B.C.D/N, or a list")
     ports: list[PortRange] | None = field(
-        after(_ports_nonempty, nullable(PORT_LIST)),
+        plain(_known_flow_ports, _FLOW_PORTS.json),
         "ports allowed (default: each destination's own listen ports); required for egress",
         default=None)
     tls: bool = field(

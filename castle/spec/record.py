@@ -45,6 +45,27 @@ def after(func: Callable[[Any], Any], inner: Type, json: Schema | None = None) -
     return _fn("function-after", func, inner, json)
 
 
+class _Deferred:
+    """A type's own validation, built the first time a value needs it."""
+
+    __slots__ = ("core", "validator")
+
+    def __init__(self, core: Schema) -> None:
+        self.core: Schema = core
+        self.validator: SchemaValidator | None = None
+
+    def __call__(self, value: Any) -> Any:
+        if self.validator is None:
+            self.validator = SchemaValidator(self.core)
+        return self.validator.validate_python(value)
+
+
+def checker(inner: Type) -> Callable[[Any], Any]:
+    """`inner`'s validation as a function, for the values a plain() function does not answer
+    itself: what it raises is reported as inner's own errors, at the field's place."""
+    return _Deferred(inner.core)
+
+
 def plain(func: Callable[[Any], Any], json: Schema) -> Type:
     """`func` alone turns the raw value into the field's value (or raises)."""
     return Type({"type": "function-plain", "function": {"type": "no-info", "function": func}},

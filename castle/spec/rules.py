@@ -22,7 +22,8 @@ from castle.spec.values import (
     MAX_DECLARED_PORTS,
     PortRange,
     dns_label_problem,
-    listen_count,
+    listens_on,
+    more_ports_than,
     publish_ranges,
 )
 
@@ -40,6 +41,8 @@ class Checker(TlsRules):
     # names each service in many flows, and a tier: expansion scans every service)
     _peers: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
     _depth: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    # the edges from outside the stack (internet, cidr:), as check_flows found them
+    _ingress: list[Edge] = field(default_factory=list, init=False, repr=False)
 
     def error(self, loc: Loc, message: str, hint: str = "") -> None:
         """Record an error."""
@@ -136,25 +139,39 @@ class Checker(TlsRules):
         services = self.spec.services
         tiers = [t.name for t in self.spec.tiers]
         innermost = len(tiers) - 1
-        # each service's depth, looked up once rather than for every pair of every flow
-        level = {name: depth.get(svc.tier, 0) for name, svc in services.items()}
+        # each service's tier depth, looked up once rather than for every pair of every
+        # flow; a peer it does not hold is outside the stack (internet, cidr:)
+        level = {name: depth.get(svc.tier, 0) for name, svc in services.items()
+                 if not is_outside(name)}
+        peers = self._peers  # a service's name is its one peer: known before a flow names it
+        peers.update({name: (name,) for name in level if not name.startswith("tier:")})
+        # whether src -> dst breaks a wall depends on their depths alone (None: from
+        # outside): _wall is asked once per pair of depths, and again only to word a breach
+        breaks: dict[tuple[int | None, int], bool] = {}
+        edges = self.edges
         for i, flow in enumerate(self.spec.flows):
             if i in self.skip_flows:
                 continue
-            srcs = self._expand(flow.from_, ("flows", i, "from"))
-            dsts = self._expand(flow.to, ("flows", i, "to"))
+            ends = flow.from_  # one endpoint, seen before: the common case, without a call
+            known = peers.get(ends[0]) if len(ends) == 1 else None
+            srcs = known if known is not None else self._expand(ends, ("flows", i, "from"))
+            ends = flow.to
+            known = peers.get(ends[0]) if len(ends) == 1 else None
+            dsts = known if known is not None else self._expand(ends, ("flows", i, "to"))
+            asked = flow.ports
+            opened = None if asked is None else tuple(asked)
             reported: set[str] = set()
             multi = len(dsts) > 1
             for src in srcs:
-                src_out = is_outside(src)
+                ds = level.get(src)
                 for dst in dsts:
                     if src == dst:
                         if flow.from_ == flow.to == [src]:
                             self.warn(("flows", i), f"{src!r} -> {src!r} is a flow to itself",
                                       "a container always reaches itself; remove the flow")
                         continue
-                    dst_out = is_outside(dst)
-                    if src_out and dst_out:
+                    dd = level.get(dst)
+                    if ds is None and dd is None:
                         key = "outside-outside"
                         if key not in reported:
                             reported.add(key)
@@ -162,23 +179,31 @@ class Checker(TlsRules):
                                        f"{self.written(i, src, dst)} never touches the stack",
                                        "one side of a flow must be a service")
                         continue
-                    ports = self._ports(i, src, dst, reported, multi, dst_out)
+                    ports = opened
+                    if asked is None or (dd is not None
+                                         and not listens_on(services[dst].listen, asked)):
+                        ports = self._ports(i, src, dst, reported, multi, dd is None)
                     if ports is not None:
-                        self.edges.append(Edge(i, src, dst, ports))
-                    if dst_out:  # egress is not bound by the wall direction rules
+                        edges.append(Edge(i, src, dst, ports))
+                        if ds is None:
+                            self._ingress.append(edges[-1])
+                    if dd is None:  # egress is not bound by the wall direction rules
                         if not flow.waiver:
                             key = "egress-inner"
-                            if (level[src] == innermost and innermost > 0
-                                    and key not in reported):
+                            if ds == innermost and innermost > 0 and key not in reported:
                                 reported.add(key)
                                 self.warn(("flows", i), f"{src!r} in the innermost tier "
                                           f"{tiers[innermost]!r} opens connections out of the "
                                           "stack", "add waiver = \"why\" to say it is intended")
                         continue
-                    msg, hint = self._wall(src, dst, level, tiers, src_out)
-                    if msg and not flow.waiver and msg not in reported:
-                        reported.add(msg)
-                        self.error(("flows", i), f"{self.written(i, src, dst)} {msg}", hint)
+                    verdict = breaks.get((ds, dd))
+                    if verdict is None:
+                        verdict = breaks[ds, dd] = bool(self._wall(src, dst, ds, dd, tiers)[0])
+                    if verdict and not flow.waiver:
+                        msg, hint = self._wall(src, dst, ds, dd, tiers)
+                        if msg not in reported:
+                            reported.add(msg)
+                            self.error(("flows", i), f"{self.written(i, src, dst)} {msg}", hint)
         self._check_duplicates()
 
     def written(self, i: int, src: str, dst: str) -> str:
@@ -191,12 +216,10 @@ class Checker(TlsRules):
 
     def _expand(self, endpoints: list[str], loc: Loc) -> Sequence[str]:
         if len(endpoints) == 1:  # one endpoint's peers hold no repeat
-            known = self._peers.get(endpoints[0])
-            return known if known is not None else self.endpoint(endpoints[0], loc)
+            return self.endpoint(endpoints[0], loc)
         peers: list[str] = []
         for j, text in enumerate(endpoints):
-            sub = (*loc, j) if len(endpoints) > 1 else loc
-            for peer in self.endpoint(text, sub):
+            for peer in self.endpoint(text, (*loc, j)):
                 if peer not in peers:
                     peers.append(peer)
         return peers
@@ -231,10 +254,7 @@ class Checker(TlsRules):
             return tuple(listen)
         ok = True
         for j, port in enumerate(flow.ports):
-            for r in listen:
-                if r.covers(port):
-                    break
-            else:
+            if not listens_on(listen, [port]):
                 ok = False
                 key = f"port:{dst}:{port}"
                 if key not in reported:
@@ -246,19 +266,17 @@ class Checker(TlsRules):
         return tuple(flow.ports) if ok else None
 
     @staticmethod
-    def _wall(src: str, dst: str, level: dict[str, int], tiers: list[str],
-              src_out: bool) -> tuple[str, str]:
+    def _wall(src: str, dst: str, ds: int | None, dd: int, tiers: list[str]) -> tuple[str, str]:
         """How src -> dst (a service) breaks a wall and how to mend it; ("", "") when it
-        does not. `level` is each service's tier depth; egress never reaches here."""
+        does not. `ds` and `dd` are their tiers' depths (ds None: src is outside the stack);
+        egress never reaches here."""
         waive = 'or add waiver = "why" to the flow'
-        dd = level[dst]
-        if src_out:
+        if ds is None:
             if dd > 0:
                 return (f"enters at tier {tiers[dd]!r}, behind the outermost "
                         f"wall {tiers[0]!r}",
                         f"expose a service of tier {tiers[0]!r} (a proxy) instead, {waive}")
             return "", ""
-        ds = level[src]
         if dd < ds:
             return (f"goes outward (from tier {tiers[ds]!r} to "
                     f"{tiers[dd]!r}); walls only open inward",
@@ -270,36 +288,44 @@ class Checker(TlsRules):
         return "", ""
 
     def _check_duplicates(self) -> None:
-        covered: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
-        by_flow: dict[int, list[Edge]] = {}
-        for edge in self.edges:
-            by_flow.setdefault(edge.flow, []).append(edge)
-        for i in sorted(by_flow):
-            triples = [((e.src, e.dst, p.proto), p.lo, p.hi) for e in by_flow[i] for p in e.ports]
-            # each triple's first (earliest) earlier flow that covers it, none if one is new
-            owners: list[int] = []
-            for key, plo, phi in triples:
-                for lo, hi, f in covered.get(key, ()):
-                    if lo <= plo and phi <= hi:
-                        owners.append(f)
-                        break
-                else:
-                    owners = []
+        """Warn about each flow whose every port range an earlier flow between the same
+        peers already opened (the edges come in flow order, each pair once per flow)."""
+        # (src, dst) -> the port ranges earlier flows opened, each with its flow
+        covered: dict[tuple[str, str], list[tuple[tuple[PortRange, ...], int]]] = {}
+        flow, new, owner = -1, False, -1  # owner: the first earlier flow that covers one
+        for edge in (*self.edges, None):  # None: the end of the last flow
+            if edge is None or edge.flow != flow:
+                if flow >= 0 and not new and owner >= 0:
+                    self.warn(("flows", flow), f"flows[{flow}] allows nothing that "
+                              f"flows[{owner}] (and earlier flows) do not already allow",
+                              "remove it or merge them")
+                if edge is None:
+                    return
+                flow, new, owner = edge.flow, False, -1
+            ports = edge.ports
+            if not ports:
+                continue
+            pair = (edge.src, edge.dst)
+            earlier = covered.get(pair)
+            if earlier is None:
+                covered[pair] = [(ports, flow)]
+                new = True
+                continue
+            for p in ports if not new else ():
+                found = next((f for opened, f in earlier for r in opened if r.covers(p)), -1)
+                if found < 0:
+                    new = True
                     break
-            if owners:
-                self.warn(("flows", i), f"flows[{i}] allows nothing that flows[{min(owners)}] "
-                          "(and earlier flows) do not already allow", "remove it or merge them")
-            for key, plo, phi in triples:
-                covered.setdefault(key, []).append((plo, phi, i))
+                owner = found if owner < 0 else min(owner, found)
+            earlier.append((ports, flow))
 
     # -- publishing and reachability ---------------------------------------------------
 
     def check_publish(self) -> None:
         """Every publish entry needs a flow from outside; host ports may not collide."""
         ingress: dict[str, list[PortRange]] = {}
-        for edge in self.edges:
-            if is_outside(edge.src):
-                ingress.setdefault(edge.dst, []).extend(edge.ports)
+        for edge in self._ingress:
+            ingress.setdefault(edge.dst, []).extend(edge.ports)
         for name, svc in self.spec.services.items():
             for j, entry in enumerate(svc.publish):
                 earlier = [k for k, e in enumerate(svc.publish[:j])
@@ -357,9 +383,7 @@ class Checker(TlsRules):
     def host_ports(self) -> Iterator[tuple[str, str, PortRange, PortRange]]:
         """(service, host IP, host range, container range) published by flows from outside."""
         seen: set[tuple[str, str, PortRange, PortRange]] = set()
-        for edge in self.edges:
-            if not is_outside(edge.src):
-                continue
+        for edge in self._ingress:
             for port in edge.ports:
                 for ip, host, container in publish_ranges(
                         self.spec.services[edge.dst].publish, port):
@@ -398,19 +422,24 @@ class Checker(TlsRules):
         the labels are the contract with Deployments and dashboards the user already has.
         """
         k = self.spec.kubernetes
-        found: list[tuple[str, str, dict[str, str]]] = []
         # (namespace, label) -> services whose pods carry it: candidates without a scan of all
         having: dict[tuple[str, tuple[str, str]], set[str]] = {}
+        # each service's namespace, labels and the having-sets of its labels
+        found: list[tuple[str, str, dict[str, str], list[set[str]]]] = []
         namespace = self.spec.namespace
         for name, svc in self.spec.services.items():
             ns = f"{namespace}-{svc.tier}" if k.tier_namespaces else namespace
             labels = svc.labels or {"app.kubernetes.io/name": name}
-            found.append((name, ns, labels))
+            sets = []
             for item in labels.items():
-                having.setdefault((ns, item), set()).add(name)
-        by_name = {name: (ns, labels) for name, ns, labels in found}
+                carriers = having.get((ns, item))
+                if carriers is None:
+                    carriers = having[ns, item] = set()
+                carriers.add(name)
+                sets.append(carriers)
+            found.append((name, ns, labels, sets))
         for name, svc in self.spec.services.items():
-            if k.workloads and listen_count(svc.listen) > MAX_DECLARED_PORTS:
+            if k.workloads and more_ports_than(svc.listen, MAX_DECLARED_PORTS):
                 self.warn(("services", name, "listen"),
                           f"more than {MAX_DECLARED_PORTS} listen ports: its Deployment "
                           "declares none and it gets no Service",
@@ -419,13 +448,15 @@ class Checker(TlsRules):
                 self.warn(("services", name), f"Kubernetes Service names start with a letter: "
                           f"workloads.yaml gets no Service {name!r}",
                           "rename the service, or set [kubernetes] workloads = false")
-        for name, ns, labels in found:
-            sets = [having[(ns, item)] for item in labels.items()]
+        by_name: dict[str, dict[str, str]] = {}
+        shared = max(map(len, having.values()), default=1) > 1  # a label on two services
+        for name, ns, labels, sets in found if shared else ():
             if min(map(len, sets)) == 1:  # a label only its own pods carry: none shared
                 continue
+            by_name = by_name or {other: mine for other, _, mine, _ in found}
             sets.sort(key=len)
             for other in sorted(set.intersection(*sets) - {name}):
-                other_labels = by_name[other][1]
+                other_labels = by_name[other]
                 if labels == other_labels and other < name:
                     continue  # identical: reported once, at the first name
                 # a default label set names its own service, so the wider set is explicit
@@ -448,11 +479,14 @@ class Checker(TlsRules):
         """Warn about lonely services and empty tiers; discourage container firewalls."""
         touched = {e.src for e in self.edges} | {e.dst for e in self.edges}
         for name, svc in self.spec.services.items():
-            for j, port in enumerate(svc.listen):
-                if any(other.proto == port.proto and other.lo <= port.hi and port.lo <= other.hi
-                       for other in svc.listen[:j]):
-                    self.warn(("services", name, "listen", j),
-                              f"{port} repeats an earlier listen port", "remove the repeat")
+            listen = svc.listen
+            for j in range(1, len(listen)):  # the first port repeats none
+                port = listen[j]
+                for other in listen[:j]:
+                    if other.proto == port.proto and other.lo <= port.hi and port.lo <= other.hi:
+                        self.warn(("services", name, "listen", j),
+                                  f"{port} repeats an earlier listen port", "remove the repeat")
+                        break
             if name not in touched:
                 self.warn(("services", name), f"{name!r} reaches nothing and nothing reaches it",
                           "add a flow, or remove the service")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from castle.spec.findings import Edge, Loc, closest, is_outside
 from castle.spec.model import Service, Spec, spec_recipe
+
+_NONE: frozenset[str] = frozenset()  # no servers, no callers
 
 
 class TlsRules:
@@ -25,7 +29,8 @@ class TlsRules:
     def check_tls(self) -> None:
         """tls_env references must match the service's tls flows; no clash with compose env."""
         flows = self.spec.flows
-        tls_edges = [e for e in self.edges if flows[e.flow].tls]
+        tls_flows = {i for i, flow in enumerate(flows) if flow.tls}
+        tls_edges = [e for e in self.edges if e.flow in tls_flows] if tls_flows else []
         pairs = {(e.src, e.dst) for e in tls_edges if not is_outside(e.src)}
         for e in tls_edges:
             if is_outside(e.src) or is_outside(e.dst):
@@ -46,9 +51,13 @@ class TlsRules:
         # checked once those errors are fixed, rather than reported falsely now
         trusted = not self.skip_flows and not self.broken
         for name, svc in self.spec.services.items():
-            servers = servers_of.get(name, set())
+            servers = servers_of.get(name, _NONE)
             is_server = name in reached
-            if (svc.tls_env and trusted and not servers and not is_server
+            if not svc.tls_env:  # most services: only the recipe's checks apply
+                if trusted and (is_server or servers):
+                    self.check_recipe(name, svc, is_server, plain.get(name, _NONE))
+                continue
+            if (trusted and not servers and not is_server
                     and all(ref.startswith("=") for ref in svc.tls_env.values())):
                 self.warn(("services", name, "tls_env"), f"{name!r} is in no tls flow: its "
                           "tls_env is not written", "add tls = true to a flow, or drop it")
@@ -89,10 +98,10 @@ class TlsRules:
                 self.error(("services", name, "compose", "environment"),
                            f"{key} is set both here and in tls_env", "keep one of them")
             if trusted and (is_server or servers):
-                self.check_recipe(name, svc, is_server, plain.get(name, set()))
+                self.check_recipe(name, svc, is_server, plain.get(name, _NONE))
 
     def check_recipe(self, name: str, svc: Service, is_server: bool,
-                     callers: set[str]) -> None:
+                     callers: AbstractSet[str]) -> None:
         """A server recipe writes the command (and the entrypoint): passthrough may not.
         `callers` are the services whose flows reach it without tls."""
         recipe = spec_recipe(svc)

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from castle.spec.record import STR, Type, before, instance, list_of
+from castle.spec.record import STR, after, before, checker, instance, list_of, plain
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
@@ -58,9 +58,11 @@ _BARE_VAR = re.compile(r"\$\$|\$[A-Za-z_][A-Za-z0-9_]*")
 
 def image_problem(image: str) -> str | None:
     """Why `image` is not an image reference (compose variables allowed), or None."""
-    filled = _BARE_VAR.sub("x", image)
-    for _ in range(4):  # a default may hold another variable: fill the innermost first
-        filled = _INTERPOLATION.sub("x", filled)
+    filled = image
+    if "$" in image:  # most images hold no variable: six substitutions saved
+        filled = _BARE_VAR.sub("x", image)
+        for _ in range(4):  # a default may hold another variable: fill the innermost first
+            filled = _INTERPOLATION.sub("x", filled)
     if not _IMAGE.match(filled):
         return (f"{image[:60]!r} is not an image reference (letters, digits and ._/:@+- "
                 "only, and ${VAR} variables)")
@@ -105,8 +107,21 @@ def _text(value: Any) -> Any:
     return value
 
 
+# A field validated by a plain function answers the values it knows valid, as TOML gives
+# them, in one call (a before- or after-function and the type under it cost two or three),
+# and hands every other value to the field's own checks, which report it as they always did.
+
+
 # a DNS-1123 label (names of tiers, the stack, namespaces) and a line of free text
-LABEL = before(_label, STR, {"type": "string", "pattern": DNS_LABEL.pattern})
+_LABEL = before(_label, STR, {"type": "string", "pattern": DNS_LABEL.pattern})
+_LABEL_CHECK = checker(_LABEL)
+
+
+def _known_label(value: Any) -> Any:
+    return value if type(value) is str and DNS_LABEL.match(value) else _LABEL_CHECK(value)
+
+
+LABEL = plain(_known_label, _LABEL.json)
 TEXT = before(_text, STR, {"type": "string", "maxLength": 500})
 
 
@@ -129,6 +144,17 @@ class PortRange:
     def covers(self, other: PortRange) -> bool:
         """True when every port of `other` is in this range (same protocol)."""
         return self.proto == other.proto and self.lo <= other.lo and other.hi <= self.hi
+
+
+def listens_on(listen: list[PortRange], ports: list[PortRange]) -> bool:
+    """True when every range of `ports` lies within one range of `listen`."""
+    for port in ports:
+        for r in listen:
+            if r.covers(port):
+                break
+        else:
+            return False
+    return True
 
 
 _PORT = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(tcp|udp))?")
@@ -182,7 +208,26 @@ _PORT_SCHEMA = {
 }
 
 
-PORT_LIST = before(_ports, list_of(instance(PortRange)), {"type": "array", "items": _PORT_SCHEMA})
+_PORT_LIST = before(_ports, list_of(instance(PortRange)), {"type": "array", "items": _PORT_SCHEMA})
+_PORT_CHECK = checker(_PORT_LIST)
+
+
+def port_list(value: Any) -> list[PortRange] | None:
+    """The PortRanges of a list of valid ports, None when it is not one."""
+    if type(value) is not list:
+        return None
+    try:
+        return [v if isinstance(v, PortRange) else parse_port(v) for v in value]
+    except ValueError:
+        return None
+
+
+def _known_ports(value: Any) -> Any:
+    ports = port_list(value)
+    return ports if ports is not None else _PORT_CHECK(value)
+
+
+PORT_LIST = plain(_known_ports, _PORT_LIST.json)
 
 
 @dataclass(frozen=True, order=True)
@@ -295,9 +340,23 @@ _ENDPOINT_SCHEMA = {
 }
 
 
-ENDPOINTS: Type = before(_endpoints, list_of(STR), {
+def _nonempty(v: list[str]) -> list[str]:
+    if not v:
+        raise ValueError("needs at least one endpoint")
+    return v
+
+
+_ENDPOINTS = after(_nonempty, before(_endpoints, list_of(STR)), {
     "anyOf": [_ENDPOINT_SCHEMA, {"type": "array", "items": _ENDPOINT_SCHEMA, "minItems": 1}]
 })
+_ENDPOINTS_CHECK = checker(_ENDPOINTS)
+
+
+def _known_endpoints(value: Any) -> Any:
+    return [value] if type(value) is str else _ENDPOINTS_CHECK(value)
+
+
+ENDPOINTS = plain(_known_endpoints, _ENDPOINTS.json)
 
 
 # A Deployment and a Service list ports one by one (Kubernetes has no port ranges): past
@@ -308,6 +367,14 @@ MAX_DECLARED_PORTS = 1024
 def listen_count(listen: list[PortRange]) -> int:
     """How many (protocol, port) pairs a listen list names."""
     return len({(p.proto, n) for p in listen for n in range(p.lo, p.hi + 1)})
+
+
+def more_ports_than(listen: list[PortRange], limit: int) -> bool:
+    """True when a listen list names more than `limit` (protocol, port) pairs."""
+    span = 0  # the ranges' lengths bound the count: most lists need no count at all
+    for port in listen:
+        span += port.hi - port.lo + 1
+    return span > limit and listen_count(listen) > limit
 
 
 def publish_ranges(

@@ -27,7 +27,7 @@ from castle.spec.load import Loaded, to_diagnostic
 from castle.spec.model import METADATA, TARGETS, Service, Spec
 from castle.spec.values import PortRange, publish_ranges, span
 
-_OCTETS = tuple(str(n) for n in range(256))  # the last number of an address, as text
+_OCTETS = tuple(str(n) for n in range(256))  # each number of an address, as text
 
 
 # Conn and Network are named tuples: a big stack makes thousands of each, and a frozen
@@ -327,7 +327,8 @@ def cover_lower_bound(adj: dict[str, set[str]]) -> int:
 
 def _name_networks(members: list[tuple[str, ...]], edge: list[bool],
                    tier_of: dict[str, str]) -> list[str]:
-    used: dict[str, None] = {}  # the names so far, in order
+    names: list[str] = []
+    used: set[str] = set()
     counters: dict[str, int] = {}
     for group, out in zip(members, edge, strict=True):
         if out:
@@ -341,8 +342,9 @@ def _name_networks(members: list[tuple[str, ...]], edge: list[bool],
         while name in used:
             k += 1
             name = f"{base}-{k}"
-        used[name] = None
-    return list(used)
+        used.add(name)
+        names.append(name)
+    return names
 
 
 def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
@@ -439,10 +441,10 @@ def _networks(groups: list[tuple[int, ...]], members: list[tuple[str, ...]], nam
     pairs: list[list[tuple[str, IPv4Address]]] = [[] for _ in range(edge)]
     texts: list[dict[str, str]] = [{} for _ in range(edge)]
     mask, octet = netmask(prefix), _OCTETS
+    short = prefix >= 24  # a /24 or smaller: an address is its network's head and one number
     for i in sorted(range(len(groups)), key=names.__getitem__):
         g, mem, name, lo = groups[i], members[i], names[i], starts[i]
         internal = g[1] != edge and (g[0] not in outward or not outward.issuperset(g))
-        # an address of a /24 or smaller is the network's first three numbers and its own
         head = f"{octet[lo >> 24]}.{octet[lo >> 16 & 255]}.{octet[lo >> 8 & 255]}."
         # network() and address() inline, with no call each (see addresses.py)
         gateway = _new(IPv4Address)
@@ -460,14 +462,15 @@ def _networks(groups: list[tuple[int, ...]], members: list[tuple[str, ...]], nam
             first._ip = lo
             subnet.netmask, subnet._prefixlen = mask, prefix
             addrs = []
+            # the first member's address (.2) and, on a short network, its last number
+            base, low = lo + 2, (lo & 255) + 2
             for j, m in enumerate(mem):  # (no zip: its strict= costs a keyword call)
-                n = lo + 2 + j
                 ip = _new(IPv4Address)
-                ip._ip = n
+                ip._ip = base + j
                 addrs.append((m, ip))
                 r = g[j]
                 pairs[r].append((name, ip))
-                texts[r][name] = head + octet[n & 255] if n >> 8 == lo >> 8 else str(ip)
+                texts[r][name] = head + octet[low + j] if short else str(ip)
         networks.append(_new_tuple(Network, (name, subnet, gateway, internal, mem, tuple(addrs))))
     return networks, pairs, texts
 
@@ -477,10 +480,8 @@ def _groups(adj: list[set[int]], outward: set[int]) -> tuple[list[tuple[int, ...
     and (rank, edge) for a service that reaches outside yet is in no clique of such
     services alone (edge, one past the last rank, sorts it after the cliques it starts)."""
     groups = _cover(adj)
-    reached: set[int] = set()  # members of a clique whose members all reach outside
-    for g in groups if outward else ():
-        if g[0] in outward and outward.issuperset(g):
-            reached.update(g)
+    # the members of each clique whose members all reach outside
+    reached = {r for g in groups if g[0] in outward and outward.issuperset(g) for r in g}
     edge = len(adj)
     groups += [(r, edge) for r in sorted(outward - reached)]
     groups.sort()  # by first rank; a clique's members rise, and `edge` sorts after them all

@@ -10,17 +10,24 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses
+from operator import attrgetter, eq, itemgetter
 from typing import Any, NamedTuple
 
 from castle.errors import SpecError
-from castle.spec.addresses import AddressError, fixed_subnets, kept_addresses, member_addresses
+from castle.spec.addresses import (
+    AddressError,
+    allocate_starts,
+    around_kept,
+    kept_addresses,
+    member_addresses,
+    netmask,
+)
 from castle.spec.findings import INTERNET, Edge, Finding, is_outside
 from castle.spec.load import Loaded, to_diagnostic
 from castle.spec.model import METADATA, TARGETS, Service, Spec
 from castle.spec.values import PortRange, publish_ranges, span
-from castle.words import count
 
-_OCTETS = tuple(str(n) for n in range(256))  # the last number of an address, as text
+_OCTETS = tuple(str(n) for n in range(256))  # each number of an address, as text
 
 
 # Conn and Network are named tuples: a big stack makes thousands of each, and a frozen
@@ -147,17 +154,9 @@ class Plan:
 
     @functools.cached_property
     def address_text(self) -> dict[str, dict[str, str]]:
-        """Service -> network -> its address there, as text (formatted once for all targets)."""
-        texts: dict[str, dict[str, str]] = {s.name: {} for s in self.services}
-        for net in self.networks:  # in name order, as each service's networks are
-            # the addresses of a /24 or smaller share their first three numbers
-            base = int(net.subnet.network_address)
-            head = f"{base >> 24}.{base >> 16 & 255}.{base >> 8 & 255}."
-            for member, ip in net.addresses:
-                n = int(ip)
-                texts[member][net.name] = (head + _OCTETS[n & 255] if n >> 8 == base >> 8
-                                           else str(ip))
-        return texts
+        """Service -> network -> its address there, as text (formatted once for all targets;
+        compile_plan fills it in as it builds the networks, without str() each)."""
+        return {s.name: {net: str(ip) for net, ip in s.networks} for s in self.services}
 
     @functools.cached_property
     def _sides(self) -> tuple[tuple[Conn, ...], tuple[Conn, ...], tuple[Conn, ...]]:
@@ -208,8 +207,24 @@ class Plan:
         return tuple(n.subnet for n in self.networks)
 
 
+_new_tuple = tuple.__new__  # a named tuple built without its __new__'s Python frame
+_new: Any = object.__new__  # an object whose attributes compile_plan sets (addresses.py)
+_key = itemgetter(0, 1, 2)
+_NAME_LABEL = "app.kubernetes.io/name"  # a service's one label when it sets none
+
+
 def merge_conns(edges: Iterable[Edge], tls_flows: set[int]) -> tuple[Conn, ...]:
     """Merge expanded flow edges into sorted connections with overlapping ranges joined."""
+    edges = tuple(edges)
+    if not tls_flows:
+        # the usual big stack: each (src, dst, proto) once, so each edge's port is a
+        # connection of its own, and sorting them is all there is to do
+        conns = [_new_tuple(Conn, (e.src, e.dst, p.proto, p.lo, p.hi, False, (e.flow,)))
+                 for e in edges for p in e.ports]
+        conns.sort()
+        keys = list(map(_key, conns))
+        if not any(map(eq, keys, keys[1:])):
+            return tuple(conns)
     grouped: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
     tls_pairs: set[tuple[str, str]] = set()
     for e in edges:
@@ -226,7 +241,7 @@ def merge_conns(edges: Iterable[Edge], tls_flows: set[int]) -> tuple[Conn, ...]:
         ranges = grouped[key]
         if len(ranges) == 1:
             lo, hi, flow = ranges[0]
-            out.append(Conn(src, dst, proto, lo, hi, tls, (flow,)))
+            out.append(_new_tuple(Conn, (src, dst, proto, lo, hi, tls, (flow,))))
             continue
         ranges.sort()
         lo, hi, flows = ranges[0][0], ranges[0][1], {ranges[0][2]}
@@ -235,9 +250,9 @@ def merge_conns(edges: Iterable[Edge], tls_flows: set[int]) -> tuple[Conn, ...]:
                 hi = max(hi, rhi)
                 flows.add(flow)
             else:
-                out.append(Conn(src, dst, proto, lo, hi, tls, tuple(sorted(flows))))
+                out.append(_new_tuple(Conn, (src, dst, proto, lo, hi, tls, tuple(sorted(flows)))))
                 lo, hi, flows = rlo, rhi, {flow}
-        out.append(Conn(src, dst, proto, lo, hi, tls, tuple(sorted(flows))))
+        out.append(_new_tuple(Conn, (src, dst, proto, lo, hi, tls, tuple(sorted(flows)))))
     return tuple(out)
 
 
@@ -246,34 +261,46 @@ def clique_cover(nodes: list[str], adj: dict[str, set[str]]) -> list[tuple[str, 
 
     Nodes are visited in the given order; a clique grows by the common neighbour that
     covers the most still-uncovered edges (never by one that covers none, which would
-    only add an interface to a container).
+    only add an interface to a container). No node is its own neighbour.
     """
-    order = {n: i for i, n in enumerate(nodes)}
-    uncovered = {n: set(adj[n]) for n in nodes}
-    cliques: list[tuple[str, ...]] = []
-    for u in nodes:
-        left = uncovered[u]
-        # u's uncovered neighbours only shrink: walking them in order once takes the
-        # smallest still uncovered each time
-        for v in sorted(left, key=order.__getitem__):
+    index = {n: i for i, n in enumerate(nodes)}
+    cliques = _cover([{index[m] for m in adj[n]} for n in nodes])
+    return [tuple(nodes[i] for i in c) for c in cliques]
+
+
+def _cover(adj: list[set[int]]) -> list[tuple[int, ...]]:
+    """clique_cover of nodes 0 .. n-1 visited in that order, each clique's members rising."""
+    uncovered = [set(a) for a in adj]
+    cliques: list[tuple[int, ...]] = []
+    for u, left in enumerate(uncovered):
+        if not left:
+            continue
+        near = adj[u]
+        # u's uncovered neighbours only shrink, and all come after u (each node before it
+        # covered all its edges): walking them in order once takes the smallest each time
+        for v in sorted(left):
             if v not in left:
                 continue
+            if near.isdisjoint(adj[v]):  # most often: no common neighbour, the pair u-v
+                left.discard(v)
+                uncovered[v].discard(u)
+                cliques.append((u, v))
+                continue
+            cand = near & adj[v]  # their common neighbours (neither u nor v)
             clique = [u, v]
-            cand = (adj[u] & adj[v]) - {u, v}
             while cand:
-                best, gain = None, 0
-                for w in sorted(cand, key=order.__getitem__):
+                best, gain = -1, 0
+                for w in sorted(cand):
                     g = len(uncovered[w].intersection(clique))
                     if g > gain:
                         best, gain = w, g
-                if best is None:
+                if not gain:
                     break
                 clique.append(best)
                 cand &= adj[best]
-                cand.discard(best)
-            for a in clique:  # (no node is its own neighbour)
+            for a in clique:
                 uncovered[a].difference_update(clique)
-            cliques.append(tuple(sorted(clique, key=order.__getitem__)))
+            cliques.append(tuple(sorted(clique)))
     return cliques
 
 
@@ -298,18 +325,16 @@ def cover_lower_bound(adj: dict[str, set[str]]) -> int:
     return len(chosen)
 
 
-def _name_networks(groups: list[tuple[tuple[str, ...], bool]],
+def _name_networks(members: list[tuple[str, ...]], edge: list[bool],
                    tier_of: dict[str, str]) -> list[str]:
     names: list[str] = []
     used: set[str] = set()
     counters: dict[str, int] = {}
-    for members, edge in groups:
-        if edge:
-            base = f"{members[0]}-edge"
-        elif len(members) <= 3 and len("-".join(members)) <= 40:
-            base = "-".join(members)
-        else:
-            tiers = list(dict.fromkeys(tier_of[m] for m in members))
+    for group, out in zip(members, edge, strict=True):
+        if out:
+            base = f"{group[0]}-edge"
+        elif len(group) > 3 or len(base := "-".join(group)) > 40:
+            tiers = list(dict.fromkeys(tier_of[m] for m in group))
             base = f"{tiers[0]}-{tiers[-1]}" if len(tiers) > 1 else tiers[0]
             counters[base] = counters.get(base, 0) + 1
             base = f"{base}-{counters[base]}"
@@ -322,117 +347,53 @@ def _name_networks(groups: list[tuple[tuple[str, ...], bool]],
     return names
 
 
-def allocate(pool: IPv4Network, sizes: list[int],
-             avoid: Iterable[IPv4Network] = ()) -> list[IPv4Network]:
-    """One equal-sized subnet per network from `pool`: /24 when they fit, smaller when not.
-
-    `sizes` are member counts; each subnet also needs the network, gateway and broadcast
-    addresses. Subnets skip the `avoid` ranges that lie inside the pool (the SSH sources:
-    an operator network handed to a bridge could no longer reach the host). Raises
-    ValueError when the pool is too small.
-    """
-    if not sizes:
-        return []
-    holes = [(int(n.network_address), int(n.broadcast_address)) for n in avoid
-             if n.overlaps(pool) and not n.supernet_of(pool)]
-    need = max(sizes) + 3
-    smallest = 32 - (need - 1).bit_length()  # longest prefix that still holds the largest
-    for prefix in range(min(24, smallest), smallest + 1):
-        if prefix < pool.prefixlen:
-            continue
-        if 2 ** (prefix - pool.prefixlen) >= len(sizes):
-            got = list(itertools.islice(_take(pool, prefix, holes), len(sizes)))
-            if len(got) == len(sizes):
-                return got
-    raise ValueError(
-        f"cannot fit {count(len(sizes), 'network')} of up to {count(max(sizes), 'service')} "
-        f"in {pool}" + (" outside [firewall] ssh_sources" if holes else "")
-    )
-
-
-def _take(pool: IPv4Network, prefix: int, holes: list[tuple[int, int]]) -> Iterable[IPv4Network]:
-    base = int(pool.network_address)
-    step = 2 ** (32 - prefix)
-    for lo in range(base, base + (2 ** (prefix - pool.prefixlen)) * step, step):
-        if not holes or not any(lo <= h_hi and h_lo <= lo + step - 1 for h_lo, h_hi in holes):
-            yield IPv4Network((lo, prefix))
-
-
-def _around_kept(spec: Spec, groups: list[tuple[tuple[str, ...], bool]],
-                 subnets: list[IPv4Network],
-                 kept: dict[int, dict[str, IPv4Address]]) -> list[IPv4Network]:
-    """The subnets with the networks that hold kept addresses on theirs, the others
-    allocated from the pool around them."""
-    fixed = fixed_subnets(kept, [len(m) for m, _ in groups], subnets[0].prefixlen)
-    rest = [i for i in range(len(groups)) if i not in fixed]
-    moved = allocate(spec.stack.pool, [len(groups[i][0]) for i in rest],
-                     [*spec.firewall.ssh_sources, *fixed.values()])
-    out = dict(fixed) | dict(zip(rest, moved, strict=True))
-    for i, net in sorted(fixed.items()):
-        name = sorted(kept[i])[0]
-        # as allocate() does: only an SSH source that covers the whole pool may hold subnets
-        for ssh in spec.firewall.ssh_sources:
-            if ssh.overlaps(net) and not ssh.supernet_of(spec.stack.pool):
-                raise AddressError(name, f"{kept[i][name]} needs {net}, which overlaps "
-                                   f"[firewall] ssh_sources {ssh} (a bridge there would take "
-                                   "the host's route to it)", "pick an address outside "
-                                   "ssh_sources")
-        if any(out[j].overlaps(net) for j in rest):  # it covers the whole pool
-            raise AddressError(name, f"{kept[i][name]} needs {net}, which covers "
-                               f"subnet_pool {spec.stack.pool}, where the other networks go",
-                               "pick an address outside subnet_pool, or another pool")
-    return [out[i] for i in range(len(groups))]
-
-
 def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
                  spec_dir: str = ".") -> Plan:
     """Build the Plan of a loaded spec; raise SpecError if the address pool is too small."""
     spec = loaded.spec
+    specs = spec.services
     depth = {t.name: i for i, t in reversed(list(enumerate(spec.tiers)))}
-    order = sorted(spec.services, key=lambda n: (depth[spec.services[n].tier], n))
-    tls_flows = {i for i, f in enumerate(spec.flows) if f.tls}
+    order = sorted(specs, key=lambda n: (depth[specs[n].tier], n))
+    tls_flows = set(itertools.compress(itertools.count(), map(attrgetter("tls"), spec.flows)))
     conns = merge_conns(loaded.edges, tls_flows)
 
-    adj: dict[str, set[str]] = {n: set() for n in order}
-    needs_out: set[str] = set()
-    for c in conns:
-        if is_outside(c.src):
-            needs_out.add(c.dst)
-        elif is_outside(c.dst):
-            needs_out.add(c.src)
-        else:
-            adj[c.src].add(c.dst)
-            adj[c.dst].add(c.src)
-
-    groups: list[tuple[tuple[str, ...], bool]] = [
-        (members, False) for members in clique_cover(order, adj)
-    ]
-    open_groups = [g for g, _ in groups if needs_out.issuperset(g)]
-    reached = {m for g in open_groups for m in g}
-    for svc in order:
-        if svc in needs_out and svc not in reached:
-            groups.append(((svc,), True))
+    # from here to the networks a service is its rank in `order`: ints hash, compare,
+    # sort and index lists faster than names
     rank = {n: i for i, n in enumerate(order)}
-
-    def placed(group: tuple[tuple[str, ...], bool]) -> tuple[int, bool, list[int]]:
-        ranks = [rank[m] for m in group[0]]
-        return min(ranks), group[1], ranks
-
-    groups.sort(key=placed)
-    tier_of = {n: spec.services[n].tier for n in order}
-    names = _name_networks(groups, tier_of)
-
+    adj: list[set[int]] = [set() for _ in order]
+    outward: set[int] = set()  # the services a connection joins to internet or a CIDR
+    sides: tuple[list[Conn], list[Conn], list[Conn]] = ([], [], [])  # as Plan._sides
+    for c in conns:
+        src, dst = rank.get(c.src, -1), rank.get(c.dst, -1)  # -1: internet or a CIDR
+        if src < 0:
+            outward.add(dst)
+            sides[1].append(c)
+        elif dst < 0:
+            outward.add(src)
+            sides[2].append(c)
+        else:
+            adj[src].add(dst)
+            adj[dst].add(src)
+            sides[0].append(c)
+    groups, edge = _groups(adj, outward)
+    members = [(order[g[0]],) if g[1] == edge else
+               (order[g[0]], order[g[1]]) if len(g) == 2 else tuple(map(order.__getitem__, g))
+               for g in groups]
+    names = _name_networks(members, [g[1] == edge for g in groups],
+                           {n: specs[n].tier for n in order})
+    sizes = list(map(len, members))
+    kept: dict[int, dict[str, IPv4Address]] = {}
     try:
-        subnets = allocate(spec.stack.pool, [len(m) for m, _ in groups],
-                           spec.firewall.ssh_sources)
-        wanted = {n: s.address for n, s in spec.services.items()}
-        callers: dict[str, set[str]] = {}
-        if any(ip is not None for ip in wanted.values()):  # only kept addresses ask for them
+        starts, prefix = allocate_starts(spec.stack.pool, sizes, spec.firewall.ssh_sources)
+        subnets: list[IPv4Network] = []  # only around kept addresses: else each at its start
+        if any(s.address is not None for s in specs.values()):  # only kept addresses cost
+            callers: dict[str, set[str]] = {}
             for c in conns:
                 callers.setdefault(c.dst, set()).add(c.src)
-        kept = kept_addresses(wanted, [m for m, _ in groups], callers)
+            kept = kept_addresses({n: s.address for n, s in specs.items()}, members, callers)
         if kept:
-            subnets = _around_kept(spec, groups, subnets, kept)
+            subnets = around_kept(spec.stack.pool, spec.firewall.ssh_sources, sizes, prefix, kept)
+            starts = [int(n.network_address) for n in subnets]
     except ValueError as exc:
         finding = Finding("error", ("stack", "subnet_pool"), str(exc),
                           "use a larger subnet_pool (for example a /16)")
@@ -441,53 +402,95 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
         finding = Finding("error", ("services", exc.service, "address"), str(exc), exc.hint)
         raise SpecError([to_diagnostic(str(loaded.path), loaded.source, finding)]) from None
 
-    networks: list[Network] = []
-    for i, ((members, _edge), name, subnet) in enumerate(zip(groups, names, subnets,
-                                                             strict=True)):
-        internal = not needs_out.issuperset(members)
-        base = int(subnet.network_address)
-        addrs = member_addresses(members, subnet, kept.get(i, {}))
-        networks.append(Network(name, subnet, IPv4Address(base + 1), internal, members, addrs))
-    networks.sort(key=lambda n: n.name)
-    # filled in network name order, each service's list is sorted already
-    per_service: dict[str, list[tuple[str, IPv4Address]]] = {n: [] for n in order}
-    for net in networks:
-        for m, ip in net.addresses:
-            per_service[m].append((net.name, ip))
-
-    services = tuple(
-        PlanService(
-            name=n,
-            tier=tier_of[n],
-            depth=depth[tier_of[n]],
-            spec=spec.services[n],
-            networks=tuple(per_service[n]),
-            labels=tuple(sorted((spec.services[n].labels or
-                                 {"app.kubernetes.io/name": n}).items())),
-            service_account=spec.services[n].service_account or n,
-        )
-        for n in order
-    )
-    return Plan(
+    networks, pairs, texts = _networks(groups, members, names, starts, prefix,
+                                       (subnets, kept), outward, edge)
+    services: list[PlanService] = []
+    for svc, name, mine in zip(map(specs.__getitem__, order), order, pairs, strict=True):
+        labels = tuple(sorted(svc.labels.items())) if svc.labels else ((_NAME_LABEL, name),)
+        services.append(PlanService(name, svc.tier, depth[svc.tier], svc, tuple(mine), labels,
+                                    svc.service_account or name))
+    plan = Plan(
         spec=spec,
         source_name=loaded.name,
         sha256=loaded.sha256,
         tiers=tuple(t.name for t in spec.tiers),
-        services=services,
+        services=tuple(services),
         networks=tuple(networks),
         conns=conns,
-        published=_published(spec, conns),
+        published=_published(spec, sides[1]),
         targets=select_targets(spec, targets),
-        flow_lines=tuple(loaded.source.flow_line(i) for i in range(len(spec.flows))),
+        flow_lines=tuple(map(loaded.source.flow_line, range(len(spec.flows)))),
         spec_dir=spec_dir,
+        _by_name=dict(zip(order, services, strict=True)),
     )
+    # what the cached properties would find again (_sides one is_outside at a time)
+    plan.__dict__.update(rank=rank, _sides=tuple(map(tuple, sides)),
+                         address_text=dict(zip(order, texts, strict=True)))
+    return plan
 
 
-def _published(spec: Spec, conns: tuple[Conn, ...]) -> tuple[Published, ...]:
+def _networks(groups: list[tuple[int, ...]], members: list[tuple[str, ...]], names: list[str],
+              starts: list[int], prefix: int,
+              around: tuple[list[IPv4Network], dict[int, dict[str, IPv4Address]]],
+              outward: set[int], edge: int
+              ) -> tuple[list[Network], list[list[tuple[str, IPv4Address]]], list[dict[str, str]]]:
+    """The networks in name order, and by service rank its (network, address) pairs and
+    its address texts (as Plan.address_text has them), filled in that order: sorted."""
+    subnets, kept = around  # the subnets when kept addresses moved some
+    networks: list[Network] = []
+    pairs: list[list[tuple[str, IPv4Address]]] = [[] for _ in range(edge)]
+    texts: list[dict[str, str]] = [{} for _ in range(edge)]
+    mask, octet = netmask(prefix), _OCTETS
+    short = prefix >= 24  # a /24 or smaller: an address is its network's head and one number
+    for i in sorted(range(len(groups)), key=names.__getitem__):
+        g, mem, name, lo = groups[i], members[i], names[i], starts[i]
+        internal = g[1] != edge and (g[0] not in outward or not outward.issuperset(g))
+        head = f"{octet[lo >> 24]}.{octet[lo >> 16 & 255]}.{octet[lo >> 8 & 255]}."
+        # network() and address() inline, with no call each (see addresses.py)
+        gateway = _new(IPv4Address)
+        gateway._ip = lo + 1
+        if subnets or prefix > 30:
+            subnet: Any = subnets[i] if subnets else IPv4Network((lo, prefix))
+            addrs = list(member_addresses(mem, subnet, kept.get(i, {})))
+            for j, (_, ip) in enumerate(addrs):
+                n = int(ip)
+                pairs[g[j]].append((name, ip))
+                texts[g[j]][name] = head + octet[n & 255] if n >> 8 == lo >> 8 else str(ip)
+        else:
+            subnet = _new(IPv4Network)
+            subnet.network_address = first = _new(IPv4Address)
+            first._ip = lo
+            subnet.netmask, subnet._prefixlen = mask, prefix
+            addrs = []
+            # the first member's address (.2) and, on a short network, its last number
+            base, low = lo + 2, (lo & 255) + 2
+            for j, m in enumerate(mem):  # (no zip: its strict= costs a keyword call)
+                ip = _new(IPv4Address)
+                ip._ip = base + j
+                addrs.append((m, ip))
+                r = g[j]
+                pairs[r].append((name, ip))
+                texts[r][name] = head + octet[low + j] if short else str(ip)
+        networks.append(_new_tuple(Network, (name, subnet, gateway, internal, mem, tuple(addrs))))
+    return networks, pairs, texts
+
+
+def _groups(adj: list[set[int]], outward: set[int]) -> tuple[list[tuple[int, ...]], int]:
+    """Every network's members by rank, in the order networks are numbered: the cliques,
+    and (rank, edge) for a service that reaches outside yet is in no clique of such
+    services alone (edge, one past the last rank, sorts it after the cliques it starts)."""
+    groups = _cover(adj)
+    # the members of each clique whose members all reach outside
+    reached = {r for g in groups if g[0] in outward and outward.issuperset(g) for r in g}
+    edge = len(adj)
+    groups += [(r, edge) for r in sorted(outward - reached)]
+    groups.sort()  # by first rank; a clique's members rise, and `edge` sorts after them all
+    return groups, edge
+
+
+def _published(spec: Spec, ingress: list[Conn]) -> tuple[Published, ...]:
     found: dict[tuple[str, str, PortRange, PortRange], set[str]] = {}
-    for c in conns:
-        if not is_outside(c.src):
-            continue
+    for c in ingress:
         for ip, host, container in publish_ranges(spec.services[c.dst].publish, c.ports):
             found.setdefault((c.dst, ip, host, container), set()).add(c.src)
     return tuple(

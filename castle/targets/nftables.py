@@ -59,7 +59,7 @@ def elements(plan: Plan) -> dict[str, list[Element]]:
     """The sets' elements: internal, published (ingress) and egress connections."""
     internal: list[tuple[str, str]] = []
     for c in plan.internal_conns:
-        what, rest = describe(plan, c), f" . {c.proto} . {c.port_text}"
+        what, rest = describe(plan, c), f" . {c.proto} . {span(c.lo, c.hi)}"
         internal += [(f"{sa} . {da}{rest}", what) for sa, da in shared_text(plan, c.src, c.dst)]
     anywhere = IPv4Network("0.0.0.0/0")
     ingress: list[Row] = [
@@ -84,7 +84,9 @@ def elements(plan: Plan) -> dict[str, list[Element]]:
 
 def _quoted(pairs: list[tuple[str, str]]) -> list[Element]:
     """(key, note) pairs without repeats, sorted, each note quoted for nft (nft_strings)."""
-    unique = sorted(set(pairs))
+    # repeats dropped in order, not through a set: the pairs come nearly sorted (by service,
+    # then port), and a sort of runs is a fraction of a sort of shuffled pairs
+    unique = sorted(dict.fromkeys(pairs))
     notes = nft_strings([note for _, note in unique])
     return [(key, note) for (key, _), note in zip(unique, notes, strict=True)]
 

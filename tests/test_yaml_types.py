@@ -274,9 +274,10 @@ _PREQUOTED = {
                           "managed", "namespace", "ns", "path", "qname", "run_group",
                           "run_user", "sa", "secret", "service_ports", "sub", "text", "v",
                           "volume", "w", "working_dir"},
-    # castle.targets.k8s likewise; peers and port lists are text of the -parts template,
-    # whose macros quote with yq
-    "networkpolicies.yaml.j2": {"k", "managed", "name", "namespace", "peer", "ports", "v"},
+    # castle.targets.k8s likewise (titles and notes with comment); peers and port lists are
+    # text of the -parts template, whose macros quote with yq
+    "networkpolicies.yaml.j2": {"k", "managed", "name", "namespace", "note", "peer", "ports",
+                                "title", "v"},
 }
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from operator import attrgetter
 from typing import Any, NamedTuple
 
-from castle.io.render import environment, render, yaml_pairs, yaml_scalar
+from castle.io.render import comment, environment, render, yaml_pairs, yaml_scalar, yaml_strings
 from castle.io.write import Output, header
-from castle.plan import Conn, Plan, PlanService
+from castle.plan import Conn, Plan
 from castle.spec.findings import INTERNET, is_outside
 from castle.targets import workloads
 from castle.targets.k8s_names import (
@@ -34,15 +33,16 @@ Labels = workloads.Labels
 Ports = tuple[tuple[str, int, int], ...]  # (TCP|UDP, port, endPort or 0)
 
 
-# One ingress or egress rule: its comment, its peer entry and its ports, as YAML text (a
-# plain tuple: a big stack has tens of thousands)
+# One ingress or egress rule: its comment (through `comment`), its peer entry and its ports,
+# as YAML text (a plain tuple: a big stack has tens of thousands)
 Entry = tuple[str, str, str]
 
 
 class Policy(NamedTuple):
-    """One NetworkPolicy, ready for the template: names and labels already YAML-quoted."""
+    """One NetworkPolicy, ready for the template: names and labels already YAML-quoted, the
+    title comment text (through `comment`)."""
 
-    comment: str
+    title: str
     name: str
     namespace: str
     annotations: list[tuple[str, str]]
@@ -67,10 +67,14 @@ class _Writer:
         self.peers: dict[tuple[str, str, bool], str] = {}
         self.pods: dict[tuple[str, str], str] = {}  # (service, home) -> its peer entry
         self.ports: dict[Ports, str] = {}
-        self.labels: dict[str, Labels] = {}  # service -> its labels, quoted
-        self.flow_texts: dict[int, str] = {}
+        self.said: dict[str, str] = {}  # a peer or service name as comment text
+        flows = plan.spec.flows
+        # each flow as the rules' comments name it, its description through `comment` once
+        # (not once a rule: each flow is in the ingress and the egress rule it opens)
+        self.flow_texts = [f"flows[{i}] ({comment(f.description)})" if f.description
+                           else f"flows[{i}]" for i, f in enumerate(flows)]
         self.notes: dict[int, list[tuple[str, str]]] = {}  # flow -> its annotations, quoted
-        self.noted = any(f.description or f.waiver for f in plan.spec.flows)
+        self.noted = any(f.description or f.waiver for f in flows)
 
     def peer(self, name: str, home: str, ingress: bool) -> str:
         """The `from` / `to` entry of a service, internet or a CIDR, seen from namespace home."""
@@ -110,33 +114,26 @@ class _Writer:
         return text
 
     def pair(self, conns: list[Conn]) -> _Pair:
-        """Flows and ports of the connections between two peers (sorted by port)."""
+        """Flows and ports of the connections between two peers (in the plan's order, which
+        is by protocol and port)."""
         c = conns[0]
         ids: tuple[int, ...] = c.flows
         texts = self.flow_texts
         if len(conns) == 1 and len(ids) == 1:  # the common case: no set to sort
             ports: Ports = ((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0),)
-            flows = texts.get(ids[0]) or self.flow_text(ids[0])
+            flows = texts[ids[0]]
         else:
             ids = tuple(sorted({i for c in conns for i in c.flows}))
             ports = tuple((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0) for c in conns)
-            flows = ", ".join([texts.get(i) or self.flow_text(i) for i in ids])
+            flows = ", ".join([texts[i] for i in ids])
         return ids, flows, self.ports.get(ports) or self.port_list(ports)
 
-    def flow_text(self, i: int) -> str:
-        """flows[i] and its description."""
-        text = self.flow_texts.get(i)
+    def say(self, name: str) -> str:
+        """A peer's or service's name as comment text."""
+        text = self.said.get(name)
         if text is None:
-            desc = self.plan.spec.flows[i].description
-            text = self.flow_texts[i] = f"flows[{i}] ({desc})" if desc else f"flows[{i}]"
+            text = self.said[name] = comment(name)
         return text
-
-    def pod_labels(self, svc: PlanService) -> Labels:
-        """A service's labels, quoted."""
-        labels = self.labels.get(svc.name)
-        if labels is None:
-            labels = self.labels[svc.name] = yaml_pairs(svc.labels)
-        return labels
 
     def annotations(self, pairs: list[_Pair]) -> list[tuple[str, str]]:
         """castle/flow-N and castle/waiver-N of the flows behind a policy's rules."""
@@ -162,16 +159,18 @@ def policies(plan: Plan) -> list[Policy]:
     dns_peer = str(w.parts.pods([(NS_LABEL, k.dns_namespace)],
                                 sorted(k.dns_pod_labels.items()) or None))
     dns = [("cluster DNS", dns_peer, w.port_list((("UDP", 53, 0), ("TCP", 53, 0))))]
-    for ns in used_namespaces(plan):
-        q = yaml_scalar(ns)
+    quoted_ns: dict[str, str] = {}
+    for ns in used_namespaces(plan):  # (which checks each namespace's length)
+        q = quoted_ns[ns] = yaml_scalar(ns)
         out.append(Policy("deny every connection in and out unless allowed below",
                           yaml_scalar(DENY), q, [], [], ["Ingress", "Egress"], [], []))
         out.append(Policy("every pod may resolve names through the cluster DNS",
                           yaml_scalar(DNS), q, [], [], ["Egress"], [], dns))
-    # one stable sort by port: each pair's connections keep that order, as a sort of its own
-    # would; a pair's flows and ports serve the ingress of dst and the egress of src alike
+    # the plan's connections come sorted by peers, then protocol and port: grouped in that
+    # order, a pair's connections are sorted by port; its flows and ports serve the ingress
+    # of dst and the egress of src alike
     by_pair: dict[tuple[str, str], list[Conn]] = {}
-    for c in sorted(plan.conns, key=attrgetter("proto", "lo", "hi")):
+    for c in plan.conns:
         by_pair.setdefault((c.src, c.dst), []).append(c)
     # peers in the plan's order of services, then internet, then CIDRs
     rank: dict[str, tuple[bool, int, bool, str]] = {
@@ -183,23 +182,28 @@ def policies(plan: Plan) -> list[Policy]:
         for peer in (src, dst):
             if peer not in rank:
                 rank[peer] = (True, 0, peer != INTERNET, peer)
-    sides = ((True, inbound, "from ", "who may open connections to {}", "{}-ingress"),
-             (False, outbound, "to ", "where {} may open connections", "{}-egress"))
-    known = w.peers
-    for svc in plan.services:
-        name, ns = svc.name, namespace_of(plan, svc.name)
-        q = yaml_scalar(ns)
-        for ingress, side, word, comment, policy in sides:
+    # every policy's name in one quoting pass: ingress and egress of each service in turn
+    names = yaml_strings([f"{s.name}{side}" for s in plan.services
+                          for side in ("-ingress", "-egress")])
+    sides = ((True, inbound, "from ", "who may open connections to {}", 0),
+             (False, outbound, "to ", "where {} may open connections", 1))
+    known, said, say, tiers = w.peers, w.said, w.say, plan.tier_namespaces
+    labels = workloads.quoted_labels(plan)
+    for i, svc in enumerate(plan.services):
+        name, ns = svc.name, tiers[svc.tier]
+        q = quoted_ns[ns]
+        for ingress, side, word, title, at in sides:
             by_peer = side.get(name)
             if not by_peer:
                 continue
             peers = sorted(by_peer, key=rank.__getitem__)
             used = [by_peer[peer] for peer in peers]
-            entries = [(word + peer + ": " + flows,
+            # the comments are quoted in parts (`comment` keeps each character's place)
+            entries = [(word + (said.get(peer) or say(peer)) + ": " + flows,
                         known.get((peer, ns, ingress)) or w.peer(peer, ns, ingress), ports)
                        for peer, (_, flows, ports) in zip(peers, used, strict=True)]
-            out.append(Policy(comment.format(name), yaml_scalar(policy.format(name)), q,
-                              w.annotations(used), w.pod_labels(svc),
+            out.append(Policy(title.format(say(name)), names[2 * i + at], q,
+                              w.annotations(used), labels[name],
                               ["Ingress"] if ingress else ["Egress"],
                               entries if ingress else [], [] if ingress else entries))
     return out

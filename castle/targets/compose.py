@@ -119,7 +119,8 @@ def service_rows(plan: Plan) -> list[ServiceRow]:
             passthrough, secrets = {}, []
         # informational for readers and `castle import`; reachability comes from networks
         expose = [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "") for p in spec.listen]
-        ports = [_port_entry(svc, p) for p in published.get(svc.name, ())]
+        ports = [_port_entry(svc, p) for p in published[svc.name]] if svc.name in published \
+            else []
         nets = address_text[svc.name]  # the networks, then their addresses
         flat += (svc.name, svc.image, *expose, *spec.aliases, *ports, *secrets, *nets,
                  *nets.values())
@@ -149,7 +150,7 @@ def service_rows(plan: Plan) -> list[ServiceRow]:
             yaml_block(dict(sorted(passthrough.items())), 4) if passthrough else "",
             expose, networks, aliases, ports,
             # a name, or a long-syntax table written as a flow mapping
-            [yaml_scalar(m) for m in svc.spec.secrets],
+            [yaml_scalar(m) for m in svc.spec.secrets] if svc.spec.secrets else [],
             list(zip(pairs[::2], pairs[1::2], strict=True)) if pairs else []))
     return rows
 
@@ -164,8 +165,8 @@ def _networks(plan: Plan) -> list[tuple[str, str, str, str]]:
                  head + _OCTETS[gateway & 255] if gateway >> 8 == base >> 8 else dotted(gateway))
     quoted = yaml_strings(flat)
     flags = {b: yaml_scalar(b) for b in (False, True)}
-    return [(quoted[i], flags[n.internal], quoted[i + 1], quoted[i + 2])
-            for i, n in zip(range(0, len(quoted), 3), plan.networks, strict=True)]
+    internal = [flags[n.internal] for n in plan.networks]
+    return list(zip(quoted[::3], internal, quoted[1::3], quoted[2::3], strict=True))
 
 
 def _published(plan: Plan) -> dict[str, list[Published]]:

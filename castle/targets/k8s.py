@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from castle.io.render import comment, environment, render, yaml_pairs, yaml_scalar, yaml_strings
@@ -45,11 +47,11 @@ class Policy(NamedTuple):
     title: str
     name: str
     namespace: str
-    annotations: list[tuple[str, str]]
+    annotations: Sequence[tuple[str, str]]
     pod_labels: Labels
-    types: list[str]
-    ingress: list[Entry]
-    egress: list[Entry]
+    types: Sequence[str]
+    ingress: Sequence[Entry]
+    egress: Sequence[Entry]
 
 
 # What the ingress rule of dst and the egress rule of src share: the flows behind the
@@ -64,24 +66,33 @@ class _Writer:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.parts: Any = environment().get_template(PARTS).module
-        self.peers: dict[tuple[str, str, bool], str] = {}
+        # (home namespace, ingress) -> peer -> its `from` / `to` entry
+        self.peers: dict[tuple[str, bool], dict[str, str]] = {}
         self.pods: dict[tuple[str, str], str] = {}  # (service, home) -> its peer entry
         self.ports: dict[Ports, str] = {}
-        self.said: dict[str, str] = {}  # a peer or service name as comment text
+        self.single: dict[tuple[str, int, int], str] = {}  # (proto, lo, hi) -> its ports
+        # a peer's or service's name as comment text (`comment` keeps each character's
+        # place, so a rule's comment is quoted in parts)
+        self.said = {s.name: comment(s.name) for s in plan.services}
         flows = plan.spec.flows
         # each flow as the rules' comments name it, its description through `comment` once
         # (not once a rule: each flow is in the ingress and the egress rule it opens)
         self.flow_texts = [f"flows[{i}] ({comment(f.description)})" if f.description
                            else f"flows[{i}]" for i, f in enumerate(flows)]
         self.notes: dict[int, list[tuple[str, str]]] = {}  # flow -> its annotations, quoted
-        self.noted = any(f.description or f.waiver for f in flows)
+        self.noted = any(map(attrgetter("description"), flows)) or any(
+            map(attrgetter("waiver"), flows))
+
+    def entries_of(self, home: str, ingress: bool) -> dict[str, str]:
+        """The peer entries written so far for the rules of namespace home on one side."""
+        return self.peers.setdefault((home, ingress), {})
 
     def peer(self, name: str, home: str, ingress: bool) -> str:
         """The `from` / `to` entry of a service, internet or a CIDR, seen from namespace home."""
-        key = (name, home, ingress)
-        text = self.peers.get(key)
+        texts = self.entries_of(home, ingress)
+        text = texts.get(name)
         if text is None:
-            text = self.peers[key] = self._peer(name, home, ingress)
+            text = texts[name] = self._peer(name, home, ingress)
         return text
 
     def _peer(self, name: str, home: str, ingress: bool) -> str:
@@ -119,27 +130,20 @@ class _Writer:
         c = conns[0]
         ids: tuple[int, ...] = c.flows
         texts = self.flow_texts
-        if len(conns) == 1 and len(ids) == 1:  # the common case: no set to sort
-            ports: Ports = ((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0),)
-            flows = texts[ids[0]]
-        else:
-            ids = tuple(sorted({i for c in conns for i in c.flows}))
-            ports = tuple((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0) for c in conns)
-            flows = ", ".join([texts[i] for i in ids])
-        return ids, flows, self.ports.get(ports) or self.port_list(ports)
-
-    def say(self, name: str) -> str:
-        """A peer's or service's name as comment text."""
-        text = self.said.get(name)
-        if text is None:
-            text = self.said[name] = comment(name)
-        return text
+        if len(conns) == 1 and len(ids) == 1:  # the common case: one port, one flow
+            key = (c.proto, c.lo, c.hi)
+            ports = self.single.get(key)
+            if ports is None:
+                ports = self.single[key] = self.port_list(
+                    ((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0),))
+            return ids, texts[ids[0]], ports
+        ids = tuple(sorted({i for c in conns for i in c.flows}))
+        items = tuple((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0) for c in conns)
+        return ids, ", ".join([texts[i] for i in ids]), self.port_list(items)
 
     def annotations(self, pairs: list[_Pair]) -> list[tuple[str, str]]:
         """castle/flow-N and castle/waiver-N of the flows behind a policy's rules."""
         out: list[tuple[str, str]] = []
-        if not self.noted:  # no flow has a description or a waiver
-            return out
         for i in sorted({i for p in pairs for i in p[0]}):
             notes = self.notes.get(i)
             if notes is None:
@@ -163,9 +167,9 @@ def policies(plan: Plan) -> list[Policy]:
     for ns in used_namespaces(plan):  # (which checks each namespace's length)
         q = quoted_ns[ns] = yaml_scalar(ns)
         out.append(Policy("deny every connection in and out unless allowed below",
-                          yaml_scalar(DENY), q, [], [], ["Ingress", "Egress"], [], []))
+                          yaml_scalar(DENY), q, (), [], ("Ingress", "Egress"), (), ()))
         out.append(Policy("every pod may resolve names through the cluster DNS",
-                          yaml_scalar(DNS), q, [], [], ["Egress"], [], dns))
+                          yaml_scalar(DNS), q, (), [], ("Egress",), (), dns))
     # the plan's connections come sorted by peers, then protocol and port: grouped in that
     # order, a pair's connections are sorted by port; its flows and ports serve the ingress
     # of dst and the egress of src alike
@@ -175,37 +179,39 @@ def policies(plan: Plan) -> list[Policy]:
     # peers in the plan's order of services, then internet, then CIDRs
     rank: dict[str, tuple[bool, int, bool, str]] = {
         s: (False, i, True, s) for s, i in plan.rank.items()}
-    inbound: dict[str, dict[str, _Pair]] = {}
-    outbound: dict[str, dict[str, _Pair]] = {}
+    inbound: dict[str, dict[str, _Pair]] = {s.name: {} for s in plan.services}
+    outbound: dict[str, dict[str, _Pair]] = {s.name: {} for s in plan.services}
+    said = w.said
     for (src, dst), conns in by_pair.items():
-        inbound.setdefault(dst, {})[src] = outbound.setdefault(src, {})[dst] = w.pair(conns)
-        for peer in (src, dst):
-            if peer not in rank:
-                rank[peer] = (True, 0, peer != INTERNET, peer)
+        if src not in rank or dst not in rank:  # internet or a CIDR, first met
+            for peer in (src, dst):
+                if peer not in rank:
+                    rank[peer] = (True, 0, peer != INTERNET, peer)
+                    inbound[peer], outbound[peer], said[peer] = {}, {}, comment(peer)
+        inbound[dst][src] = outbound[src][dst] = w.pair(conns)
     # every policy's name in one quoting pass: ingress and egress of each service in turn
     names = yaml_strings([f"{s.name}{side}" for s in plan.services
                           for side in ("-ingress", "-egress")])
-    sides = ((True, inbound, "from ", "who may open connections to {}", 0),
-             (False, outbound, "to ", "where {} may open connections", 1))
-    known, said, say, tiers = w.peers, w.said, w.say, plan.tier_namespaces
+    sides = ((True, inbound, "from ", "who may open connections to %s", 0, ("Ingress",)),
+             (False, outbound, "to ", "where %s may open connections", 1, ("Egress",)))
+    noted, tiers = w.noted, plan.tier_namespaces
     labels = workloads.quoted_labels(plan)
     for i, svc in enumerate(plan.services):
         name, ns = svc.name, tiers[svc.tier]
         q = quoted_ns[ns]
-        for ingress, side, word, title, at in sides:
-            by_peer = side.get(name)
+        for ingress, side, word, title, at, types in sides:
+            by_peer = side[name]
             if not by_peer:
                 continue
             peers = sorted(by_peer, key=rank.__getitem__)
-            used = [by_peer[peer] for peer in peers]
-            # the comments are quoted in parts (`comment` keeps each character's place)
-            entries = [(word + (said.get(peer) or say(peer)) + ": " + flows,
-                        known.get((peer, ns, ingress)) or w.peer(peer, ns, ingress), ports)
+            used = list(map(by_peer.__getitem__, peers))
+            known = w.entries_of(ns, ingress)
+            entries = [(f"{word}{said[peer]}: {flows}",
+                        known.get(peer) or w.peer(peer, ns, ingress), ports)
                        for peer, (_, flows, ports) in zip(peers, used, strict=True)]
-            out.append(Policy(title.format(say(name)), names[2 * i + at], q,
-                              w.annotations(used), labels[name],
-                              ["Ingress"] if ingress else ["Egress"],
-                              entries if ingress else [], [] if ingress else entries))
+            out.append(Policy(title % said[name], names[2 * i + at], q,
+                              w.annotations(used) if noted else (), labels[name], types,
+                              *((entries, ()) if ingress else ((), entries))))
     return out
 
 

@@ -23,7 +23,6 @@ from castle.targets.k8s_names import (
     NAMESPACES,
     WORKLOADS,
     mesh_kind,
-    namespace_of,
     namespaces_by_tier,
     secret_item,
     used_namespaces,
@@ -247,15 +246,16 @@ def _run(plan: Plan, svc: PlanService, wiring: tls_recipes.ServiceTls | None) ->
                 k8s_text(compose.get("working_dir") or "") or "", mounts, items, configs)
 
 
+# what _run finds in a service with no compose keys and no TLS (nothing is added to it)
+_PLAIN = _Run([], [], (None, None), None, None, None, "", [], [], [])
+
+
 def workload(plan: Plan, svc: PlanService, shared: _Shared | None = None) -> Workload:
     """Everything the templates write about one service."""
     shared = shared or _Shared(plan)
     ports, service_ports, container_ports = shared.ports(svc)
     wiring = tls_recipes.service_tls(plan, svc.name)
-    if svc.spec.compose or wiring is not None:
-        run = _run(plan, svc, wiring)
-    else:  # no compose keys and no TLS: what _run finds in nothing, without looking
-        run = _Run([], [], (None, None), None, None, None, "", [], [], [])
+    run = _run(plan, svc, wiring) if svc.spec.compose or wiring is not None else _PLAIN
     env, skipped, run_as, group, command, args, working_dir, mounts, items, configs = run
     qname, account, image, config_map = shared.names[svc.name]
     q = yaml_scalar
@@ -267,7 +267,7 @@ def workload(plan: Plan, svc: PlanService, shared: _Shared | None = None) -> Wor
         labels=shared.labels[svc.name],
         account=account,
         image=image,
-        service=bool(ports) and bool(_DNS_1035.match(svc.name)),
+        service=bool(ports and _DNS_1035.match(svc.name)),
         service_ports=service_ports,
         container_ports=container_ports,
         undeclared=0 if ports else listen_count(svc.spec.listen),
@@ -301,7 +301,8 @@ def namespace_objects(plan: Plan) -> list[dict[str, Any]]:
 
 def service_accounts(plan: Plan) -> list[tuple[str, str]]:
     """(namespace, service account) of every service: the identities the mesh checks."""
-    return sorted({(namespace_of(plan, s.name), s.service_account) for s in plan.services})
+    tiers = namespaces_by_tier(plan)
+    return sorted({(tiers[s.tier], s.service_account) for s in plan.services})
 
 
 def outputs(plan: Plan) -> list[Output]:

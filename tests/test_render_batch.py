@@ -49,12 +49,29 @@ def test_ascii_comments_are_comment_words(values: list[str]) -> None:
     assert render.quoted_comments(values, 255) == [render.quoted_comment(v, 255) for v in values]
 
 
+# all-ASCII batches take their own path (joined at DEL): control characters, quotes,
+# backslashes, DEL itself and words past nft's limit
+ascii_texts = st.text(alphabet=st.sampled_from(['"', "\\", "\n", "\t", "\x00", "\x1f", "\x7f",
+                                                "%", "'", " ", "a", "0"]), max_size=130)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ascii_texts, max_size=12))
+def test_ascii_batches_quote_as_one_at_a_time(values: list[str]) -> None:
+    """An ASCII batch, with or without DEL: the same text as each string's filter."""
+    assert render.yaml_strings(values) == [render.yaml_scalar(v) for v in values]
+    assert render.nft_strings(values) == [render.nft_string(v) for v in values]
+
+
 def test_a_string_holding_the_separator_is_quoted_alone() -> None:
     """A value holding the batch separator cannot be cut back out of the joined text: the
     batch falls back to one string at a time and still splits into one result a value."""
     values = ["a\ue000b", "c", "\ue000"]
     assert render.yaml_strings(values) == ['"a\ue000b"', '"c"', '"\ue000"']
     assert render.nft_strings(values) == ['"a\ue000b"', '"c"', '"\ue000"']
+    ascii_values = ["a\x7fb", "c", "\x7f"]  # the ASCII batches' separator, likewise
+    assert render.yaml_strings(ascii_values) == ['"a\\u007fb"', '"c"', '"\\u007f"']
+    assert render.nft_strings(ascii_values) == ['"a b"', '"c"', '" "']
     assert render.yaml_strings([]) == [] and render.nft_strings([]) == []
 
 

@@ -267,16 +267,17 @@ _QUOTING = ("yq", "yblock", "comment")
 # These are the fields of compose.py's rows; test_compose.py's
 # test_every_service_field_reads_back and test_injection read them back.
 _PREQUOTED = {
-    "compose.yaml.j2": {"s.name", "s.description", "s.image", "s.passthrough", "p", "net", "ip",
-                        "a", "m", "source", "target", "name", "internal", "subnet", "gateway"},
+    "compose.yaml.j2": {"name", "description", "image", "passthrough", "p", "net", "ip", "a",
+                        "m", "source", "target", "internal", "subnet", "gateway"},
     # castle.targets.workloads quotes every value with yaml_scalar (the yq filter's function)
     "workloads.yaml.j2": {"account", "config_map", "container_ports", "fs_group", "image", "k",
                           "managed", "namespace", "ns", "path", "qname", "run_group",
                           "run_user", "sa", "secret", "service_ports", "sub", "text", "v",
                           "volume", "w", "working_dir"},
-    # castle.targets.k8s likewise; peers and port lists are text of the -parts template,
-    # whose macros quote with yq
-    "networkpolicies.yaml.j2": {"k", "managed", "name", "namespace", "peer", "ports", "v"},
+    # castle.targets.k8s likewise (titles and notes with comment); peers and port lists are
+    # text of the -parts template, whose macros quote with yq
+    "networkpolicies.yaml.j2": {"k", "managed", "name", "namespace", "note", "peer", "ports",
+                                "title", "v"},
 }
 
 

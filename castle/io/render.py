@@ -70,10 +70,24 @@ def _joined(values: Sequence[str]) -> str | None:
     return text if values and text.count(_SEP) == len(values) - 1 else None
 
 
+# ASCII text holds no character of either filter's class but the control characters and
+# DEL: a batch (names, addresses, most comments) that is ASCII and holds no DEL needs no
+# regular expression (YAML: encode_basestring escapes every control character; comments:
+# one table turns them into spaces). DEL then joins such a batch for one pass of the table.
+_DEL = "\x7f"
+_ASCII_COMMENT = str.maketrans({**dict.fromkeys(range(0x20), " "), ord('"'): "'",
+                                ord("\\"): "/"})
+
+
 def yaml_strings(values: Sequence[str]) -> list[str]:
-    """`yaml_scalar` of each string, the batch quoted in one pass (a big stack has thousands
-    of names and addresses): the escapes work character by character, so quoting the joined
-    text and cutting it at the separators gives each string's own quoted form."""
+    """`yaml_scalar` of each string, the batch checked in one pass (a big stack has
+    thousands of names and addresses): encode_basestring alone quotes each string of an
+    ASCII batch without DEL; any other batch is quoted joined (the escapes work character
+    by character, so quoting the joined text and cutting it at the separators gives each
+    string's own quoted form)."""
+    whole = "".join(values)
+    if whole.isascii() and _DEL not in whole:  # _YAML_UNSAFE matches nothing in it
+        return list(map(encode_basestring, values))
     text = _joined(values)
     if text is None:
         return [_yaml_string(v) for v in values]
@@ -139,22 +153,13 @@ def quoted_comment(value: Any, limit: int) -> str:
     return _word(comment(value).replace('"', "'").replace("\\", "/"), limit)
 
 
-# quoted_comment's cleaning of ASCII text, by code point: the controls become spaces, quotes
-# and backslashes are swapped; the record separator stays, to cut a batch joined at it
-_RS = "\x1e"
-_ASCII_WORD = str.maketrans({**dict.fromkeys((*range(0x1e), 0x1f, 0x7f), " "), '"': "'",
-                            "\\": "/"})
-
-
 def quoted_comments(values: Sequence[str], limit: int) -> list[str]:
-    """`quoted_comment` of each string, the batch cleaned in one pass (as `yaml_strings`);
-    an all-ASCII batch (castle's own comments, mostly) by one str.translate, several times
-    faster than the regular expression."""
-    if all(map(str.isascii, values)):
-        plain = _RS.join(values)
-        if values and plain.count(_RS) == len(values) - 1:
-            return [f'"{t}"' if len(t) <= limit else _word(t, limit)
-                    for t in plain.translate(_ASCII_WORD).split(_RS)]
+    """`quoted_comment` of each string, the batch cleaned in one pass (as `yaml_strings`)."""
+    whole = _DEL.join(values)
+    if values and whole.isascii() and whole.count(_DEL) == len(values) - 1:
+        # one byte a character: only a long word needs cutting
+        return [f'"{t}"' if len(t) <= limit else _word(t, limit)
+                for t in whole.translate(_ASCII_COMMENT).split(_DEL)]
     text = _joined(values)
     if text is None:
         return [quoted_comment(v, limit) for v in values]

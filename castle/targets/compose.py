@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from castle.errors import CastleError
 from castle.io.render import comment, render, yaml_block, yaml_scalar, yaml_strings
@@ -12,9 +11,11 @@ from castle.plan import Plan, PlanService, Published
 from castle.spec.findings import INTERNET
 from castle.spec.values import span
 from castle.targets import relocate
+from castle.targets.fw_addresses import dotted
 from castle.tls import recipes as tls_recipes
 
 PATH = "compose.yaml"
+_OCTETS = tuple(str(n) for n in range(256))  # one number of an address, as text
 
 
 def _environment(plan: Plan, svc: PlanService,
@@ -55,11 +56,11 @@ def _port_entry(svc: PlanService, p: Published) -> str:
     return f"{ip + ':' if ip else ''}{host}:{cont}/{p.container.proto}"
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceRow:
+class ServiceRow(NamedTuple):
     """What the template writes about one service, every value already quoted: YAML
     scalars through `yaml_strings` (the `yq` filter's quoting), the description through
-    `comment`, the passthrough keys as a `yblock` at indentation 4."""
+    `comment`, the passthrough keys as a `yblock` at indentation 4. (A named tuple: the
+    template unpacks it in its loop, with no attribute lookup a field.)"""
 
     name: str
     description: str  # "" when the spec gives none
@@ -102,46 +103,70 @@ def _passthrough(plan: Plan, svc: PlanService,
     return passthrough, secrets
 
 
-def service_row(plan: Plan, svc: PlanService) -> ServiceRow:
-    """What the template needs about one service, quoted."""
-    passthrough, secrets = _passthrough(plan, svc, tls_recipes.service_tls(plan, svc.name))
-    networks = plan.address_text[svc.name]
-    # informational for readers and `castle import`; reachability comes from networks
-    expose = [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "") for p in svc.spec.listen]
-    ports = [_port_entry(svc, p) for p in _published(plan).get(svc.name, ())]
-    aliases = svc.spec.aliases
-    # one quoting pass for the service's strings, then cut back into their fields
-    flat = [svc.name, svc.image, *expose, *aliases, *ports, *secrets]
-    for net, ip in networks.items():
-        flat += (net, ip)
+def service_rows(plan: Plan) -> list[ServiceRow]:
+    """What the template needs about each service, quoted: the strings of every service in
+    one `yaml_strings` batch, then cut back into their fields."""
+    published = _published(plan)
+    address_text = plan.address_text
+    flat: list[str] = []
+    extras: list[tuple[dict[str, Any], tuple[int, int, int, int, int]]] = []
+    for svc in plan.services:
+        spec = svc.spec
+        wiring = tls_recipes.service_tls(plan, svc.name)
+        if spec.compose or wiring is not None or spec.container_firewall:
+            passthrough, secrets = _passthrough(plan, svc, wiring)
+        else:  # nothing to pass through: no dict of keys to build and move
+            passthrough, secrets = {}, []
+        # informational for readers and `castle import`; reachability comes from networks
+        expose = [span(p.lo, p.hi) + ("/udp" if p.proto == "udp" else "") for p in spec.listen]
+        ports = [_port_entry(svc, p) for p in published[svc.name]] if svc.name in published \
+            else []
+        nets = address_text[svc.name]  # the networks, then their addresses
+        flat += (svc.name, svc.image, *expose, *spec.aliases, *ports, *secrets, *nets,
+                 *nets.values())
+        extras.append((passthrough, (len(expose), len(spec.aliases), len(ports), len(secrets),
+                                     len(nets))))
     quoted = yaml_strings(flat)
-    at = 2
-    fields: list[list[str]] = []
-    for count in (len(expose), len(aliases), len(ports), len(secrets)):
-        fields.append(quoted[at:at + count])
-        at += count
-    pairs = quoted[at:]
-    return ServiceRow(
-        name=quoted[0], image=quoted[1],
-        description=comment(svc.spec.description) if svc.spec.description else "",
-        passthrough=yaml_block(dict(sorted(passthrough.items())), 4) if passthrough else "",
-        expose=fields[0], aliases=fields[1], ports=fields[2],
-        # a name, or a long-syntax table written as a flow mapping
-        own_secrets=[yaml_scalar(m) for m in svc.spec.secrets],
-        secrets=list(zip(fields[3][::2], fields[3][1::2], strict=True)),
-        networks=list(zip(pairs[::2], pairs[1::2], strict=True)),
-    )
+    rows: list[ServiceRow] = []
+    at = 0
+    for svc, (passthrough, (n_expose, n_aliases, n_ports, n_secrets, n_nets)) in zip(
+            plan.services, extras, strict=True):
+        name, image = quoted[at], quoted[at + 1]
+        at += 2
+        expose = quoted[at:at + n_expose]
+        at += n_expose
+        aliases = quoted[at:at + n_aliases]
+        at += n_aliases
+        ports = quoted[at:at + n_ports]
+        at += n_ports
+        pairs = quoted[at:at + n_secrets]
+        at += n_secrets
+        networks = list(zip(quoted[at:at + n_nets], quoted[at + n_nets:at + 2 * n_nets],
+                            strict=True))
+        at += 2 * n_nets
+        description = svc.spec.description
+        rows.append(ServiceRow(
+            name, comment(description) if description else "", image,
+            yaml_block(dict(sorted(passthrough.items())), 4) if passthrough else "",
+            expose, networks, aliases, ports,
+            # a name, or a long-syntax table written as a flow mapping
+            [yaml_scalar(m) for m in svc.spec.secrets] if svc.spec.secrets else [],
+            list(zip(pairs[::2], pairs[1::2], strict=True)) if pairs else []))
+    return rows
 
 
 def _networks(plan: Plan) -> list[tuple[str, str, str, str]]:
     """The top-level networks, quoted: (name, internal, subnet, gateway)."""
     flat: list[str] = []
-    for n in plan.networks:
-        flat += (n.name, str(n.subnet), str(n.gateway))
+    for n in plan.networks:  # the text from the integers: str() of an address is slow
+        base, gateway = int(n.subnet.network_address), int(n.gateway)
+        head = f"{_OCTETS[base >> 24]}.{_OCTETS[base >> 16 & 255]}.{_OCTETS[base >> 8 & 255]}."
+        flat += (n.name, f"{head}{_OCTETS[base & 255]}/{n.subnet.prefixlen}",
+                 head + _OCTETS[gateway & 255] if gateway >> 8 == base >> 8 else dotted(gateway))
     quoted = yaml_strings(flat)
     flags = {b: yaml_scalar(b) for b in (False, True)}
-    return [(quoted[i], flags[n.internal], quoted[i + 1], quoted[i + 2])
-            for i, n in zip(range(0, len(quoted), 3), plan.networks, strict=True)]
+    internal = [flags[n.internal] for n in plan.networks]
+    return list(zip(quoted[::3], internal, quoted[1::3], quoted[2::3], strict=True))
 
 
 def _published(plan: Plan) -> dict[str, list[Published]]:
@@ -174,7 +199,7 @@ def context(plan: Plan) -> dict[str, Any]:
     return {
         "header": header(plan.source_name, plan.sha256),
         "stack": plan.stack,
-        "services": [service_row(plan, s) for s in plan.services],
+        "services": service_rows(plan),
         "networks": _networks(plan),
         "secrets": [
             (name, f"./{plan.spec.tls.dir}/{file}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any, NamedTuple
 
-from castle.io.render import environment, render, yaml_pairs, yaml_scalar
+from castle.io.render import comment, environment, render, yaml_pairs, yaml_scalar, yaml_strings
 from castle.io.write import Output, header
-from castle.plan import Conn, Plan, PlanService
+from castle.plan import Conn, Plan
 from castle.spec.findings import INTERNET, is_outside
 from castle.targets import workloads
 from castle.targets.k8s_names import (
@@ -34,22 +35,23 @@ Labels = workloads.Labels
 Ports = tuple[tuple[str, int, int], ...]  # (TCP|UDP, port, endPort or 0)
 
 
-# One ingress or egress rule: its comment, its peer entry and its ports, as YAML text (a
-# plain tuple: a big stack has tens of thousands)
+# One ingress or egress rule: its comment (through `comment`), its peer entry and its ports,
+# as YAML text (a plain tuple: a big stack has tens of thousands)
 Entry = tuple[str, str, str]
 
 
 class Policy(NamedTuple):
-    """One NetworkPolicy, ready for the template: names and labels already YAML-quoted."""
+    """One NetworkPolicy, ready for the template: names and labels already YAML-quoted, the
+    title comment text (through `comment`)."""
 
-    comment: str
+    title: str
     name: str
     namespace: str
-    annotations: list[tuple[str, str]]
+    annotations: Sequence[tuple[str, str]]
     pod_labels: Labels
-    types: list[str]
-    ingress: list[Entry]
-    egress: list[Entry]
+    types: Sequence[str]
+    ingress: Sequence[Entry]
+    egress: Sequence[Entry]
 
 
 # What the ingress rule of dst and the egress rule of src share: the flows behind the
@@ -64,20 +66,33 @@ class _Writer:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.parts: Any = environment().get_template(PARTS).module
-        self.peers: dict[tuple[str, str, bool], str] = {}
+        # (home namespace, ingress) -> peer -> its `from` / `to` entry
+        self.peers: dict[tuple[str, bool], dict[str, str]] = {}
         self.pods: dict[tuple[str, str], str] = {}  # (service, home) -> its peer entry
         self.ports: dict[Ports, str] = {}
-        self.labels: dict[str, Labels] = {}  # service -> its labels, quoted
-        self.flow_texts: dict[int, str] = {}
+        self.single: dict[tuple[str, int, int], str] = {}  # (proto, lo, hi) -> its ports
+        # a peer's or service's name as comment text (`comment` keeps each character's
+        # place, so a rule's comment is quoted in parts)
+        self.said = {s.name: comment(s.name) for s in plan.services}
+        flows = plan.spec.flows
+        # each flow as the rules' comments name it, its description through `comment` once
+        # (not once a rule: each flow is in the ingress and the egress rule it opens)
+        self.flow_texts = [f"flows[{i}] ({comment(f.description)})" if f.description
+                           else f"flows[{i}]" for i, f in enumerate(flows)]
         self.notes: dict[int, list[tuple[str, str]]] = {}  # flow -> its annotations, quoted
-        self.noted = any(f.description or f.waiver for f in plan.spec.flows)
+        self.noted = any(map(attrgetter("description"), flows)) or any(
+            map(attrgetter("waiver"), flows))
+
+    def entries_of(self, home: str, ingress: bool) -> dict[str, str]:
+        """The peer entries written so far for the rules of namespace home on one side."""
+        return self.peers.setdefault((home, ingress), {})
 
     def peer(self, name: str, home: str, ingress: bool) -> str:
         """The `from` / `to` entry of a service, internet or a CIDR, seen from namespace home."""
-        key = (name, home, ingress)
-        text = self.peers.get(key)
+        texts = self.entries_of(home, ingress)
+        text = texts.get(name)
         if text is None:
-            text = self.peers[key] = self._peer(name, home, ingress)
+            text = texts[name] = self._peer(name, home, ingress)
         return text
 
     def _peer(self, name: str, home: str, ingress: bool) -> str:
@@ -110,39 +125,25 @@ class _Writer:
         return text
 
     def pair(self, conns: list[Conn]) -> _Pair:
-        """Flows and ports of the connections between two peers (sorted by port)."""
+        """Flows and ports of the connections between two peers (in the plan's order, which
+        is by protocol and port)."""
         c = conns[0]
         ids: tuple[int, ...] = c.flows
         texts = self.flow_texts
-        if len(conns) == 1 and len(ids) == 1:  # the common case: no set to sort
-            ports: Ports = ((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0),)
-            flows = texts.get(ids[0]) or self.flow_text(ids[0])
-        else:
-            ids = tuple(sorted({i for c in conns for i in c.flows}))
-            ports = tuple((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0) for c in conns)
-            flows = ", ".join([texts.get(i) or self.flow_text(i) for i in ids])
-        return ids, flows, self.ports.get(ports) or self.port_list(ports)
-
-    def flow_text(self, i: int) -> str:
-        """flows[i] and its description."""
-        text = self.flow_texts.get(i)
-        if text is None:
-            desc = self.plan.spec.flows[i].description
-            text = self.flow_texts[i] = f"flows[{i}] ({desc})" if desc else f"flows[{i}]"
-        return text
-
-    def pod_labels(self, svc: PlanService) -> Labels:
-        """A service's labels, quoted."""
-        labels = self.labels.get(svc.name)
-        if labels is None:
-            labels = self.labels[svc.name] = yaml_pairs(svc.labels)
-        return labels
+        if len(conns) == 1 and len(ids) == 1:  # the common case: one port, one flow
+            key = (c.proto, c.lo, c.hi)
+            ports = self.single.get(key)
+            if ports is None:
+                ports = self.single[key] = self.port_list(
+                    ((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0),))
+            return ids, texts[ids[0]], ports
+        ids = tuple(sorted({i for c in conns for i in c.flows}))
+        items = tuple((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0) for c in conns)
+        return ids, ", ".join([texts[i] for i in ids]), self.port_list(items)
 
     def annotations(self, pairs: list[_Pair]) -> list[tuple[str, str]]:
         """castle/flow-N and castle/waiver-N of the flows behind a policy's rules."""
         out: list[tuple[str, str]] = []
-        if not self.noted:  # no flow has a description or a waiver
-            return out
         for i in sorted({i for p in pairs for i in p[0]}):
             notes = self.notes.get(i)
             if notes is None:
@@ -162,46 +163,55 @@ def policies(plan: Plan) -> list[Policy]:
     dns_peer = str(w.parts.pods([(NS_LABEL, k.dns_namespace)],
                                 sorted(k.dns_pod_labels.items()) or None))
     dns = [("cluster DNS", dns_peer, w.port_list((("UDP", 53, 0), ("TCP", 53, 0))))]
-    for ns in used_namespaces(plan):
-        q = yaml_scalar(ns)
+    quoted_ns: dict[str, str] = {}
+    for ns in used_namespaces(plan):  # (which checks each namespace's length)
+        q = quoted_ns[ns] = yaml_scalar(ns)
         out.append(Policy("deny every connection in and out unless allowed below",
-                          yaml_scalar(DENY), q, [], [], ["Ingress", "Egress"], [], []))
+                          yaml_scalar(DENY), q, (), [], ("Ingress", "Egress"), (), ()))
         out.append(Policy("every pod may resolve names through the cluster DNS",
-                          yaml_scalar(DNS), q, [], [], ["Egress"], [], dns))
-    # one stable sort by port: each pair's connections keep that order, as a sort of its own
-    # would; a pair's flows and ports serve the ingress of dst and the egress of src alike
+                          yaml_scalar(DNS), q, (), [], ("Egress",), (), dns))
+    # the plan's connections come sorted by peers, then protocol and port: grouped in that
+    # order, a pair's connections are sorted by port; its flows and ports serve the ingress
+    # of dst and the egress of src alike
     by_pair: dict[tuple[str, str], list[Conn]] = {}
-    for c in sorted(plan.conns, key=attrgetter("proto", "lo", "hi")):
+    for c in plan.conns:
         by_pair.setdefault((c.src, c.dst), []).append(c)
     # peers in the plan's order of services, then internet, then CIDRs
     rank: dict[str, tuple[bool, int, bool, str]] = {
         s: (False, i, True, s) for s, i in plan.rank.items()}
-    inbound: dict[str, dict[str, _Pair]] = {}
-    outbound: dict[str, dict[str, _Pair]] = {}
+    inbound: dict[str, dict[str, _Pair]] = {s.name: {} for s in plan.services}
+    outbound: dict[str, dict[str, _Pair]] = {s.name: {} for s in plan.services}
+    said = w.said
     for (src, dst), conns in by_pair.items():
-        inbound.setdefault(dst, {})[src] = outbound.setdefault(src, {})[dst] = w.pair(conns)
-        for peer in (src, dst):
-            if peer not in rank:
-                rank[peer] = (True, 0, peer != INTERNET, peer)
-    sides = ((True, inbound, "from ", "who may open connections to {}", "{}-ingress"),
-             (False, outbound, "to ", "where {} may open connections", "{}-egress"))
-    known = w.peers
-    for svc in plan.services:
-        name, ns = svc.name, namespace_of(plan, svc.name)
-        q = yaml_scalar(ns)
-        for ingress, side, word, comment, policy in sides:
-            by_peer = side.get(name)
+        if src not in rank or dst not in rank:  # internet or a CIDR, first met
+            for peer in (src, dst):
+                if peer not in rank:
+                    rank[peer] = (True, 0, peer != INTERNET, peer)
+                    inbound[peer], outbound[peer], said[peer] = {}, {}, comment(peer)
+        inbound[dst][src] = outbound[src][dst] = w.pair(conns)
+    # every policy's name in one quoting pass: ingress and egress of each service in turn
+    names = yaml_strings([f"{s.name}{side}" for s in plan.services
+                          for side in ("-ingress", "-egress")])
+    sides = ((True, inbound, "from ", "who may open connections to %s", 0, ("Ingress",)),
+             (False, outbound, "to ", "where %s may open connections", 1, ("Egress",)))
+    noted, tiers = w.noted, plan.tier_namespaces
+    labels = workloads.quoted_labels(plan)
+    for i, svc in enumerate(plan.services):
+        name, ns = svc.name, tiers[svc.tier]
+        q = quoted_ns[ns]
+        for ingress, side, word, title, at, types in sides:
+            by_peer = side[name]
             if not by_peer:
                 continue
             peers = sorted(by_peer, key=rank.__getitem__)
-            used = [by_peer[peer] for peer in peers]
-            entries = [(word + peer + ": " + flows,
-                        known.get((peer, ns, ingress)) or w.peer(peer, ns, ingress), ports)
+            used = list(map(by_peer.__getitem__, peers))
+            known = w.entries_of(ns, ingress)
+            entries = [(f"{word}{said[peer]}: {flows}",
+                        known.get(peer) or w.peer(peer, ns, ingress), ports)
                        for peer, (_, flows, ports) in zip(peers, used, strict=True)]
-            out.append(Policy(comment.format(name), yaml_scalar(policy.format(name)), q,
-                              w.annotations(used), w.pod_labels(svc),
-                              ["Ingress"] if ingress else ["Egress"],
-                              entries if ingress else [], [] if ingress else entries))
+            out.append(Policy(title % said[name], names[2 * i + at], q,
+                              w.annotations(used) if noted else (), labels[name], types,
+                              *((entries, ()) if ingress else ((), entries))))
     return out
 
 

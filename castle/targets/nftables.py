@@ -58,9 +58,13 @@ def _carve(rows: list[Row]) -> list[Row]:
 def elements(plan: Plan) -> dict[str, list[Element]]:
     """The sets' elements: internal, published (ingress) and egress connections."""
     internal: list[tuple[str, str]] = []
+    add = internal.append
     for c in plan.internal_conns:
-        what, rest = describe(plan, c), f" . {c.proto} . {c.port_text}"
-        internal += [(f"{sa} . {da}{rest}", what) for sa, da in shared_text(plan, c.src, c.dst)]
+        what = describe(plan, c)
+        # the port as span() writes it, without a call a connection
+        rest = f" . {c.proto} . {c.lo}" if c.lo == c.hi else f" . {c.proto} . {c.lo}-{c.hi}"
+        for sa, da in shared_text(plan, c.src, c.dst):
+            add((f"{sa} . {da}{rest}", what))
     anywhere = IPv4Network("0.0.0.0/0")
     ingress: list[Row] = [
         (str(ip), c.proto, cidr(c.src) or anywhere, c.lo, c.hi, describe(plan, c))
@@ -84,9 +88,16 @@ def elements(plan: Plan) -> dict[str, list[Element]]:
 
 def _quoted(pairs: list[tuple[str, str]]) -> list[Element]:
     """(key, note) pairs without repeats, sorted, each note quoted for nft (nft_strings)."""
-    unique = sorted(set(pairs))
-    notes = nft_strings([note for _, note in unique])
-    return [(key, note) for (key, _), note in zip(unique, notes, strict=True)]
+    # repeats dropped in order, not through a set: the pairs come nearly sorted (by service,
+    # then port), and a sort of runs is a fraction of a sort of shuffled pairs
+    unique = dict.fromkeys(pairs)
+    notes = dict(unique.keys())  # key -> note
+    if len(notes) == len(unique):  # one note a key (the rule): sorting the keys is enough
+        keys = sorted(notes)
+        return list(zip(keys, nft_strings([notes[k] for k in keys]), strict=True))
+    ordered = sorted(unique)
+    return list(zip([key for key, _ in ordered], nft_strings([note for _, note in ordered]),
+                    strict=True))
 
 
 @dataclass(frozen=True)

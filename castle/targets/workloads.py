@@ -14,7 +14,7 @@ import re
 import shlex
 from typing import Any, NamedTuple
 
-from castle.io.render import environment, render, yaml_pairs, yaml_scalar
+from castle.io.render import environment, render, yaml_pairs, yaml_scalar, yaml_strings
 from castle.io.write import Output, header
 from castle.plan import Plan, PlanService
 from castle.spec.values import MAX_DECLARED_PORTS, listen_count
@@ -23,7 +23,7 @@ from castle.targets.k8s_names import (
     NAMESPACES,
     WORKLOADS,
     mesh_kind,
-    namespace_of,
+    namespaces_by_tier,
     secret_item,
     used_namespaces,
 )
@@ -82,28 +82,50 @@ class Workload(NamedTuple):
     sources: list[tuple[str, Labels]]
 
 
-def _quoted_int(value: int | None) -> str:
-    return "" if value is None else yaml_scalar(value)
+def quoted_labels(plan: Plan) -> dict[str, Labels]:
+    """Each service's pod labels, quoted in one `yaml_strings` batch (once per plan: the
+    policies and the Deployments select by them)."""
+    known: dict[str, Labels] | None = plan.memo.get("k8s_labels")
+    if known is None:
+        quoted = yaml_strings([text for s in plan.services for pair in s.labels
+                               for text in pair])
+        known = plan.memo["k8s_labels"] = {}
+        at = 0
+        for s in plan.services:
+            end = at + 2 * len(s.labels)
+            known[s.name] = list(zip(quoted[at:end:2], quoted[at + 1:end:2], strict=True))
+            at = end
+    return known
 
 
 class _Shared:
     """What every workload of a plan shares: the text of each distinct port list, rendered
-    once through the parts macros, and the pods' annotations."""
+    once through the parts macros, the pods' annotations, and each service's names quoted in
+    one batch."""
 
     def __init__(self, plan: Plan) -> None:
         self.parts: Any = environment().get_template(PARTS).module
-        self.known: dict[tuple[Port, ...], tuple[str, str]] = {}
+        # a listen list -> its Ports and their Service and container `ports:` items
+        self.known: dict[tuple[tuple[str, int, int], ...], tuple[list[Port], str, str]] = {}
         self.annotations = yaml_pairs(LINKERD_POD) if mesh_kind(plan) == "linkerd" else []
+        self.labels = quoted_labels(plan)
+        self.namespaces = {t: yaml_scalar(ns) for t, ns in namespaces_by_tier(plan).items()}
+        flat = yaml_strings([text for s in plan.services for text in (
+            s.name, s.service_account, s.image, s.name + "-castle-tls")])
+        # service -> (name, service account, image, ConfigMap), quoted
+        self.names = {s.name: (flat[i], flat[i + 1], flat[i + 2], flat[i + 3])
+                      for i, s in zip(range(0, len(flat), 4), plan.services, strict=True)}
 
-    def texts(self, ports: list[Port]) -> tuple[str, str]:
-        """The Service's and the container's `ports:` items."""
-        key = tuple(ports)
-        texts = self.known.get(key)
-        if texts is None:
-            texts = self.known[key] = ((str(self.parts.service_ports(key)),
-                                        str(self.parts.container_ports(key)))
-                                       if key else ("", ""))
-        return texts
+    def ports(self, svc: PlanService) -> tuple[list[Port], str, str]:
+        """The service's Ports, and the Service's and the container's `ports:` items."""
+        key = tuple([(p.proto, p.lo, p.hi) for p in svc.spec.listen])
+        found = self.known.get(key)
+        if found is None:
+            ports = _ports(svc)
+            found = self.known[key] = (ports, str(self.parts.service_ports(ports)),
+                                       str(self.parts.container_ports(ports))) \
+                if ports else (ports, "", "")
+        return found
 
 
 def k8s_text(value: Any) -> str | None:
@@ -176,16 +198,29 @@ def _sources(items: list[tuple[str, str, str]]) -> list[tuple[str, list[tuple[st
             for secret in sorted(by_secret)]
 
 
-def workload(plan: Plan, svc: PlanService, shared: _Shared | None = None) -> Workload:
-    """Everything the templates write about one service."""
-    ports = _ports(svc)
+class _Run(NamedTuple):
+    """How a service's container runs, from its compose keys and TLS wiring."""
+
+    env: list[tuple[str, str]]
+    skipped: list[str]
+    run_as: tuple[int | None, int | None]
+    group: int | None  # the files' group (fsGroup), None when not known or root
+    command: list[str] | None
+    args: list[str] | None
+    working_dir: str
+    mounts: list[tuple[str, str]]  # (mountPath, subPath)
+    items: list[tuple[str, str, str]]  # (secret, key, path)
+    configs: list[tuple[str, str]]  # (ConfigMap key, text)
+
+
+def _run(plan: Plan, svc: PlanService, wiring: tls_recipes.ServiceTls | None) -> _Run:
+    """The container's environment, user, command and TLS files."""
     env, skipped = _environment(plan, svc)
     compose = svc.spec.compose
     run_as = _user(compose.get("user"))
     mounts: list[tuple[str, str]] = []
     items: list[tuple[str, str, str]] = []
     configs: list[tuple[str, str]] = []
-    wiring = tls_recipes.service_tls(plan, svc.name)
     args = _words(compose.get("command"))
     group = run_as[1] if run_as[1] is not None else run_as[0]
     if wiring is not None:
@@ -207,29 +242,41 @@ def workload(plan: Plan, svc: PlanService, shared: _Shared | None = None) -> Wor
             group = wiring.owner.gid
     if run_as[0] == 0 and run_as[1] in (None, 0):
         group = None  # root reads anything
-    command = _words(compose.get("entrypoint"))
-    working_dir = k8s_text(compose.get("working_dir") or "") or ""
+    return _Run(env, skipped, run_as, group, _words(compose.get("entrypoint")), args,
+                k8s_text(compose.get("working_dir") or "") or "", mounts, items, configs)
+
+
+# what _run finds in a service with no compose keys and no TLS (nothing is added to it)
+_PLAIN = _Run([], [], (None, None), None, None, None, "", [], [], [])
+
+
+def workload(plan: Plan, svc: PlanService, shared: _Shared | None = None) -> Workload:
+    """Everything the templates write about one service."""
     shared = shared or _Shared(plan)
-    service_ports, container_ports = shared.texts(ports)
+    ports, service_ports, container_ports = shared.ports(svc)
+    wiring = tls_recipes.service_tls(plan, svc.name)
+    run = _run(plan, svc, wiring) if svc.spec.compose or wiring is not None else _PLAIN
+    env, skipped, run_as, group, command, args, working_dir, mounts, items, configs = run
+    qname, account, image, config_map = shared.names[svc.name]
     q = yaml_scalar
     return Workload(
         name=svc.name,
-        qname=q(svc.name),
-        namespace=q(namespace_of(plan, svc.name)),
+        qname=qname,
+        namespace=shared.namespaces[svc.tier],
         comment=svc.spec.description,
-        labels=yaml_pairs(svc.labels),
-        account=q(svc.service_account),
-        image=q(svc.image),
-        service=bool(ports) and bool(_DNS_1035.match(svc.name)),
+        labels=shared.labels[svc.name],
+        account=account,
+        image=image,
+        service=bool(ports and _DNS_1035.match(svc.name)),
         service_ports=service_ports,
         container_ports=container_ports,
         undeclared=0 if ports else listen_count(svc.spec.listen),
-        config_map=q(svc.name + "-castle-tls"),
+        config_map=config_map,
         configs=yaml_pairs(sorted(configs)) if configs else [],
         annotations=shared.annotations,
-        run_user=_quoted_int(run_as[0]),
-        run_group=_quoted_int(run_as[1]),
-        fs_group=_quoted_int(group if mounts else None),
+        run_user="" if run_as[0] is None else q(run_as[0]),
+        run_group="" if run_as[1] is None else q(run_as[1]),
+        fs_group="" if group is None or not mounts else q(group),
         command=None if command is None else [q(w) for w in command],
         args=None if args is None else [q(w) for w in args],
         working_dir=q(working_dir) if working_dir else "",
@@ -254,7 +301,8 @@ def namespace_objects(plan: Plan) -> list[dict[str, Any]]:
 
 def service_accounts(plan: Plan) -> list[tuple[str, str]]:
     """(namespace, service account) of every service: the identities the mesh checks."""
-    return sorted({(namespace_of(plan, s.name), s.service_account) for s in plan.services})
+    tiers = namespaces_by_tier(plan)
+    return sorted({(tiers[s.tier], s.service_account) for s in plan.services})
 
 
 def outputs(plan: Plan) -> list[Output]:
@@ -263,7 +311,8 @@ def outputs(plan: Plan) -> list[Output]:
     namespaces = render("namespaces.yaml.j2", header=head, namespaces=namespace_objects(plan),
                         mesh=mesh_kind(plan))
     shared = _Shared(plan)
-    accounts = [(yaml_scalar(ns), yaml_scalar(sa)) for ns, sa in service_accounts(plan)]
+    flat = yaml_strings([text for pair in service_accounts(plan) for text in pair])
+    accounts = list(zip(flat[::2], flat[1::2], strict=True))
     loads = render("workloads.yaml.j2", header=head,
                    managed=f"{yaml_scalar(MANAGED[0])}: {yaml_scalar(MANAGED[1])}",
                    accounts=accounts,

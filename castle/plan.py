@@ -219,12 +219,12 @@ def merge_conns(edges: Iterable[Edge], tls_flows: set[int]) -> tuple[Conn, ...]:
     if not tls_flows:
         # the usual big stack: each (src, dst, proto) once, so each edge's port is a
         # connection of its own, and sorting them is all there is to do
-        conns = [_new_tuple(Conn, (e.src, e.dst, p.proto, p.lo, p.hi, False, (e.flow,)))
-                 for e in edges for p in e.ports]
-        conns.sort()
-        keys = list(map(_key, conns))
+        rows = [(e.src, e.dst, p.proto, p.lo, p.hi, False, (e.flow,))
+                for e in edges for p in e.ports]
+        rows.sort()  # (plain tuples sort faster than named ones)
+        keys = list(map(_key, rows))
         if not any(map(eq, keys, keys[1:])):
-            return tuple(conns)
+            return tuple(map(_new_tuple, itertools.repeat(Conn), rows))
     grouped: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
     tls_pairs: set[tuple[str, str]] = set()
     for e in edges:

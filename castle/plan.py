@@ -208,7 +208,7 @@ class Plan:
 
 
 _new_tuple = tuple.__new__  # a named tuple built without its __new__'s Python frame
-_new: Any = object.__new__  # an object whose attributes compile_plan sets (addresses.py)
+_new: Any = object.__new__  # a blank object, filled as its constructor would (addresses.py)
 _key = itemgetter(0, 1, 2)
 _NAME_LABEL = "app.kubernetes.io/name"  # a service's one label when it sets none
 

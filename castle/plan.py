@@ -208,7 +208,7 @@ class Plan:
 
 
 _new_tuple = tuple.__new__  # a named tuple built without its __new__'s Python frame
-_new: Any = object.__new__  # an object whose attributes compile_plan sets (addresses.py)
+_new: Any = object.__new__  # a blank object, filled as its constructor would (addresses.py)
 _key = itemgetter(0, 1, 2)
 _NAME_LABEL = "app.kubernetes.io/name"  # a service's one label when it sets none
 
@@ -219,12 +219,12 @@ def merge_conns(edges: Iterable[Edge], tls_flows: set[int]) -> tuple[Conn, ...]:
     if not tls_flows:
         # the usual big stack: each (src, dst, proto) once, so each edge's port is a
         # connection of its own, and sorting them is all there is to do
-        conns = [_new_tuple(Conn, (e.src, e.dst, p.proto, p.lo, p.hi, False, (e.flow,)))
-                 for e in edges for p in e.ports]
-        conns.sort()
-        keys = list(map(_key, conns))
+        rows = [(e.src, e.dst, p.proto, p.lo, p.hi, False, (e.flow,))
+                for e in edges for p in e.ports]
+        rows.sort()  # (plain tuples sort faster than named ones)
+        keys = list(map(_key, rows))
         if not any(map(eq, keys, keys[1:])):
-            return tuple(conns)
+            return tuple(map(_new_tuple, itertools.repeat(Conn), rows))
     grouped: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
     tls_pairs: set[tuple[str, str]] = set()
     for e in edges:
@@ -360,22 +360,7 @@ def compile_plan(loaded: Loaded, targets: Iterable[str] | None = None,
     # from here to the networks a service is its rank in `order`: ints hash, compare,
     # sort and index lists faster than names
     rank = {n: i for i, n in enumerate(order)}
-    adj: list[set[int]] = [set() for _ in order]
-    outward: set[int] = set()  # the services a connection joins to internet or a CIDR
-    sides: tuple[list[Conn], list[Conn], list[Conn]] = ([], [], [])  # as Plan._sides
-    for c in conns:
-        src, dst = rank.get(c.src, -1), rank.get(c.dst, -1)  # -1: internet or a CIDR
-        if src < 0:
-            outward.add(dst)
-            sides[1].append(c)
-        elif dst < 0:
-            outward.add(src)
-            sides[2].append(c)
-        else:
-            adj[src].add(dst)
-            adj[dst].add(src)
-            sides[0].append(c)
-    groups, edge = _groups(adj, outward)
+    groups, edge, outward, sides = _groups(conns, rank)
     members = [(order[g[0]],) if g[1] == edge else
                (order[g[0]], order[g[1]]) if len(g) == 2 else tuple(map(order.__getitem__, g))
                for g in groups]
@@ -475,17 +460,34 @@ def _networks(groups: list[tuple[int, ...]], members: list[tuple[str, ...]], nam
     return networks, pairs, texts
 
 
-def _groups(adj: list[set[int]], outward: set[int]) -> tuple[list[tuple[int, ...]], int]:
+def _groups(conns: tuple[Conn, ...], rank: dict[str, int]) -> tuple[
+        list[tuple[int, ...]], int, set[int], tuple[list[Conn], list[Conn], list[Conn]]]:
     """Every network's members by rank, in the order networks are numbered: the cliques,
     and (rank, edge) for a service that reaches outside yet is in no clique of such
-    services alone (edge, one past the last rank, sorts it after the cliques it starts)."""
+    services alone (edge, one past the last rank, sorts it after the cliques it starts);
+    with `edge`, the services that reach outside and the connections as Plan._sides."""
+    adj: list[set[int]] = [set() for _ in rank]  # (freed on return, before the networks)
+    outward: set[int] = set()
+    sides: tuple[list[Conn], list[Conn], list[Conn]] = ([], [], [])
+    for c in conns:
+        src, dst = rank.get(c.src, -1), rank.get(c.dst, -1)  # -1: internet or a CIDR
+        if src < 0:
+            outward.add(dst)
+            sides[1].append(c)
+        elif dst < 0:
+            outward.add(src)
+            sides[2].append(c)
+        else:
+            adj[src].add(dst)
+            adj[dst].add(src)
+            sides[0].append(c)
     groups = _cover(adj)
     # the members of each clique whose members all reach outside
     reached = {r for g in groups if g[0] in outward and outward.issuperset(g) for r in g}
     edge = len(adj)
     groups += [(r, edge) for r in sorted(outward - reached)]
     groups.sort()  # by first rank; a clique's members rise, and `edge` sorts after them all
-    return groups, edge
+    return groups, edge, outward, sides
 
 
 def _published(spec: Spec, ingress: list[Conn]) -> tuple[Published, ...]:

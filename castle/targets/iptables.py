@@ -65,7 +65,8 @@ def _descriptions(plan: Plan, conns: Sequence[Conn]) -> list[str]:
     if known:
         return [describe(plan, c) for c in conns]
     texts = _describe(plan, conns)
-    known.update(zip(conns, texts, strict=True))
+    if "nftables" in plan.targets:  # kept for the other target that writes them
+        known.update(zip(conns, texts, strict=True))
     return texts
 
 

@@ -223,16 +223,15 @@ def _pydantic_findings(exc: ValidationError, prefix: Loc = ()) -> list[Finding]:
 def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Finding], list[Edge]]:
     """Parse and validate TOML text; raise SpecError listing every error found."""
     plain = toml_lines.read(text)
-    if plain is not None:
-        data, flow_lines = plain
-    else:
-        data, flow_lines = _read_toml(text, file), None
+    data, flow_lines = plain if plain is not None else (_read_toml(text, file), None)
+    del plain
     source = SourceMap(text, flow_lines)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         findings = _piecewise(data) or _pydantic_findings(exc)
         raise SpecError([to_diagnostic(file, source, f) for f in findings]) from None
+    del data  # the records hold what they need: the checks reuse the tables' memory
     findings, edges = check(spec)
     findings += _compose_findings(spec)
     if any(f.severity == "error" for f in findings):

@@ -216,10 +216,14 @@ def port_list(value: Any) -> list[PortRange] | None:
     """The PortRanges of a list of valid ports, None when it is not one."""
     if type(value) is not list:
         return None
+    ports = value[:]  # of the list's own size: a comprehension's list has room to grow
     try:
-        return [v if isinstance(v, PortRange) else parse_port(v) for v in value]
+        for i, v in enumerate(ports):
+            if not isinstance(v, PortRange):
+                ports[i] = parse_port(v)
     except ValueError:
         return None
+    return ports
 
 
 def _known_ports(value: Any) -> Any:

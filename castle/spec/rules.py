@@ -290,8 +290,8 @@ class Checker(TlsRules):
     def _check_duplicates(self) -> None:
         """Warn about each flow whose every port range an earlier flow between the same
         peers already opened (the edges come in flow order, each pair once per flow)."""
-        # (src, dst) -> the port ranges earlier flows opened, each with its flow
-        covered: dict[tuple[str, str], list[tuple[tuple[PortRange, ...], int]]] = {}
+        # (src, dst) -> the first edge between them; every edge, once a later flow adds one
+        covered: dict[tuple[str, str], Edge | list[Edge]] = {}
         flow, new, owner = -1, False, -1  # owner: the first earlier flow that covers one
         for edge in (*self.edges, None):  # None: the end of the last flow
             if edge is None or edge.flow != flow:
@@ -302,22 +302,21 @@ class Checker(TlsRules):
                 if edge is None:
                     return
                 flow, new, owner = edge.flow, False, -1
-            ports = edge.ports
-            if not ports:
+            if not edge.ports:
                 continue
-            pair = (edge.src, edge.dst)
-            earlier = covered.get(pair)
-            if earlier is None:
-                covered[pair] = [(ports, flow)]
+            earlier = covered.setdefault((edge.src, edge.dst), edge)
+            if earlier is edge:  # the first between these peers: most edges
                 new = True
                 continue
-            for p in ports if not new else ():
-                found = next((f for opened, f in earlier for r in opened if r.covers(p)), -1)
+            if not isinstance(earlier, list):
+                earlier = covered[edge.src, edge.dst] = [earlier]
+            for p in edge.ports if not new else ():
+                found = next((e.flow for e in earlier for r in e.ports if r.covers(p)), -1)
                 if found < 0:
                     new = True
                     break
                 owner = found if owner < 0 else min(owner, found)
-            earlier.append((ports, flow))
+            earlier.append(edge)
 
     # -- publishing and reachability ---------------------------------------------------
 

@@ -149,8 +149,9 @@ class PortRange:
 def listens_on(listen: list[PortRange], ports: list[PortRange]) -> bool:
     """True when every range of `ports` lies within one range of `listen`."""
     for port in ports:
+        proto, lo, hi = port.proto, port.lo, port.hi  # covers(), without a call per range
         for r in listen:
-            if r.covers(port):
+            if r.lo <= lo and hi <= r.hi and r.proto == proto:
                 break
         else:
             return False

@@ -220,8 +220,10 @@ def port_list(value: Any) -> list[PortRange] | None:
     ports = value[:]  # of the list's own size: a comprehension's list has room to grow
     try:
         for i, v in enumerate(ports):
-            if not isinstance(v, PortRange):
-                ports[i] = parse_port(v)
+            if type(v) is int or type(v) is str:  # parse_port's cached path, without its call
+                ports[i] = _parse_plain(v)
+            elif not isinstance(v, PortRange):
+                ports[i] = _parse_port(v)
     except ValueError:
         return None
     return ports

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 from castle.spec.findings import (
     INTERNET,
@@ -28,21 +27,23 @@ from castle.spec.values import (
 )
 
 
-@dataclass
 class Checker(TlsRules):
     """Walks a Spec once, collecting findings and the expanded edges of every flow."""
 
-    spec: Spec
-    skip_flows: frozenset[int] = frozenset()  # flows that failed validation (reported already)
-    broken: frozenset[str] = frozenset()  # services that failed validation: known, not unknown
-    findings: list[Finding] = field(default_factory=list)
-    edges: list[Edge] = field(default_factory=list)
-    # endpoint text -> its peers, for the texts that expanded without a finding (a big spec
-    # names each service in many flows, and a tier: expansion scans every service)
-    _peers: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
-    _depth: dict[str, int] = field(default_factory=dict, init=False, repr=False)
-    # the edges from outside the stack (internet, cidr:), as check_flows found them
-    _ingress: list[Edge] = field(default_factory=list, init=False, repr=False)
+    # a plain class: making it a dataclass cost each process a quarter of a millisecond
+    def __init__(self, spec: Spec, skip_flows: frozenset[int] = frozenset(),
+                 broken: frozenset[str] = frozenset()) -> None:
+        self.spec = spec
+        self.skip_flows = skip_flows  # flows that failed validation (reported already)
+        self.broken = broken  # services that failed validation: known, not unknown
+        self.findings: list[Finding] = []
+        self.edges: list[Edge] = []
+        # endpoint text -> its peers, for the texts that expanded without a finding (a big
+        # spec names each service in many flows, and a tier: expansion scans every service)
+        self._peers: dict[str, tuple[str, ...]] = {}
+        self._depth: dict[str, int] = {}
+        # the edges from outside the stack (internet, cidr:), as check_flows found them
+        self._ingress: list[Edge] = []
 
     def error(self, loc: Loc, message: str, hint: str = "") -> None:
         """Record an error."""

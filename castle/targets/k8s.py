@@ -208,13 +208,13 @@ def policies(plan: Plan) -> list[Policy]:
                 continue
             peers = sorted(by_peer, key=rank.__getitem__)
             used = list(map(by_peer.__getitem__, peers))
-            known = w.entries_of(ns, ingress)
+            known = w.peers.get((ns, ingress)) or w.entries_of(ns, ingress)
             entries = [(f"{word}{said[peer]}: {flows}",
                         known.get(peer) or w.peer(peer, ns, ingress), ports)
                        for peer, (_, flows, ports) in zip(peers, used, strict=True)]
             out.append(Policy(title % said[name], names[2 * i + at], q,
                               w.annotations(used) if noted else (), labels[name], types,
-                              *((entries, ()) if ingress else ((), entries))))
+                              entries if ingress else (), () if ingress else entries))
     return out
 
 

@@ -4,6 +4,7 @@ tricky lines."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -125,12 +126,15 @@ def test_a_long_hostile_line_is_read_in_linear_time(line: str, plain: str | None
     assert time.process_time() - start < 2.0
 
 
-def test_an_odd_character_steps_aside_in_ascii_and_unicode_texts() -> None:
-    """The ASCII shortcut of the odd-character check refuses what the pattern refuses."""
-    for code in [*range(0x100), 0x2028, 0x2029, 0xfeff]:
-        for text in (f"a = 1 # {chr(code)}\n", f"a = 1 # {chr(code)} caf\u00e9\n"):
-            want = toml_lines._ODD.search(text) is not None
-            assert toml_lines._odd(text) is want, (hex(code), text)
-            if want:
-                assert toml_lines.read(text) is None
+def test_an_odd_character_steps_aside_wherever_it_stands() -> None:
+    """A control character, CR or Unicode line separator, in a comment or a string, sends the
+    text to tomllib (they change what tomllib and str.splitlines() see); nothing else does."""
+    odd = re.compile(f"[{toml_lines._ODD}{''.join(toml_lines._SEPARATORS)}]")
+    for code in [*range(0x0a), *range(0x0b, 0x100), 0x2028, 0x2029, 0xfeff]:  # \n ends a line
+        char = chr(code)
+        want = odd.match(char) is not None
+        assert (toml_lines.read(f"a = 1 # {char} caf\u00e9\n") is None) is want, hex(code)
+        if want:
+            assert toml_lines.read(f'a = "{char}"\n') is None, hex(code)
+            assert toml_lines.read(f"a = ['{char}']\n[b]\n") is None, hex(code)
     assert toml_lines.read("a = 1 # \u00e9\n") == ({"a": 1}, [])  # the control: plain

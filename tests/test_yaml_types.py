@@ -278,6 +278,8 @@ _PREQUOTED = {
     # text of the -parts template, whose macros quote with yq
     "networkpolicies.yaml.j2": {"k", "managed", "name", "namespace", "note", "peer", "ports",
                                 "title", "v"},
+    # the pod selectors' labels, which castle.targets.k8s quotes with yaml_pairs
+    "networkpolicies-parts.yaml.j2": {"k", "v"},
 }
 
 

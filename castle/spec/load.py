@@ -14,21 +14,24 @@ from castle.spec.findings import Edge, Finding, Loc, closest, where
 from castle.spec.model import Flow, Service, Spec
 from castle.spec.record import Record, ValidationError
 from castle.spec.rules import check
+from castle.spec.values import compiled
 
 _PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
-_HEADER = re.compile(rf"^\s*(\[\[?)\s*({_PART}(?:\s*\.\s*{_PART})*)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(rf"^\s*({_PART}(?:\s*\.\s*{_PART})*)\s*=")
-_BARE = re.compile(r"[A-Za-z0-9_-]+")
-_INLINE = re.compile(r"\{([^{}]*)\}")  # one inline table (flows are flat: no nesting)
-_INLINE_KEY = re.compile(r"(?:^|,)\s*([A-Za-z0-9_-]+)\s*=")
-_STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'[^']*'")
+# The patterns below read a text only to place a problem or a warning: a valid spec read by
+# toml_lines never needs them, so each is compiled by its first use, not on import.
+_HEADER = rf"^\s*(\[\[?)\s*({_PART}(?:\s*\.\s*{_PART})*)\s*\]\]?\s*(#.*)?$"
+_KEY = rf"^\s*({_PART}(?:\s*\.\s*{_PART})*)\s*="
+_BARE = r"[A-Za-z0-9_-]+"
+_INLINE = r"\{([^{}]*)\}"  # one inline table (flows are flat: no nesting)
+_INLINE_KEY = r"(?:^|,)\s*([A-Za-z0-9_-]+)\s*="
+_STRING = r"\"(?:[^\"\\]|\\.)*\"|'[^']*'"
 
 
 def _brackets(text: str) -> int:
     """Opened minus closed square brackets outside strings and comments."""
-    code = _STRING.sub("", text).split("#", 1)[0]
+    code = compiled(_STRING).sub("", text).split("#", 1)[0]
     return code.count("[") - code.count("]")
-_TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
+_TOML_POS = r"\(at line (\d+), column (\d+)\)"
 
 
 def _split_key(text: str) -> list[str]:
@@ -100,7 +103,7 @@ def _scan(text: str) -> dict[tuple[str | int, ...], int]:
                 array = None
             continue
         if stripped[:1] == "[":
-            m = _HEADER.match(line)
+            m = compiled(_HEADER).match(line)
             if m:
                 keys = tuple(_split_key(m.group(2)))
                 if m.group(1) == "[[":
@@ -116,10 +119,10 @@ def _scan(text: str) -> dict[tuple[str | int, ...], int]:
         if not eq:
             continue
         head = head.rstrip()
-        if _BARE.fullmatch(head):  # the common case, without the full key grammar
+        if compiled(_BARE).fullmatch(head):  # the common case, without the full key grammar
             parts: list[str] = [head]
         else:
-            k = _KEY.match(line)
+            k = compiled(_KEY).match(line)
             if not k:
                 continue
             parts = _split_key(k.group(1))
@@ -136,9 +139,9 @@ def _scan(text: str) -> dict[tuple[str | int, ...], int]:
 def _inline_tables(lines: dict[tuple[str | int, ...], int], path: tuple[str | int, ...],
                    index: int, text: str, n: int) -> int:
     """Record the inline tables `{ k = v, ... }` of an array line; return the next index."""
-    for body in _INLINE.findall(text):
+    for body in compiled(_INLINE).findall(text):
         lines.setdefault((*path, index), n)
-        for key in _INLINE_KEY.findall(body):
+        for key in compiled(_INLINE_KEY).findall(body):
             lines.setdefault((*path, index, key), n)
         index += 1
     return index
@@ -223,16 +226,15 @@ def _pydantic_findings(exc: ValidationError, prefix: Loc = ()) -> list[Finding]:
 def parse(text: str, file: str = "zones.toml") -> tuple[Spec, SourceMap, list[Finding], list[Edge]]:
     """Parse and validate TOML text; raise SpecError listing every error found."""
     plain = toml_lines.read(text)
-    if plain is not None:
-        data, flow_lines = plain
-    else:
-        data, flow_lines = _read_toml(text, file), None
+    data, flow_lines = plain if plain is not None else (_read_toml(text, file), None)
+    del plain
     source = SourceMap(text, flow_lines)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         findings = _piecewise(data) or _pydantic_findings(exc)
         raise SpecError([to_diagnostic(file, source, f) for f in findings]) from None
+    del data  # the records hold what they need: the checks reuse the tables' memory
     findings, edges = check(spec)
     findings += _compose_findings(spec)
     if any(f.severity == "error" for f in findings):
@@ -247,9 +249,9 @@ def _read_toml(text: str, file: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        m = _TOML_POS.search(str(exc))
+        m = compiled(_TOML_POS).search(str(exc))
         line, col = (int(m.group(1)), int(m.group(2))) if m else (1, None)
-        message = _TOML_POS.sub("", str(exc)).strip()
+        message = compiled(_TOML_POS).sub("", str(exc)).strip()
         raise SpecError([Diagnostic(file, line, col, "error", "", f"invalid TOML: {message}",
                                     "fix the syntax at that position")]) from None
     except ValueError:

@@ -44,6 +44,7 @@ from castle.spec.values import (
     PublishEntry,
     _text,
     check_labels,
+    compiled,
     image_problem,
     passthrough_problem,
     port_list,
@@ -63,12 +64,12 @@ TARGETS = ("compose", "iptables", "nftables", "k8s", "mesh")
 # link-local, which holds the cloud metadata endpoint): private and link-local ranges.
 NOT_INTERNET = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
 METADATA = "169.254.169.254/32"  # the cloud metadata endpoint: only a flow naming it reaches it
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"  # these: compiled on first use
 TLS_REF = re.compile(r"ca|server_cert|server_key|(client_cert|client_key):([a-z0-9-]{1,63})")
-_TOP_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_TOP_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
 
 
-_HOST_ALIAS = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,252}[A-Za-z0-9])?$")
+_HOST_ALIAS = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,252}[A-Za-z0-9])?$"
 
 
 
@@ -180,7 +181,7 @@ def _known_image(value: Any) -> Any:  # as values.py's fields: a valid one in on
 
 def _aliases(v: list[str]) -> list[str]:
     for alias in v:
-        if not _HOST_ALIAS.match(alias):
+        if not compiled(_HOST_ALIAS).match(alias):
             raise ValueError(f"{alias[:60]!r} is not a host name")
     return v
 
@@ -188,7 +189,7 @@ def _aliases(v: list[str]) -> list[str]:
 def _secrets(v: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
     for item in v:
         source = item if isinstance(item, str) else item.get("source")
-        if not isinstance(source, str) or not _TOP_NAME.match(source):
+        if not isinstance(source, str) or not compiled(_TOP_NAME).match(source):
             raise ValueError(f"{str(source)[:60]!r} is not a secret name (a string, or a "
                              "table with `source`)")
         problem = passthrough_problem(item)
@@ -206,7 +207,7 @@ def _labels(v: dict[str, str] | None) -> dict[str, str] | None:
 
 def _tls_env(v: dict[str, str]) -> dict[str, str]:
     for key, val in v.items():
-        if not _ENV_NAME.match(key):
+        if not compiled(_ENV_NAME).match(key):
             raise ValueError(f"{key[:60]!r} is not an environment variable name")
         _text(val)
         if not (val.startswith("=") or TLS_REF.fullmatch(val)):
@@ -322,11 +323,11 @@ class Flow(Record):
         TEXT, "why this flow may break a wall rule; carried into the artifacts", default="")
 
 
-_LOG_RATE = re.compile(r"^[1-9][0-9]{0,5}/(second|minute|hour|day)$")
+_LOG_RATE = r"^[1-9][0-9]{0,5}/(second|minute|hour|day)$"
 
 
 def _log_rate(v: str) -> str:
-    if not _LOG_RATE.match(v):
+    if not compiled(_LOG_RATE).match(v):
         raise ValueError(f"{v!r} is not a rate: write N/second, N/minute, N/hour or N/day "
                          "(e.g. \"10/minute\")")
     return v
@@ -354,7 +355,7 @@ class Firewall(Record):
     log_rate: str = field(
         after(_log_rate, STR),
         "most log lines per service and direction, as N/second|minute|hour|day (bursts of 5 "
-        "pass first)", default="10/minute", json={"pattern": _LOG_RATE.pattern})
+        "pass first)", default="10/minute", json={"pattern": _LOG_RATE})
     log_group: int | None = field(
         nullable(strict_int(0, 65535)),
         "send the lines to NFLOG group N (ulogd2, tcpdump -i nflog:N) instead of the kernel "
@@ -398,11 +399,11 @@ class Kubernetes(Record):
         "false keeps only the policies, for Deployments you already have", default=True)
 
 
-_DNS_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
+_DNS_NAME = r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?"
 
 
 def _domain(v: str) -> str:
-    if not _DNS_NAME.fullmatch(v):
+    if not compiled(_DNS_NAME).fullmatch(v):
         raise ValueError(f"{v[:60]!r} is not a DNS name")
     return v
 
@@ -418,11 +419,11 @@ class Mesh(Record):
         default="cluster.local")
 
 
-_TLS_DIR = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+_TLS_DIR = r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*"
 
 
 def _dir(v: str) -> str:
-    if not _TLS_DIR.fullmatch(v) or ".." in v.split("/"):
+    if not compiled(_TLS_DIR).fullmatch(v) or ".." in v.split("/"):
         raise ValueError(f"{v[:60]!r}: a relative folder inside the output folder")
     return v
 
@@ -441,7 +442,7 @@ class Tls(Record):
 
 
 def _top_name(value: Any) -> Any:
-    if isinstance(value, str) and not _TOP_NAME.match(value):
+    if isinstance(value, str) and not compiled(_TOP_NAME).match(value):
         raise ValueError(f"{value[:60]!r} is not a compose object name (letters, digits and "
                          "'_.-', starting with a letter or digit, at most 63 characters)")
     return value

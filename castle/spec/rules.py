@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 from castle.spec.findings import (
     INTERNET,
@@ -28,21 +27,23 @@ from castle.spec.values import (
 )
 
 
-@dataclass
 class Checker(TlsRules):
     """Walks a Spec once, collecting findings and the expanded edges of every flow."""
 
-    spec: Spec
-    skip_flows: frozenset[int] = frozenset()  # flows that failed validation (reported already)
-    broken: frozenset[str] = frozenset()  # services that failed validation: known, not unknown
-    findings: list[Finding] = field(default_factory=list)
-    edges: list[Edge] = field(default_factory=list)
-    # endpoint text -> its peers, for the texts that expanded without a finding (a big spec
-    # names each service in many flows, and a tier: expansion scans every service)
-    _peers: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
-    _depth: dict[str, int] = field(default_factory=dict, init=False, repr=False)
-    # the edges from outside the stack (internet, cidr:), as check_flows found them
-    _ingress: list[Edge] = field(default_factory=list, init=False, repr=False)
+    # a plain class: making it a dataclass cost each process a quarter of a millisecond
+    def __init__(self, spec: Spec, skip_flows: frozenset[int] = frozenset(),
+                 broken: frozenset[str] = frozenset()) -> None:
+        self.spec = spec
+        self.skip_flows = skip_flows  # flows that failed validation (reported already)
+        self.broken = broken  # services that failed validation: known, not unknown
+        self.findings: list[Finding] = []
+        self.edges: list[Edge] = []
+        # endpoint text -> its peers, for the texts that expanded without a finding (a big
+        # spec names each service in many flows, and a tier: expansion scans every service)
+        self._peers: dict[str, tuple[str, ...]] = {}
+        self._depth: dict[str, int] = {}
+        # the edges from outside the stack (internet, cidr:), as check_flows found them
+        self._ingress: list[Edge] = []
 
     def error(self, loc: Loc, message: str, hint: str = "") -> None:
         """Record an error."""
@@ -290,8 +291,8 @@ class Checker(TlsRules):
     def _check_duplicates(self) -> None:
         """Warn about each flow whose every port range an earlier flow between the same
         peers already opened (the edges come in flow order, each pair once per flow)."""
-        # (src, dst) -> the port ranges earlier flows opened, each with its flow
-        covered: dict[tuple[str, str], list[tuple[tuple[PortRange, ...], int]]] = {}
+        # (src, dst) -> the first edge between them; every edge, once a later flow adds one
+        covered: dict[tuple[str, str], Edge | list[Edge]] = {}
         flow, new, owner = -1, False, -1  # owner: the first earlier flow that covers one
         for edge in (*self.edges, None):  # None: the end of the last flow
             if edge is None or edge.flow != flow:
@@ -302,22 +303,21 @@ class Checker(TlsRules):
                 if edge is None:
                     return
                 flow, new, owner = edge.flow, False, -1
-            ports = edge.ports
-            if not ports:
+            if not edge.ports:
                 continue
-            pair = (edge.src, edge.dst)
-            earlier = covered.get(pair)
-            if earlier is None:
-                covered[pair] = [(ports, flow)]
+            earlier = covered.setdefault((edge.src, edge.dst), edge)
+            if earlier is edge:  # the first between these peers: most edges
                 new = True
                 continue
-            for p in ports if not new else ():
-                found = next((f for opened, f in earlier for r in opened if r.covers(p)), -1)
+            if not isinstance(earlier, list):
+                earlier = covered[edge.src, edge.dst] = [earlier]
+            for p in edge.ports if not new else ():
+                found = next((e.flow for e in earlier for r in e.ports if r.covers(p)), -1)
                 if found < 0:
                     new = True
                     break
                 owner = found if owner < 0 else min(owner, found)
-            earlier.append((ports, flow))
+            earlier.append(edge)
 
     # -- publishing and reachability ---------------------------------------------------
 

@@ -10,13 +10,16 @@ from typing import Any
 
 from castle.spec.record import STR, after, before, checker, instance, list_of, plain
 
+# A pattern compiled on its first use: compiling is pure Python, and most specs need few of
+# the patterns written as plain strings below (labels, variables, control characters...).
+compiled = functools.cache(re.compile)
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
-_LABEL_KEY = re.compile(
+_LABEL_KEY = (
     r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
 )
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_LABEL_VALUE = r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$"
+_CONTROL = r"[\x00-\x1f\x7f\u2028\u2029]"
 MAX_COMPOSE_DEPTH = 32
 
 
@@ -52,17 +55,17 @@ def passthrough_problem(value: Any) -> str | None:
 
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR:+alt}: compose fills them
-_INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?+][^${}]*)?\}")
-_BARE_VAR = re.compile(r"\$\$|\$[A-Za-z_][A-Za-z0-9_]*")
+_INTERPOLATION = r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?+][^${}]*)?\}"
+_BARE_VAR = r"\$\$|\$[A-Za-z_][A-Za-z0-9_]*"
 
 
 def image_problem(image: str) -> str | None:
     """Why `image` is not an image reference (compose variables allowed), or None."""
     filled = image
     if "$" in image:  # most images hold no variable: six substitutions saved
-        filled = _BARE_VAR.sub("x", image)
+        filled = compiled(_BARE_VAR).sub("x", image)
         for _ in range(4):  # a default may hold another variable: fill the innermost first
-            filled = _INTERPOLATION.sub("x", filled)
+            filled = compiled(_INTERPOLATION).sub("x", filled)
     if not _IMAGE.match(filled):
         return (f"{image[:60]!r} is not an image reference (letters, digits and ._/:@+- "
                 "only, and ${VAR} variables)")
@@ -72,9 +75,9 @@ def image_problem(image: str) -> str | None:
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
     """Kubernetes label keys and values, or ValueError naming the first bad one."""
     for key, val in labels.items():
-        if not _LABEL_KEY.match(key):
+        if not compiled(_LABEL_KEY).match(key):
             raise ValueError(f"{key[:60]!r} is not a Kubernetes label key")
-        if not _LABEL_VALUE.match(val):
+        if not compiled(_LABEL_VALUE).match(val):
             raise ValueError(f"{val[:60]!r} is not a Kubernetes label value")
     return labels
 
@@ -100,7 +103,7 @@ def _label(value: Any) -> Any:
 
 def _text(value: Any) -> Any:
     if isinstance(value, str):
-        if _CONTROL.search(value):
+        if compiled(_CONTROL).search(value):
             raise ValueError("control characters (newline, tab, NUL...) are not allowed here")
         if len(value) > 500:
             raise ValueError("at most 500 characters")
@@ -149,8 +152,9 @@ class PortRange:
 def listens_on(listen: list[PortRange], ports: list[PortRange]) -> bool:
     """True when every range of `ports` lies within one range of `listen`."""
     for port in ports:
+        proto, lo, hi = port.proto, port.lo, port.hi  # covers(), without a call per range
         for r in listen:
-            if r.covers(port):
+            if r.lo <= lo and hi <= r.hi and r.proto == proto:
                 break
         else:
             return False
@@ -216,10 +220,16 @@ def port_list(value: Any) -> list[PortRange] | None:
     """The PortRanges of a list of valid ports, None when it is not one."""
     if type(value) is not list:
         return None
+    ports = value[:]  # of the list's own size: a comprehension's list has room to grow
     try:
-        return [v if isinstance(v, PortRange) else parse_port(v) for v in value]
+        for i, v in enumerate(ports):
+            if type(v) is int or type(v) is str:  # parse_port's cached path, without its call
+                ports[i] = _parse_plain(v)
+            elif not isinstance(v, PortRange):
+                ports[i] = _parse_port(v)
     except ValueError:
         return None
+    return ports
 
 
 def _known_ports(value: Any) -> Any:
@@ -251,7 +261,7 @@ class PublishEntry:
 
 
 _VAR_SIDE = r"\$\{[^}]*\}"
-_PUBLISH = re.compile(
+_PUBLISH = (  # compiled on first use
     rf"(?:([0-9]{{1,3}}(?:\.[0-9]{{1,3}}){{3}}|{_VAR_SIDE}):)?([0-9-]+|{_VAR_SIDE}):"
     rf"([0-9-]+|{_VAR_SIDE})(/(?:tcp|udp))?"
 )
@@ -293,7 +303,7 @@ def parse_publish(value: Any) -> PublishEntry:
     may be a `${VAR:-VALUE}` (castle walls VALUE)."""
     if not isinstance(value, str):
         raise ValueError(f'{value!r} is not a publish entry (use "HOST:CONTAINER")')
-    m = _PUBLISH.fullmatch(value.strip())
+    m = compiled(_PUBLISH).fullmatch(value.strip())
     if not m:
         raise ValueError(
             f'{value!r} is not a publish entry (use "HOST:CONTAINER", "HOST:CONTAINER/udp", '

@@ -71,6 +71,7 @@ class _Writer:
         self.pods: dict[tuple[str, str], str] = {}  # (service, home) -> its peer entry
         self.ports: dict[Ports, str] = {}
         self.single: dict[tuple[str, int, int], str] = {}  # (proto, lo, hi) -> its ports
+        self.labels = workloads.quoted_labels(plan)  # service -> its pod labels, quoted
         # a peer's or service's name as comment text (`comment` keeps each character's
         # place, so a rule's comment is quoted in parts)
         self.said = {s.name: comment(s.name) for s in plan.services}
@@ -100,18 +101,18 @@ class _Writer:
         if not is_outside(name):
             text = self.pods.get((name, home))
             if text is None:
-                svc = plan.service(name)
                 ns = namespace_of(plan, name)
+                labels = self.labels[name]
                 if ns == home and not plan.spec.kubernetes.tier_namespaces:
-                    text = str(parts.pods(None, svc.labels))
+                    text = str(parts.pods(None, labels))
                 else:
-                    text = str(parts.pods([(NS_LABEL, ns)], svc.labels))
+                    text = str(parts.pods(yaml_pairs([(NS_LABEL, ns)]), labels))
                 self.pods[name, home] = text
             return text
         k = plan.spec.kubernetes
         if name == INTERNET and ingress and k.ingress_namespace:
-            return str(parts.pods([(NS_LABEL, k.ingress_namespace)],
-                                  sorted(k.ingress_pod_labels.items()) or None))
+            return str(parts.pods(yaml_pairs([(NS_LABEL, k.ingress_namespace)]),
+                                  yaml_pairs(sorted(k.ingress_pod_labels.items())) or None))
         if name == INTERNET:
             excepts = () if ingress else tuple(str(n) for n in plan.internet_except)
             return str(parts.ip_block(EVERYWHERE, excepts))
@@ -124,22 +125,18 @@ class _Writer:
             text = self.ports[ports] = str(self.parts.ports(ports))
         return text
 
+    def single_ports(self, c: Conn) -> str:
+        """The `ports:` items of a rule of one connection (kept by protocol and ports)."""
+        text = self.single[c.proto, c.lo, c.hi] = self.port_list(
+            ((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0),))
+        return text
+
     def pair(self, conns: list[Conn]) -> _Pair:
         """Flows and ports of the connections between two peers (in the plan's order, which
         is by protocol and port)."""
-        c = conns[0]
-        ids: tuple[int, ...] = c.flows
-        texts = self.flow_texts
-        if len(conns) == 1 and len(ids) == 1:  # the common case: one port, one flow
-            key = (c.proto, c.lo, c.hi)
-            ports = self.single.get(key)
-            if ports is None:
-                ports = self.single[key] = self.port_list(
-                    ((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0),))
-            return ids, texts[ids[0]], ports
         ids = tuple(sorted({i for c in conns for i in c.flows}))
         items = tuple((c.proto.upper(), c.lo, c.hi if c.hi > c.lo else 0) for c in conns)
-        return ids, ", ".join([texts[i] for i in ids]), self.port_list(items)
+        return ids, ", ".join([self.flow_texts[i] for i in ids]), self.port_list(items)
 
     def annotations(self, pairs: list[_Pair]) -> list[tuple[str, str]]:
         """castle/flow-N and castle/waiver-N of the flows behind a policy's rules."""
@@ -160,8 +157,8 @@ def policies(plan: Plan) -> list[Policy]:
     k = plan.spec.kubernetes
     w = _Writer(plan)
     out: list[Policy] = []
-    dns_peer = str(w.parts.pods([(NS_LABEL, k.dns_namespace)],
-                                sorted(k.dns_pod_labels.items()) or None))
+    dns_peer = str(w.parts.pods(yaml_pairs([(NS_LABEL, k.dns_namespace)]),
+                                yaml_pairs(sorted(k.dns_pod_labels.items())) or None))
     dns = [("cluster DNS", dns_peer, w.port_list((("UDP", 53, 0), ("TCP", 53, 0))))]
     quoted_ns: dict[str, str] = {}
     for ns in used_namespaces(plan):  # (which checks each namespace's length)
@@ -181,21 +178,27 @@ def policies(plan: Plan) -> list[Policy]:
         s: (False, i, True, s) for s, i in plan.rank.items()}
     inbound: dict[str, dict[str, _Pair]] = {s.name: {} for s in plan.services}
     outbound: dict[str, dict[str, _Pair]] = {s.name: {} for s in plan.services}
-    said = w.said
+    said, single, texts = w.said, w.single, w.flow_texts
     for (src, dst), conns in by_pair.items():
         if src not in rank or dst not in rank:  # internet or a CIDR, first met
             for peer in (src, dst):
                 if peer not in rank:
                     rank[peer] = (True, 0, peer != INTERNET, peer)
                     inbound[peer], outbound[peer], said[peer] = {}, {}, comment(peer)
-        inbound[dst][src] = outbound[src][dst] = w.pair(conns)
+        c = conns[0]
+        if len(conns) == 1 and len(c.flows) == 1:  # the common case, without a call
+            pair: _Pair = (c.flows, texts[c.flows[0]],
+                    single.get((c.proto, c.lo, c.hi)) or w.single_ports(c))
+        else:
+            pair = w.pair(conns)
+        inbound[dst][src] = outbound[src][dst] = pair
     # every policy's name in one quoting pass: ingress and egress of each service in turn
     names = yaml_strings([f"{s.name}{side}" for s in plan.services
                           for side in ("-ingress", "-egress")])
     sides = ((True, inbound, "from ", "who may open connections to %s", 0, ("Ingress",)),
              (False, outbound, "to ", "where %s may open connections", 1, ("Egress",)))
     noted, tiers = w.noted, plan.tier_namespaces
-    labels = workloads.quoted_labels(plan)
+    labels = w.labels
     for i, svc in enumerate(plan.services):
         name, ns = svc.name, tiers[svc.tier]
         q = quoted_ns[ns]
@@ -205,13 +208,13 @@ def policies(plan: Plan) -> list[Policy]:
                 continue
             peers = sorted(by_peer, key=rank.__getitem__)
             used = list(map(by_peer.__getitem__, peers))
-            known = w.entries_of(ns, ingress)
+            known = w.peers.get((ns, ingress)) or w.entries_of(ns, ingress)
             entries = [(f"{word}{said[peer]}: {flows}",
                         known.get(peer) or w.peer(peer, ns, ingress), ports)
                        for peer, (_, flows, ports) in zip(peers, used, strict=True)]
             out.append(Policy(title % said[name], names[2 * i + at], q,
                               w.annotations(used) if noted else (), labels[name], types,
-                              *((entries, ()) if ingress else ((), entries))))
+                              entries if ingress else (), () if ingress else entries))
     return out
 
 

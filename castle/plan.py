@@ -66,8 +66,7 @@ class Network(NamedTuple):
     addresses: tuple[tuple[str, IPv4Address], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
+class Published(NamedTuple):
     """A host port forwarded to a service because a flow from outside reaches it."""
 
     service: str
@@ -77,8 +76,7 @@ class Published:
     sources: tuple[str, ...]  # "internet" and/or "cidr:A.B.C.D/N"
 
 
-@dataclass(frozen=True, slots=True)
-class PlanService:
+class PlanService(NamedTuple):
     """A service with everything the targets need about it."""
 
     name: str

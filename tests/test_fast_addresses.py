@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,18 @@ def test_a_network_is_ipaddress_own(lo: int, prefix: int) -> None:
     # the attributes a constructor sets, no more and no fewer (a new Python that sets
     # others would fail here, not in a firewall)
     assert set(vars(network(lo, prefix))) == set(vars(IPv4Network((lo, prefix))))
+
+
+def test_a_plans_networks_are_ipaddress_own() -> None:
+    """compile_plan builds its networks' objects inline the same way: each equal to, and
+    holding the same attributes as, what ipaddress parses from its text."""
+    from castle.plan import compile_plan
+    from castle.spec.load import load
+
+    plan = compile_plan(load(Path(__file__).parent.parent / "zones.example.toml"))
+    for net in plan.networks:
+        real = IPv4Network(str(net.subnet))
+        assert net.subnet == real and set(vars(net.subnet)) == set(vars(IPv4Network(real)))
+        assert net.gateway == IPv4Address(str(net.gateway)) == next(real.hosts())
+        for _, ip in net.addresses:
+            assert type(ip) is IPv4Address and ip == IPv4Address(str(ip)) and ip in real

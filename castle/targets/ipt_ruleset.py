@@ -7,7 +7,6 @@ import base64
 import hashlib
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from castle.errors import CastleError
@@ -31,25 +30,29 @@ class Rule(NamedTuple):
         return f"-A {self.chain} {self.spec}"
 
 
-@dataclass
 class Ruleset:
-    """castle's chains (in order, the first is the one hooked) and their rules."""
+    """castle's chains (in order, the first is the one hooked) and their rules (a plain
+    class: a dataclass costs each run a fraction of a millisecond to define)."""
 
-    tag: str
-    hooks: list[tuple[str, str, bool]] = field(default_factory=list)  # builtin, chain, wanted
-    chains: list[str] = field(default_factory=list)
-    notes: dict[str, str] = field(default_factory=dict)  # chain -> what it is for
-    # chain -> its `# CHAIN: note` line, then its `-A` lines so far; chains declared whole at
-    # once (the dispatch tree's) are a piece each, all under the first one's name. A big stack
-    # has tens of thousands of lines: text() only joins the pieces, in the order of `chains`
-    _body: dict[str, list[str]] = field(default_factory=dict, repr=False)
-    _said: dict[str, str] = field(default_factory=dict, repr=False)  # note -> comment(note)
-    # (chain, index of a piece in its body, what starts with the (src, dst) of it and of each
-    # piece after it) for the rules that let peers through: the script needs no Rule objects,
-    # so `rules` makes them only when asked
-    _peers: list[tuple[str, int, Sequence[tuple[Any, ...]]]] = field(default_factory=list,
-                                                                      repr=False)
-    _rules: list[Rule] | None = field(default=None, repr=False)
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.hooks: list[tuple[str, str, bool]] = []  # builtin, chain, wanted
+        self.chains: list[str] = []
+        self.notes: dict[str, str] = {}  # chain -> what it is for
+        # chain -> its `# CHAIN: note` line, then its `-A` lines so far; chains declared
+        # whole at once (the dispatch tree's) are a piece each, all under the first one's
+        # name. A big stack has tens of thousands of lines: text() only joins the pieces, in
+        # the order of `chains`
+        self._body: dict[str, list[str]] = {}
+        self._said: dict[str, str] = {}  # note -> comment(note)
+        # (chain, index of a piece in its body, what starts with the (src, dst) of it and of
+        # each piece after it) for the rules that let peers through: the script needs no Rule
+        # objects, so `rules` makes them only when asked
+        self._peers: list[tuple[str, int, Sequence[tuple[Any, ...]]]] = []
+        self._rules: list[Rule] | None = None
+
+    def __repr__(self) -> str:
+        return f"Ruleset(tag={self.tag!r}, chains={len(self.chains)})"
 
     def chain(self, suffix: str, note: str) -> str:
         """Declare a chain named after the tag and return its name."""

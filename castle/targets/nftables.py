@@ -9,8 +9,8 @@ ends castle's chain (Docker's chains still decide), a drop is final.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from ipaddress import IPv4Network
+from typing import NamedTuple
 
 from castle.io.render import nft_strings, render
 from castle.io.write import Output, header
@@ -100,8 +100,7 @@ def _quoted(pairs: list[tuple[str, str]]) -> list[Element]:
                     strict=True))
 
 
-@dataclass(frozen=True)
-class LogChain:
+class LogChain(NamedTuple):
     """A chain that logs (rate-limited) and drops; `addrs` are the service's addresses."""
 
     name: str
@@ -130,8 +129,7 @@ def log_chains(plan: Plan) -> dict[str, list[LogChain]]:
     return out
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Pin:
+class Pin(NamedTuple):
     """A drop rule for traffic DNATed to a published container port from a host address or
     port other than the default of the `${VAR:-VALUE}` the spec wrote for it."""
 

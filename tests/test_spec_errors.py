@@ -159,6 +159,27 @@ CASES: list[tuple[str, str, int, str]] = [
     # more digits than Python converts: a ValueError of the plain reader and of tomllib alike
     ("huge-integer", BASE.replace("listen = [5432]", "listen = [5" + "0" * 5000 + "]"), 21,
      "more than 4300 digits"),
+    # a trailing newline: Python's `$` also matches before a final "\n", so an anchored
+    # pattern's .match() let these through (into iptables.sh as a broken rule line, into
+    # unit names as an internal error); every name and value check is a fullmatch now
+    ("newline-service-name", BASE.replace("[services.web]", '[services."web\\n"]')
+     .replace('to = "web"', 'to = "web\\n"').replace('from = "web"', 'from = "web\\n"'), 10,
+     "is not a DNS-1123 label"),
+    ("newline-stack-name", BASE.replace('name = "shop"', 'name = "shop\\n"'), 3,
+     "is not a DNS-1123 label"),
+    ("newline-tier-name", BASE.replace('name = "data"', 'name = "data\\n"')
+     .replace('tier = "data"', 'tier = "data\\n"'), 9, "is not a DNS-1123 label"),
+    ("newline-image", BASE.replace('image = "nginx:1.27"', 'image = "nginx:1.27\\n"'), 12,
+     "is not an image reference"),
+    ("newline-label-key", BASE.replace('image = "nginx:1.27"',
+                                       'image = "nginx:1.27"\nlabels = { "app\\n" = "x" }'),
+     13, "is not a Kubernetes label key"),
+    ("newline-label-value", BASE.replace('image = "nginx:1.27"',
+                                         'image = "nginx:1.27"\nlabels = { app = "x\\n" }'),
+     13, "is not a Kubernetes label value"),
+    ("newline-service-account", BASE.replace(
+        'image = "nginx:1.27"', 'image = "nginx:1.27"\nservice_account = "web\\n"'), 13,
+     "is not a DNS-1123 label"),
     ("huge-integer-tomllib", BASE.replace("listen = [5432]", "listen = [5" + "0" * 5000
                                           + ']\ndescription = "a\\tb"'), 21,
      "more than 4300 digits"),

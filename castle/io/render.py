@@ -195,7 +195,7 @@ def unit_word(value: Any) -> str:
     """One word of a systemd unit line: only characters systemd never interprets ('%', '$',
     quotes, backslashes and spaces are refused rather than escaped)."""
     text = str(value)
-    if not _UNIT_WORD.match(text):
+    if not _UNIT_WORD.fullmatch(text):
         raise ValueError(f"not a safe systemd unit word: {text!r}")
     return text
 

@@ -40,7 +40,8 @@ def bridge_names(nets: Sequence[LabNet]) -> dict[str, str]:
     out, counter = {}, itertools.count()
     for n in nets:
         if n.bridge:
-            if not _IFNAME.match(n.bridge) or n.bridge in {EXT_IF, "lo"} or n.bridge[:4] == "veth":
+            if (not _IFNAME.fullmatch(n.bridge) or n.bridge in {EXT_IF, "lo"}
+                    or n.bridge[:4] == "veth"):
                 raise LabError(f"network {n.name}: bridge name {n.bridge!r} unusable")
             out[n.name] = n.bridge
         else:

@@ -181,7 +181,7 @@ def _known_image(value: Any) -> Any:  # as values.py's fields: a valid one in on
 
 def _aliases(v: list[str]) -> list[str]:
     for alias in v:
-        if not compiled(_HOST_ALIAS).match(alias):
+        if not compiled(_HOST_ALIAS).fullmatch(alias):
             raise ValueError(f"{alias[:60]!r} is not a host name")
     return v
 
@@ -189,7 +189,7 @@ def _aliases(v: list[str]) -> list[str]:
 def _secrets(v: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
     for item in v:
         source = item if isinstance(item, str) else item.get("source")
-        if not isinstance(source, str) or not compiled(_TOP_NAME).match(source):
+        if not isinstance(source, str) or not compiled(_TOP_NAME).fullmatch(source):
             raise ValueError(f"{str(source)[:60]!r} is not a secret name (a string, or a "
                              "table with `source`)")
         problem = passthrough_problem(item)
@@ -207,7 +207,7 @@ def _labels(v: dict[str, str] | None) -> dict[str, str] | None:
 
 def _tls_env(v: dict[str, str]) -> dict[str, str]:
     for key, val in v.items():
-        if not compiled(_ENV_NAME).match(key):
+        if not compiled(_ENV_NAME).fullmatch(key):
             raise ValueError(f"{key[:60]!r} is not an environment variable name")
         _text(val)
         if not (val.startswith("=") or TLS_REF.fullmatch(val)):
@@ -327,7 +327,7 @@ _LOG_RATE = r"^[1-9][0-9]{0,5}/(second|minute|hour|day)$"
 
 
 def _log_rate(v: str) -> str:
-    if not compiled(_LOG_RATE).match(v):
+    if not compiled(_LOG_RATE).fullmatch(v):
         raise ValueError(f"{v!r} is not a rate: write N/second, N/minute, N/hour or N/day "
                          "(e.g. \"10/minute\")")
     return v
@@ -442,7 +442,7 @@ class Tls(Record):
 
 
 def _top_name(value: Any) -> Any:
-    if isinstance(value, str) and not compiled(_TOP_NAME).match(value):
+    if isinstance(value, str) and not compiled(_TOP_NAME).fullmatch(value):
         raise ValueError(f"{value[:60]!r} is not a compose object name (letters, digits and "
                          "'_.-', starting with a letter or digit, at most 63 characters)")
     return value

@@ -66,7 +66,7 @@ def image_problem(image: str) -> str | None:
         filled = compiled(_BARE_VAR).sub("x", image)
         for _ in range(4):  # a default may hold another variable: fill the innermost first
             filled = compiled(_INTERPOLATION).sub("x", filled)
-    if not _IMAGE.match(filled):
+    if not _IMAGE.fullmatch(filled):
         return (f"{image[:60]!r} is not an image reference (letters, digits and ._/:@+- "
                 "only, and ${VAR} variables)")
     return None
@@ -75,16 +75,16 @@ def image_problem(image: str) -> str | None:
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
     """Kubernetes label keys and values, or ValueError naming the first bad one."""
     for key, val in labels.items():
-        if not compiled(_LABEL_KEY).match(key):
+        if not compiled(_LABEL_KEY).fullmatch(key):
             raise ValueError(f"{key[:60]!r} is not a Kubernetes label key")
-        if not compiled(_LABEL_VALUE).match(val):
+        if not compiled(_LABEL_VALUE).fullmatch(val):
             raise ValueError(f"{val[:60]!r} is not a Kubernetes label value")
     return labels
 
 
 def dns_label_problem(name: str) -> str | None:
     """Why `name` is not a DNS-1123 label, or None when it is one."""
-    if DNS_LABEL.match(name):
+    if DNS_LABEL.fullmatch(name):
         return None
     shown = name if len(name) <= 40 else name[:37] + "..."
     return (
@@ -121,7 +121,7 @@ _LABEL_CHECK = checker(_LABEL)
 
 
 def _known_label(value: Any) -> Any:
-    return value if type(value) is str and DNS_LABEL.match(value) else _LABEL_CHECK(value)
+    return value if type(value) is str and DNS_LABEL.fullmatch(value) else _LABEL_CHECK(value)
 
 
 LABEL = plain(_known_label, _LABEL.json)

@@ -151,7 +151,7 @@ def _environment(plan: Plan, svc: PlanService) -> tuple[list[tuple[str, str]], l
     skipped: list[str] = []
     for key, value in pairs:
         text = None if value is None else k8s_text(value)
-        if text is None or not _ENV_NAME.match(key):
+        if text is None or not _ENV_NAME.fullmatch(key):
             skipped.append(key)  # taken from the compose host's environment: not known here
         else:
             out.append((key, text))
@@ -267,7 +267,7 @@ def workload(plan: Plan, svc: PlanService, shared: _Shared | None = None) -> Wor
         labels=shared.labels[svc.name],
         account=account,
         image=image,
-        service=bool(ports and _DNS_1035.match(svc.name)),
+        service=bool(ports and _DNS_1035.fullmatch(svc.name)),
         service_ports=service_ports,
         container_ports=container_ports,
         undeclared=0 if ports else listen_count(svc.spec.listen),

@@ -68,7 +68,7 @@ class DraftService:
 
 def toml_key(key: str) -> str:
     """A TOML key: bare when it can be, else a quoted string."""
-    return key if _BARE_KEY.match(key) else toml_value(key)
+    return key if _BARE_KEY.fullmatch(key) else toml_value(key)
 
 
 def toml_value(value: Any) -> str:

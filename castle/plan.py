@@ -16,11 +16,12 @@ from typing import Any, NamedTuple
 from castle.errors import SpecError
 from castle.spec.addresses import (
     AddressError,
+    address,
     allocate_starts,
     around_kept,
     kept_addresses,
     member_addresses,
-    netmask,
+    network,
 )
 from castle.spec.findings import INTERNET, Edge, Finding, is_outside
 from castle.spec.load import Loaded, to_diagnostic
@@ -206,7 +207,6 @@ class Plan:
 
 
 _new_tuple = tuple.__new__  # a named tuple built without its __new__'s Python frame
-_new: Any = object.__new__  # a blank object, filled as its constructor would (addresses.py)
 _key = itemgetter(0, 1, 2)
 _NAME_LABEL = "app.kubernetes.io/name"  # a service's one label when it sets none
 
@@ -423,33 +423,27 @@ def _networks(groups: list[tuple[int, ...]], members: list[tuple[str, ...]], nam
     networks: list[Network] = []
     pairs: list[list[tuple[str, IPv4Address]]] = [[] for _ in range(edge)]
     texts: list[dict[str, str]] = [{} for _ in range(edge)]
-    mask, octet = netmask(prefix), _OCTETS
+    octet = _OCTETS
     short = prefix >= 24  # a /24 or smaller: an address is its network's head and one number
     for i in sorted(range(len(groups)), key=names.__getitem__):
         g, mem, name, lo = groups[i], members[i], names[i], starts[i]
         internal = g[1] != edge and (g[0] not in outward or not outward.issuperset(g))
         head = f"{octet[lo >> 24]}.{octet[lo >> 16 & 255]}.{octet[lo >> 8 & 255]}."
-        # network() and address() inline, with no call each (see addresses.py)
-        gateway = _new(IPv4Address)
-        gateway._ip = lo + 1
+        gateway = address(lo + 1)
         if subnets or prefix > 30:
-            subnet: Any = subnets[i] if subnets else IPv4Network((lo, prefix))
+            subnet = subnets[i] if subnets else network(lo, prefix)
             addrs = list(member_addresses(mem, subnet, kept.get(i, {})))
             for j, (_, ip) in enumerate(addrs):
                 n = int(ip)
                 pairs[g[j]].append((name, ip))
                 texts[g[j]][name] = head + octet[n & 255] if n >> 8 == lo >> 8 else str(ip)
         else:
-            subnet = _new(IPv4Network)
-            subnet.network_address = first = _new(IPv4Address)
-            first._ip = lo
-            subnet.netmask, subnet._prefixlen = mask, prefix
+            subnet = network(lo, prefix)
             addrs = []
             # the first member's address (.2) and, on a short network, its last number
             base, low = lo + 2, (lo & 255) + 2
             for j, m in enumerate(mem):  # (no zip: its strict= costs a keyword call)
-                ip = _new(IPv4Address)
-                ip._ip = base + j
+                ip = address(base + j)
                 addrs.append((m, ip))
                 r = g[j]
                 pairs[r].append((name, ip))

@@ -57,7 +57,7 @@ def test_a_network_is_ipaddress_own(lo: int, prefix: int) -> None:
 
 
 def test_a_plans_networks_are_ipaddress_own() -> None:
-    """compile_plan builds its networks' objects inline the same way: each equal to, and
+    """compile_plan's networks, built with address() and network(): each equal to, and
     holding the same attributes as, what ipaddress parses from its text."""
     from castle.plan import compile_plan
     from castle.spec.load import load

@@ -196,8 +196,7 @@ def around_kept(pool: IPv4Network, ssh_sources: list[IPv4Network], sizes: list[i
 
 # A big stack's plan builds thousands of networks and addresses; their constructors parse
 # and check what castle computed in range, at several times the cost of setting the
-# attributes they set (so every method, equality and hash work as on any other). The
-# network loop of compile_plan builds its own inline, as these do.
+# attributes they set (so every method, equality and hash work as on any other).
 _new = object.__new__
 
 

@@ -21,7 +21,15 @@ from castle.io.render import quoted_comments, render
 from castle.io.write import Output, header
 from castle.plan import Conn, Plan, PlanService, Published
 from castle.spec.findings import is_outside
-from castle.targets.fw_addresses import address_int, blocks, cidr, cover, dotted, shared
+from castle.targets.fw_addresses import (
+    address_int,
+    blocks,
+    cidr,
+    cover,
+    dotted,
+    shared,
+    shared_text,
+)
 from castle.targets.ipt_ruleset import (
     MAX_CHAIN,
     MAX_COMMENT,
@@ -271,23 +279,15 @@ def _destination(plan: Plan, rs: Ruleset, svc: PlanService, chain: str,
                  pubs: list[Published], drop: str, end: str) -> None:
     """What may reach one service: `conns` from within the stack (each with its quoted
     comment), the published ports, then `end`'s comment on the DROP of the rest."""
-    texts = plan.address_text
-    theirs = texts[svc.name]
-    nets = theirs.keys()
     head = f"-A {chain} "
     lines: list[str] = []
     peers: list[Conn] = []  # the (src, dst) of each line: its Conn's first two
     for c, note in conns:
         src, dst, proto, lo, hi, _, _ = c
-        mine = texts[src]
-        shared = nets & mine.keys()  # as shared_text(), without a list of pairs a connection
-        if not shared:
-            raise CastleError(f"iptables: {src} and {dst} share no network, yet a flow joins "
-                              "them")
         rng = lo if lo == hi else f"{lo}:{hi}"
         # the comment placed as add() places it, once for every shared network (by name)
-        for name in sorted(shared) if len(shared) > 1 else shared:
-            lines.append(f"{head}-s {mine[name]}/32 -d {theirs[name]}/32 -p {proto} -m {proto} "
+        for sa, da in shared_text(plan, src, dst):
+            lines.append(f"{head}-s {sa}/32 -d {da}/32 -p {proto} -m {proto} "
                          f"--dport {rng} -m comment --comment {note} -j RETURN")
             peers.append(c)
     rs.extend(chain, lines, peers)

@@ -152,9 +152,8 @@ class PortRange:
 def listens_on(listen: list[PortRange], ports: list[PortRange]) -> bool:
     """True when every range of `ports` lies within one range of `listen`."""
     for port in ports:
-        proto, lo, hi = port.proto, port.lo, port.hi  # covers(), without a call per range
         for r in listen:
-            if r.lo <= lo and hi <= r.hi and r.proto == proto:
+            if r.covers(port):
                 break
         else:
             return False

@@ -28,7 +28,7 @@ from castle.spec.load import Loaded, to_diagnostic
 from castle.spec.model import METADATA, TARGETS, Service, Spec
 from castle.spec.values import PortRange, publish_ranges, span
 
-_OCTETS = tuple(str(n) for n in range(256))  # each number of an address, as text
+OCTETS = tuple(str(n) for n in range(256))  # each number of an address, as text
 
 
 # Conn and Network are named tuples: a big stack makes thousands of each, and a frozen
@@ -423,7 +423,7 @@ def _networks(groups: list[tuple[int, ...]], members: list[tuple[str, ...]], nam
     networks: list[Network] = []
     pairs: list[list[tuple[str, IPv4Address]]] = [[] for _ in range(edge)]
     texts: list[dict[str, str]] = [{} for _ in range(edge)]
-    octet = _OCTETS
+    octet = OCTETS
     short = prefix >= 24  # a /24 or smaller: an address is its network's head and one number
     for i in sorted(range(len(groups)), key=names.__getitem__):
         g, mem, name, lo = groups[i], members[i], names[i], starts[i]

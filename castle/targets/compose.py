@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 from castle.errors import CastleError
 from castle.io.render import comment, render, yaml_block, yaml_scalar, yaml_strings
 from castle.io.write import Output, header
-from castle.plan import Plan, PlanService, Published
+from castle.plan import OCTETS, Plan, PlanService, Published
 from castle.spec.findings import INTERNET
 from castle.spec.values import span
 from castle.targets import relocate
@@ -15,7 +15,6 @@ from castle.targets.fw_addresses import dotted
 from castle.tls import recipes as tls_recipes
 
 PATH = "compose.yaml"
-_OCTETS = tuple(str(n) for n in range(256))  # one number of an address, as text
 
 
 def _environment(plan: Plan, svc: PlanService,
@@ -160,9 +159,9 @@ def _networks(plan: Plan) -> list[tuple[str, str, str, str]]:
     flat: list[str] = []
     for n in plan.networks:  # the text from the integers: str() of an address is slow
         base, gateway = int(n.subnet.network_address), int(n.gateway)
-        head = f"{_OCTETS[base >> 24]}.{_OCTETS[base >> 16 & 255]}.{_OCTETS[base >> 8 & 255]}."
-        flat += (n.name, f"{head}{_OCTETS[base & 255]}/{n.subnet.prefixlen}",
-                 head + _OCTETS[gateway & 255] if gateway >> 8 == base >> 8 else dotted(gateway))
+        head = f"{OCTETS[base >> 24]}.{OCTETS[base >> 16 & 255]}.{OCTETS[base >> 8 & 255]}."
+        flat += (n.name, f"{head}{OCTETS[base & 255]}/{n.subnet.prefixlen}",
+                 head + OCTETS[gateway & 255] if gateway >> 8 == base >> 8 else dotted(gateway))
     quoted = yaml_strings(flat)
     flags = {b: yaml_scalar(b) for b in (False, True)}
     internal = [flags[n.internal] for n in plan.networks]

@@ -7,12 +7,11 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses, summarize_address_range
 
 from castle.errors import CastleError
-from castle.plan import Plan
+from castle.plan import OCTETS, Plan
 
 # int(address) reaches IPv4Address.__int__ through a C slot; called as a plain function it
 # costs a third as much (a big stack's firewalls turn ten thousand addresses into numbers)
 address_int = IPv4Address.__int__
-_OCTETS = tuple(str(n) for n in range(256))
 
 
 def cover(addrs: Iterable[IPv4Address]) -> IPv4Network:
@@ -25,7 +24,7 @@ def cover(addrs: Iterable[IPv4Address]) -> IPv4Network:
 
 def dotted(n: int) -> str:
     """An IPv4 address as text, from its integer."""
-    return f"{_OCTETS[n >> 24]}.{_OCTETS[n >> 16 & 255]}.{_OCTETS[n >> 8 & 255]}.{_OCTETS[n & 255]}"
+    return f"{OCTETS[n >> 24]}.{OCTETS[n >> 16 & 255]}.{OCTETS[n >> 8 & 255]}.{OCTETS[n & 255]}"
 
 
 def blocks(plan: Plan) -> list[IPv4Network]:
